@@ -1,0 +1,11 @@
+"""Compiled fast paths, each with a pure-Python twin that gives identical results."""
+from ._decode_py import decode_dict_bytes_to_utf8 as _py_decode
+
+try:
+    from ._decode import decode_dict_bytes_to_utf8
+    _has_cython_decode = True
+except ImportError:
+    decode_dict_bytes_to_utf8 = _py_decode
+    _has_cython_decode = False
+
+__all__ = ["decode_dict_bytes_to_utf8", "_has_cython_decode"]
