@@ -1,0 +1,52 @@
+"""StreamMachine: Jupyter-native stream processing on Redis Streams.
+
+The names below are the reference API. The pandas/OHLC/object-storage names
+are imported on first use, so ``import streammachine`` stays light (and
+never needs IPython).
+"""
+from importlib import import_module
+
+from ._speedups import _has_cython_decode, decode_dict_bytes_to_utf8
+from .app import App
+from .config import AppConfig, ConsumerConfig, Settings, TimerConfig
+from .connection import RedisConnection
+from .consumer import StreamConsumer
+from .message import Message
+from .storage import Storage
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "streams_to_dataframe": "frames",
+    "streams_to_dataframe_fast": "frames",
+    "prune_old_dataframe_rows": "frames",
+    "TimeSeriesBuffer": "frames",
+    "FastOHLC": "ohlc",
+    "FastOHLCConsumer": "ohlc",
+    "create_ohlc_aggregator": "ohlc",
+    "parse_stream_id_timestamp": "ohlc",
+    "format_candle_for_redis": "ohlc",
+    "_HAS_FAST_OHLC_CYTHON": "ohlc",
+    "RedisObjectStorage": "objstore",
+}
+
+__all__ = [
+    "App", "StreamConsumer", "Message", "AppConfig", "ConsumerConfig", "TimerConfig", "Settings", "Storage",
+    "RedisConnection", "decode_dict_bytes_to_utf8", "_has_cython_decode", *_LAZY,
+]
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'streammachine' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def load_ipython_extension(ipython):
+    """``%load_ext streammachine``: the magics, imported only here."""
+    from .notebook.magics import load_ipython_extension as load
+
+    load(ipython)

@@ -1,0 +1,101 @@
+"""What gets registered: agent and timer specs, their names, their counters."""
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from .config import ConsumerConfig, TimerConfig
+
+
+def handler_name(fn: Callable, name: Optional[str] = None) -> str:
+    """Registration key: ``name=`` if given, else module + qualname (stable across cell re-runs)."""
+    if name:
+        return name
+    return f"{getattr(fn, '__module__', None) or '__main__'}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def is_async_callable(fn: Callable) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+
+
+@dataclass
+class AgentStats:
+    """Counters an agent's consumers update in place (cheap: plain ints)."""
+
+    processed: int = 0
+    failed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    skipped: int = 0
+    reconnects: int = 0
+    handler_seconds: float = 0.0
+    last_error: Optional[str] = None
+    last_error_at: Optional[float] = None
+    started_at: float = field(default_factory=time.time)
+    _rate_mark: tuple = field(default=(0.0, 0), repr=False)
+
+    def record_error(self, exc: BaseException) -> None:
+        self.failed += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self.last_error_at = time.time()
+
+    def rate(self) -> float:
+        """Messages per second since the previous call (or since start)."""
+        now = time.monotonic()
+        mark_time, mark_count = self._rate_mark
+        if not mark_time:
+            elapsed = max(time.time() - self.started_at, 1e-9)
+            rate = self.processed / elapsed
+        else:
+            rate = (self.processed - mark_count) / max(now - mark_time, 1e-9)
+        self._rate_mark = (now, self.processed)
+        return rate
+
+    def as_dict(self) -> dict:
+        return {
+            "processed": self.processed, "failed": self.failed, "retried": self.retried,
+            "dead_lettered": self.dead_lettered, "skipped": self.skipped, "reconnects": self.reconnects,
+            "handler_seconds": round(self.handler_seconds, 6), "last_error": self.last_error,
+        }
+
+
+@dataclass
+class AgentSpec:
+    name: str
+    handler: Callable[..., Any]
+    stream: str
+    group: str
+    concurrency: int = 1
+    processes: Optional[int] = None
+    batch: bool = False
+    config: ConsumerConfig = field(default_factory=ConsumerConfig)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.stream, str) or not self.stream:
+            raise ValueError(f"agent {self.name!r}: stream={self.stream!r}, expected a non-empty str")
+        if not isinstance(self.group, str) or not self.group:
+            raise ValueError(f"agent {self.name!r}: group={self.group!r}, expected a non-empty str")
+        if not isinstance(self.concurrency, int) or self.concurrency < 1:
+            raise ValueError(f"agent {self.name!r}: concurrency={self.concurrency!r}, expected an int >= 1")
+        if self.processes is not None and (not isinstance(self.processes, int) or self.processes < 1):
+            raise ValueError(f"agent {self.name!r}: processes={self.processes!r}, expected None or an int >= 1")
+        if not callable(self.handler):
+            raise TypeError(f"agent {self.name!r}: handler {self.handler!r} is not callable")
+        self.is_async = is_async_callable(self.handler)
+
+
+@dataclass
+class TimerSpec:
+    name: str
+    handler: Callable[..., Any]
+    config: TimerConfig
+    runs: int = 0
+    failures: int = 0
+    last_error: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if not callable(self.handler):
+            raise TypeError(f"timer {self.name!r}: handler {self.handler!r} is not callable")
+        self.is_async = is_async_callable(self.handler)

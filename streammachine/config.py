@@ -1,0 +1,214 @@
+"""Configuration: the one place that reads the environment.
+
+``Settings.from_env()`` turns environment variables into typed values (with a
+clear error naming the variable when one does not parse). ``AppConfig``,
+``ConsumerConfig`` and ``TimerConfig`` are the per-app, per-agent and
+per-timer knobs; their defaults come from ``Settings``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Optional
+
+ErrorPolicy = Literal["retry", "dead_letter", "skip"]
+
+
+class ConfigError(ValueError):
+    """An environment variable or option has a value StreamMachine cannot use."""
+
+
+def _parse(env: Mapping[str, str], name: str, default: Any, convert: Callable[[str], Any], expected: str) -> Any:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return convert(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={raw!r}: expected {expected}") from None
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError(raw)
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError(raw)
+    return value
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def convert(raw: str) -> str:
+        if raw not in options:
+            raise ValueError(raw)
+        return raw
+
+    return convert
+
+
+def _default_home(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "streammachine"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything StreamMachine takes from the environment, parsed once."""
+
+    redis_url: Optional[str] = None
+    redis_host: Optional[str] = None
+    redis_port: Optional[int] = None
+    redis_db: Optional[int] = None
+    redis_cluster: bool = False
+    max_connections: int = 10
+    records: int = 10000
+    count: int = 10
+    default_group: str = "eventengine"
+    block_ms: int = 1000
+    max_deliveries: int = 5
+    claim_idle_ms: int = 30000
+    retry_delay_ms: int = 500
+    stream_maxlen: Optional[int] = None
+    grace_seconds: float = 10.0
+    embedded: bool = True
+    home: Path = field(default_factory=lambda: _default_home(os.environ))
+    consumer_name: Optional[str] = None
+    secret_key: Optional[bytes] = None
+    storage_backend: str = "manager"
+    mcp_read_only: bool = False
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        secret = env.get("STREAMMACHINE_SECRET_KEY")
+        return cls(
+            redis_url=env.get("REDIS_URL") or None,
+            redis_host=env.get("REDIS_HOST") or None,
+            redis_port=_parse(env, "REDIS_PORT", None, _positive_int, "a port number"),
+            redis_db=_parse(env, "REDIS_DB", None, _non_negative_int, "a database number >= 0"),
+            redis_cluster=_parse(env, "STREAMMACHINE_CLUSTER", False, _bool, "0 or 1"),
+            max_connections=_parse(env, "REDIS_MAX_CONNECTIONS", 10, _positive_int, "a positive integer"),
+            records=_parse(env, "STREAMMACHINE_RECORDS", 10000, _positive_int, "a positive integer"),
+            count=_parse(env, "STREAMMACHINE_COUNT", 10, _positive_int, "a positive integer"),
+            default_group=env.get("STREAMMACHINE_DEFAULT_GROUP") or "eventengine",
+            block_ms=_parse(env, "STREAMMACHINE_BLOCK_MS", 1000, _positive_int, "milliseconds > 0"),
+            max_deliveries=_parse(env, "STREAMMACHINE_MAX_DELIVERIES", 5, _positive_int, "a positive integer"),
+            claim_idle_ms=_parse(env, "STREAMMACHINE_CLAIM_IDLE_MS", 30000, _positive_int, "milliseconds > 0"),
+            retry_delay_ms=_parse(env, "STREAMMACHINE_RETRY_DELAY_MS", 500, _non_negative_int, "milliseconds >= 0"),
+            stream_maxlen=_parse(env, "STREAMMACHINE_STREAM_MAXLEN", None, _positive_int, "a positive integer"),
+            grace_seconds=_parse(env, "STREAMMACHINE_GRACE_SECONDS", 10.0, float, "seconds"),
+            embedded=_parse(env, "STREAMMACHINE_EMBEDDED", True, _bool, "0 or 1"),
+            home=Path(env["STREAMMACHINE_HOME"]) if env.get("STREAMMACHINE_HOME") else _default_home(env),
+            consumer_name=env.get("STREAMMACHINE_CONSUMER_NAME") or None,
+            secret_key=secret.encode() if secret else None,
+            storage_backend=_parse(env, "STREAMMACHINE_STORAGE", "manager", _choice("manager", "redis"), "'manager' or 'redis'"),
+            mcp_read_only=_parse(env, "STREAMMACHINE_MCP_READ_ONLY", False, _bool, "0 or 1"),
+            log_level=(env.get("STREAMMACHINE_LOG_LEVEL") or "INFO").upper(),
+        )
+
+    @property
+    def redis_configured(self) -> bool:
+        """True when the user named a server: then no embedded fallback happens."""
+        return any(v is not None for v in (self.redis_url, self.redis_host, self.redis_port, self.redis_db))
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    """How one agent reads, acknowledges, retries and dead-letters.
+
+    ``on_error``: ``"retry"`` leaves a failed entry pending and retries it
+    until ``max_deliveries``, then dead-letters it; ``"dead_letter"`` sends
+    it to the dead-letter stream at the first failure; ``"skip"`` logs and
+    acknowledges it (the only policy that drops data, on request).
+    """
+
+    count: int = 10
+    block_ms: int = 1000
+    start_id: str = "$"
+    max_deliveries: int = 5
+    on_error: ErrorPolicy = "retry"
+    retry_delay_ms: int = 500
+    claim_idle_ms: int = 30000
+    dead_letter_stream: str = "{stream}:dead"
+
+    def __post_init__(self) -> None:
+        for name in ("count", "block_ms", "max_deliveries", "claim_idle_ms"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"ConsumerConfig.{name}={value!r}: expected a positive integer")
+        if self.on_error not in ("retry", "dead_letter", "skip"):
+            raise ConfigError(f"ConsumerConfig.on_error={self.on_error!r}: expected 'retry', 'dead_letter' or 'skip'")
+        if not isinstance(self.retry_delay_ms, int) or self.retry_delay_ms < 0:
+            raise ConfigError(f"ConsumerConfig.retry_delay_ms={self.retry_delay_ms!r}: expected milliseconds >= 0")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ConsumerConfig":
+        return cls(
+            count=settings.count,
+            block_ms=settings.block_ms,
+            max_deliveries=settings.max_deliveries,
+            retry_delay_ms=settings.retry_delay_ms,
+            claim_idle_ms=settings.claim_idle_ms,
+        )
+
+    def replace(self, **changes: Any) -> "ConsumerConfig":
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown consumer option(s) {sorted(unknown)}; expected some of {[f.name for f in dataclasses.fields(self)]}")
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def dead_letter_for(self, stream: str) -> str:
+        return self.dead_letter_stream.format(stream=stream)
+
+
+@dataclass(frozen=True)
+class TimerConfig:
+    """A periodic task: runs every ``interval`` seconds at a fixed rate."""
+
+    interval: float
+    name: Optional[str] = None
+    run_immediately: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.interval, bool) or not isinstance(self.interval, (int, float)) or not self.interval > 0:
+            raise ConfigError(f"timer interval={self.interval!r}: expected seconds > 0")
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """The App's settings; ``App(...)`` keyword arguments override these."""
+
+    name: str = "streammachine"
+    max_processes: int = 5
+    max_threads: int = 5
+    stream_maxlen: Optional[int] = None
+    grace_seconds: float = 10.0
+    consumer: ConsumerConfig = field(default_factory=ConsumerConfig)
+    default_group: str = "eventengine"
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> "AppConfig":
+        base = cls(
+            stream_maxlen=settings.stream_maxlen,
+            grace_seconds=settings.grace_seconds,
+            consumer=ConsumerConfig.from_settings(settings),
+            default_group=settings.default_group,
+        )
+        return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,347 @@
+"""One agent consumer: read, handle, ack, retry, dead-letter, claim.
+
+Delivery is at-least-once. An entry is acknowledged only after its handler
+returned; a failed entry stays pending and is retried (XCLAIM to itself, so
+Redis counts the delivery) until ``max_deliveries``, then it is written to
+the dead-letter stream and acknowledged in one MULTI. On start the consumer
+first takes back its own pending entries; while running it reclaims entries
+that dead consumers left idle (XAUTOCLAIM), and keeps its own slow in-flight
+entries fresh so live work is not stolen. Connection loss means capped,
+jittered backoff and a retry with the same consumer name.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Iterable, Optional
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError, TimeoutError as RedisTimeoutError
+
+from .agents import AgentSpec, AgentStats
+from .connection import ensure_group
+from .message import Message, _sent_field
+
+log = logging.getLogger("streammachine.consumer")
+
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
+DLQ_PREFIX = b"_dlq_"
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter."""
+
+    def __init__(self, base: float = 0.05, cap: float = 5.0) -> None:
+        self.base, self.cap, self.attempt = base, cap, 0
+
+    def next_delay(self) -> float:
+        delay = random.uniform(self.base, min(self.cap, self.base * (2 ** self.attempt)))
+        self.attempt = min(self.attempt + 1, 30)
+        return delay
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+def _entries_of(reply) -> list:
+    """XREADGROUP reply (RESP2 list or RESP3 dict) -> [(id, fields), ...] for our single stream."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        value = next(iter(reply.values()))
+        return value[0] if value and isinstance(value[0], list) else value
+    return reply[0][1]
+
+
+def _as_str(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class StreamConsumer:
+    """Consumes one stream for one agent under one consumer name."""
+
+    def __init__(self, client, spec: AgentSpec, consumer_name: str, stats: Optional[AgentStats] = None) -> None:
+        self.client = client
+        self.spec = spec
+        self.name = consumer_name
+        self.stats = stats or AgentStats()
+        self.config = spec.config
+        self._stopping = False
+        self._in_read = False
+        self._task: Optional[asyncio.Task] = None
+        self._to_ack: list = []
+        self._deliveries: dict = {}  # id -> deliveries so far, for entries that failed
+        self._retry_at: dict = {}  # id -> monotonic time the retry is due
+        self._inflight: list = []
+        self._inflight_since = 0.0
+        self._next_claim = 0.0
+        self._claim_cursor = "0-0"
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> asyncio.Task:
+        self._task = asyncio.get_running_loop().create_task(self.run(), name=f"streammachine:{self.name}")
+        return self._task
+
+    def stop(self) -> None:
+        """Stop after the entry in hand; a blocked read is interrupted at once."""
+        self._stopping = True
+        if self._in_read and self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    @property
+    def task(self) -> Optional[asyncio.Task]:
+        return self._task
+
+    async def run(self) -> None:
+        backoff = Backoff()
+        keepalive = asyncio.get_running_loop().create_task(self._keep_inflight_fresh())
+        outage_logged = False
+        try:
+            while not self._stopping:
+                try:
+                    await ensure_group(self.client, self.spec.stream, self.spec.group, self.config.start_id)
+                    await self._flush_acks()
+                    await self._recover_own_pending()
+                    if outage_logged:
+                        log.warning("agent %s: reconnected to Redis", self.spec.name)
+                        outage_logged = False
+                    backoff.reset()
+                    while not self._stopping:
+                        await self._claim_and_retry()
+                        entries = await self._read_new()
+                        if entries:
+                            await self._process(entries, None)
+                except asyncio.CancelledError:
+                    if not self._stopping:
+                        raise
+                except TRANSIENT as exc:
+                    if self._stopping:
+                        break
+                    self.stats.reconnects += 1
+                    if not outage_logged:
+                        log.warning("agent %s: Redis unavailable (%s); retrying with backoff", self.spec.name, exc)
+                        outage_logged = True
+                    await asyncio.sleep(backoff.next_delay())
+                except ResponseError as exc:
+                    if self._stopping:
+                        break
+                    # NOGROUP: the server lost the group (restart without persistence): recreate and go on.
+                    level = logging.INFO if "NOGROUP" in str(exc) else logging.ERROR
+                    log.log(level, "agent %s: %s; retrying", self.spec.name, exc)
+                    await asyncio.sleep(backoff.next_delay())
+        finally:
+            keepalive.cancel()
+            try:
+                await asyncio.shield(self._flush_acks())
+            except (asyncio.CancelledError, *TRANSIENT):
+                pass
+
+    # -- reading -------------------------------------------------------------
+
+    async def _read_new(self) -> list:
+        block = self.config.block_ms
+        if self._retry_at:
+            due_in = min(self._retry_at.values()) - time.monotonic()
+            block = max(1, min(block, int(due_in * 1000) + 1))
+        self._in_read = True
+        try:
+            reply = await self.client.xreadgroup(
+                self.spec.group, self.name, {self.spec.stream: ">"}, count=self.config.count, block=block
+            )
+        finally:
+            self._in_read = False
+        return _entries_of(reply)
+
+    async def _recover_own_pending(self) -> None:
+        """Take back what this consumer name left pending (a crash, a lost ack)."""
+        start = "-"
+        while not self._stopping:
+            rows = await self.client.xpending_range(
+                self.spec.stream, self.spec.group, min=start, max="+", count=self.config.count, consumername=self.name
+            )
+            if not rows:
+                return
+            await self._reclaim({row["message_id"]: row["times_delivered"] for row in rows})
+            last = _as_str(rows[-1]["message_id"])
+            ms, seq = last.split("-")
+            start = f"{ms}-{int(seq) + 1}"
+
+    async def _reclaim(self, deliveries: dict) -> None:
+        """XCLAIM to self (Redis counts one more delivery), then handle or dead-letter."""
+        claimed = await self.client.xclaim(
+            self.spec.stream, self.spec.group, self.name, min_idle_time=0, message_ids=list(deliveries)
+        )
+        counts = {_as_str(k): v + 1 for k, v in deliveries.items()}
+        for entry_id in deliveries:
+            self._retry_at.pop(entry_id, None)
+        await self._process(claimed, counts)
+
+    async def _claim_and_retry(self) -> None:
+        now = time.monotonic()
+        if self._retry_at and min(self._retry_at.values()) <= now:
+            due = [i for i, at in self._retry_at.items() if at <= now][: self.config.count]
+            self.stats.retried += len(due)
+            await self._reclaim({i: self._deliveries.get(i, 1) for i in due})
+        if now >= self._next_claim:
+            self._next_claim = now + max(self.config.claim_idle_ms / 2000.0, 0.05)
+            await self._claim_orphans()
+
+    async def _claim_orphans(self) -> None:
+        """XAUTOCLAIM entries other (dead) consumers left idle past claim_idle_ms."""
+        reply = await self.client.xautoclaim(
+            self.spec.stream, self.spec.group, self.name, min_idle_time=self.config.claim_idle_ms,
+            start_id=self._claim_cursor, count=self.config.count,
+        )
+        self._claim_cursor = _as_str(reply[0]) if reply else "0-0"
+        claimed = [e for e in (reply[1] if reply else []) if e[1] is not None]
+        if not claimed:
+            return
+        rows = await self.client.xpending_range(
+            self.spec.stream, self.spec.group, min=claimed[0][0], max=claimed[-1][0],
+            count=len(claimed) * 2 + 10, consumername=self.name,
+        )
+        counts = {_as_str(r["message_id"]): r["times_delivered"] for r in rows}
+        log.info("agent %s: reclaimed %d idle entries from other consumers", self.spec.name, len(claimed))
+        await self._process(claimed, counts)
+
+    async def _keep_inflight_fresh(self) -> None:
+        """Reset the idle time of a long-running batch so no one reclaims live work."""
+        period = max(self.config.claim_idle_ms / 3000.0, 0.02)
+        while True:
+            await asyncio.sleep(period)
+            inflight = self._inflight
+            if inflight and time.monotonic() - self._inflight_since >= period:
+                try:
+                    await self.client.xclaim(self.spec.stream, self.spec.group, self.name, min_idle_time=0,
+                                             message_ids=inflight, justid=True)
+                except TRANSIENT:
+                    pass
+
+    # -- handling ------------------------------------------------------------
+
+    async def _process(self, entries: list, deliveries: Optional[dict]) -> None:
+        if self.spec.batch:
+            await self._process_batch(entries, deliveries)
+            return
+        topic, name, handler, is_async = self.spec.stream, self.name, self.spec.handler, self.spec.is_async
+        received = time.time()
+        done = []
+        self._inflight = [e[0] for e in entries]
+        self._inflight_since = time.monotonic()
+        started = time.perf_counter()
+        try:
+            for entry_id, fields in entries:
+                if self._stopping:
+                    break
+                if fields is None:  # deleted/trimmed while pending: nothing left to handle
+                    done.append(entry_id)
+                    continue
+                key = entry_id.decode() if type(entry_id) is bytes else entry_id
+                message = Message(topic, key, _sent_field(fields), received, name, (key, fields))
+                try:
+                    if is_async:
+                        await handler(message)
+                    else:
+                        handler(message)
+                except Exception as exc:
+                    await self._failed(entry_id, fields, exc, deliveries)
+                    continue
+                done.append(entry_id)
+        finally:
+            self._inflight = []
+            self.stats.handler_seconds += time.perf_counter() - started
+            self.stats.processed += len(done)
+            if done:
+                self._to_ack.extend(done)
+                await asyncio.shield(self._flush_acks())
+
+    async def _process_batch(self, entries: list, deliveries: Optional[dict]) -> None:
+        live = [(i, f) for i, f in entries if f is not None]
+        gone = [i for i, f in entries if f is None]
+        if gone:
+            self._to_ack.extend(gone)
+        if live and not self._stopping:
+            received = time.time()
+            topic, name = self.spec.stream, self.name
+            messages = []
+            for entry_id, fields in live:
+                key = entry_id.decode() if type(entry_id) is bytes else entry_id
+                messages.append(Message(topic, key, _sent_field(fields), received, name, (key, fields)))
+            self._inflight = [i for i, _ in live]
+            self._inflight_since = time.monotonic()
+            started = time.perf_counter()
+            try:
+                result = self.spec.handler(messages)
+                if self.spec.is_async:
+                    await result
+            except Exception as exc:
+                for entry_id, fields in live:
+                    await self._failed(entry_id, fields, exc, deliveries)
+            else:
+                self.stats.processed += len(live)
+                self._to_ack.extend(i for i, _ in live)
+            finally:
+                self._inflight = []
+                self.stats.handler_seconds += time.perf_counter() - started
+        if self._to_ack:
+            await asyncio.shield(self._flush_acks())
+
+    async def _failed(self, entry_id, fields: dict, exc: Exception, deliveries: Optional[dict]) -> None:
+        key = _as_str(entry_id)
+        delivered = (deliveries or {}).get(key, 1)
+        self.stats.record_error(exc)
+        policy = self.config.on_error
+        if policy == "skip":
+            log.warning("agent %s: entry %s failed (%s: %s); skipped as configured", self.spec.name, key, type(exc).__name__, exc)
+            self.stats.skipped += 1
+            self._to_ack.append(entry_id)
+            return
+        if policy == "dead_letter" or delivered >= self.config.max_deliveries:
+            await self._dead_letter(entry_id, fields, exc, delivered)
+            return
+        log.warning("agent %s: entry %s failed on delivery %d/%d: %s: %s", self.spec.name, key, delivered,
+                    self.config.max_deliveries, type(exc).__name__, exc)
+        self._deliveries[key] = delivered
+        self._retry_at[key] = time.monotonic() + self.config.retry_delay_ms / 1000.0
+
+    async def _dead_letter(self, entry_id, fields: dict, exc: Exception, delivered: int) -> None:
+        key = _as_str(entry_id)
+        target = self.config.dead_letter_for(self.spec.stream)
+        record = dict(fields)
+        record.update({
+            DLQ_PREFIX + b"stream": self.spec.stream, DLQ_PREFIX + b"group": self.spec.group,
+            DLQ_PREFIX + b"id": key, DLQ_PREFIX + b"agent": self.spec.name,
+            DLQ_PREFIX + b"error": f"{type(exc).__name__}: {exc}"[:4000], DLQ_PREFIX + b"deliveries": delivered,
+            DLQ_PREFIX + b"at": time.time(),
+        })
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xadd(target, record)
+        pipe.xack(self.spec.stream, self.spec.group, entry_id)
+        await asyncio.shield(pipe.execute())
+        self._deliveries.pop(key, None)
+        self._retry_at.pop(key, None)
+        self.stats.dead_lettered += 1
+        log.error("agent %s: entry %s dead-lettered to %r after %d deliveries: %s: %s", self.spec.name, key,
+                  target, delivered, type(exc).__name__, exc)
+
+    async def _flush_acks(self) -> None:
+        if not self._to_ack:
+            return
+        ids, self._to_ack = self._to_ack, []
+        try:
+            await self.client.xack(self.spec.stream, self.spec.group, *ids)
+        except BaseException:
+            self._to_ack = ids + self._to_ack  # try again after reconnecting
+            raise
+        for entry_id in ids:
+            if self._deliveries:
+                key = _as_str(entry_id)
+                self._deliveries.pop(key, None)
+                self._retry_at.pop(key, None)
+
+
+def consumer_names(base: str, count: int) -> Iterable[str]:
+    return (f"{base}-{slot}" for slot in range(count))

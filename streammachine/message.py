@@ -1,0 +1,90 @@
+"""Message: one stream entry as an agent receives it."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+import orjson
+
+from ._speedups import decode_dict_bytes_to_utf8
+
+
+@dataclass(slots=True, eq=False)
+class Message:
+    """A received stream entry.
+
+    ``data`` is the raw ``(id, fields)`` pair as Redis returned it (bytes);
+    ``message`` is the same fields decoded to ``str -> str`` (computed once).
+    ``sent`` is the ``sent`` field when the producer included one (epoch
+    seconds), else the time Redis accepted the entry (from its id).
+    """
+
+    topic: Optional[str] = None
+    key: Optional[str] = None
+    sent: Optional[float] = None
+    received: Optional[float] = None
+    consumer_id: Optional[str] = None
+    data: Optional[Tuple[str, Dict]] = None
+    _decoded: Optional[Dict[str, str]] = field(default=None, repr=False)
+
+    @property
+    def id(self) -> Optional[str]:
+        return self.key
+
+    @property
+    def message(self) -> Dict[str, str]:
+        decoded = self._decoded
+        if decoded is None:
+            decoded = self._decoded = decode_dict_bytes_to_utf8(self.data[1]) if self.data else {}
+        return decoded
+
+    @property
+    def fields(self) -> Dict:
+        """The raw fields (bytes keys and values), without decoding."""
+        return self.data[1] if self.data else {}
+
+    def json(self, name: str) -> Any:
+        """A field that was sent as a dict or list, parsed back."""
+        raw = self.fields.get(name.encode(), self.fields.get(name))
+        if raw is None:
+            raise KeyError(f"message {self.key} on {self.topic!r} has no field {name!r}")
+        return orjson.loads(raw)
+
+    @property
+    def timestamp_ms(self) -> Optional[int]:
+        """When Redis accepted the entry (the ms part of its id)."""
+        if not self.key:
+            return None
+        return int(self.key.split("-", 1)[0])
+
+    @property
+    def latency_ms(self) -> Optional[float]:
+        sent = self.sent if self.sent is not None else (self.timestamp_ms or 0) / 1000.0
+        if self.received is None or not sent:
+            return None
+        return (self.received - sent) * 1000.0
+
+    @property
+    def timer(self) -> str:
+        """``"topic: task X.XX ms"``: from sending to receipt."""
+        latency = self.latency_ms
+        return f"{self.topic}: task {latency if latency is not None else 0.0:.2f} ms"
+
+
+def _sent_field(fields: dict) -> Optional[float]:
+    raw = fields.get(b"sent")
+    if raw is None:
+        raw = fields.get("sent")
+        if raw is None:
+            return None
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        return None
+
+
+def message_from_entry(topic: str, entry_id, fields: dict, consumer_id: Optional[str], received: Optional[float] = None) -> Message:
+    key = entry_id.decode() if type(entry_id) is bytes else entry_id
+    return Message(topic, key, _sent_field(fields) if fields else None,
+                   time.time() if received is None else received, consumer_id, (key, fields))

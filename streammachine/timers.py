@@ -1,0 +1,77 @@
+"""Fixed-rate timers: no drift, no overlap, failures logged and survived."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from typing import Optional
+
+from .agents import TimerSpec
+
+log = logging.getLogger("streammachine.timers")
+
+
+class TimerRunner:
+    """Runs ``spec.handler`` every ``interval`` seconds.
+
+    Ticks are scheduled on a fixed grid (start + k * interval), so a slow
+    run does not push later ones back; ticks missed while a run overran are
+    skipped rather than run back to back, and a run never overlaps itself.
+    """
+
+    def __init__(self, spec: TimerSpec) -> None:
+        self.spec = spec
+        self._stopping = False
+        self._running_handler = False
+        self._task: Optional[asyncio.Task] = None
+
+    def start(self) -> asyncio.Task:
+        self._task = asyncio.get_running_loop().create_task(self.run(), name=f"streammachine-timer:{self.spec.name}")
+        return self._task
+
+    @property
+    def task(self) -> Optional[asyncio.Task]:
+        return self._task
+
+    def stop(self) -> None:
+        """Stop after the run in progress; a timer waiting for its next tick stops at once."""
+        self._stopping = True
+        if not self._running_handler and self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    async def run(self) -> None:
+        interval = float(self.spec.config.interval)
+        clock = time.monotonic
+        origin = clock()
+        tick = 0 if self.spec.config.run_immediately else 1
+        try:
+            while not self._stopping:
+                due = origin + tick * interval
+                delay = due - clock()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if self._stopping:
+                    break
+                await self._run_once()
+                # next grid point strictly in the future: skips ticks an overrun swallowed
+                tick = max(tick + 1, math.floor((clock() - origin) / interval) + 1)
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+
+    async def _run_once(self) -> None:
+        self._running_handler = True
+        try:
+            result = self.spec.handler()
+            if self.spec.is_async:
+                await result
+            self.spec.runs += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.spec.failures += 1
+            self.spec.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("timer %s failed; it keeps its schedule", self.spec.name)
+        finally:
+            self._running_handler = False
