@@ -48,6 +48,25 @@ def make_client(url: str, *, max_connections: int, cluster: bool = False, **kwar
     return aioredis.Redis(connection_pool=pool)
 
 
+def is_cluster_client(client) -> bool:
+    """True for a redis.asyncio RedisCluster (or a pipeline of one)."""
+    from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+
+    return isinstance(client, (RedisCluster, ClusterPipeline))
+
+
+def same_slot(client, *keys: str) -> bool:
+    """True when one MULTI may touch all ``keys``: always on a single server, same hash slot on a cluster.
+
+    Hash-tagged names share a slot: "{ticks}" and "{ticks}:dead" do, "ticks" and "ticks:dead" do not.
+    """
+    if not is_cluster_client(client):
+        return True
+    from redis.crc import key_slot
+
+    return len({key_slot(k.encode() if isinstance(k, str) else k) for k in keys}) <= 1
+
+
 async def ensure_group(client, stream: str, group: str, start_id: str = "$") -> bool:
     """Create the consumer group (and the stream); True if it was created."""
     try:

@@ -21,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, TimeoutError as RedisTimeoutError
 
 from .agents import AgentSpec, AgentStats
-from .connection import ensure_group
+from .connection import ensure_group, same_slot
 from .message import Message, _sent_field
 
 log = logging.getLogger("streammachine.consumer")
@@ -131,6 +131,12 @@ class StreamConsumer:
                     # NOGROUP: the server lost the group (restart without persistence): recreate and go on.
                     level = logging.INFO if "NOGROUP" in str(exc) else logging.ERROR
                     log.log(level, "agent %s: %s; retrying", self.spec.name, exc)
+                    await asyncio.sleep(backoff.next_delay())
+                except Exception as exc:  # e.g. cluster errors (slot moves, failover): never let the consumer die
+                    if self._stopping:
+                        break
+                    self.stats.reconnects += 1
+                    log.error("agent %s: unexpected %s: %s; retrying", self.spec.name, type(exc).__name__, exc)
                     await asyncio.sleep(backoff.next_delay())
         finally:
             keepalive.cancel()
@@ -317,15 +323,24 @@ class StreamConsumer:
             DLQ_PREFIX + b"error": f"{type(exc).__name__}: {exc}"[:4000], DLQ_PREFIX + b"deliveries": delivered,
             DLQ_PREFIX + b"at": time.time(),
         })
-        pipe = self.client.pipeline(transaction=True)
-        pipe.xadd(target, record)
-        pipe.xack(self.spec.stream, self.spec.group, entry_id)
-        await asyncio.shield(pipe.execute())
+        if same_slot(self.client, target, self.spec.stream):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.xadd(target, record)
+            pipe.xack(self.spec.stream, self.spec.group, entry_id)
+            await asyncio.shield(pipe.execute())
+        else:
+            # Cluster, different slots: no MULTI possible. XADD first, then XACK: a crash in between leaves the
+            # entry pending, so it is dead-lettered again later (a duplicate in the dead-letter stream, no loss).
+            await asyncio.shield(self._move_to_dead_letter(target, record, entry_id))
         self._deliveries.pop(key, None)
         self._retry_at.pop(key, None)
         self.stats.dead_lettered += 1
         log.error("agent %s: entry %s dead-lettered to %r after %d deliveries: %s: %s", self.spec.name, key,
                   target, delivered, type(exc).__name__, exc)
+
+    async def _move_to_dead_letter(self, target: str, record: dict, entry_id) -> None:
+        await self.client.xadd(target, record)
+        await self.client.xack(self.spec.stream, self.spec.group, entry_id)
 
     async def _flush_acks(self) -> None:
         if not self._to_ack:
