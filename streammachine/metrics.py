@@ -1,0 +1,200 @@
+"""Prometheus metrics for a headless run (``streammachine run --metrics-port``).
+
+A worker's state is a *snapshot*, a plain dict built by ``snapshot(app)``:
+the agents' ``AgentStats`` counters, timer runs, and each consumer group's
+pending count and lag as Redis reports them. ``StreamMachineCollector``
+turns snapshots into metric families at scrape time; where they come from
+is a *source*:
+
+- ``LiveSource``: the app in this process; a scrape asks the app's event
+  loop for a fresh snapshot.
+- ``DirectorySource``: ``worker-N.json`` files that ``--workers N`` worker
+  processes rewrite every ``SNAPSHOT_INTERVAL`` seconds; the supervisor
+  serves their sum (counters carry a ``worker`` label).
+
+Metrics (all prefixed ``streammachine_``): ``messages_processed_total``,
+``messages_failed_total`` (handler errors), ``messages_retried_total``,
+``messages_dead_lettered_total``, ``messages_skipped_total``,
+``reconnects_total``, ``handler_seconds`` (a summary: ``_count`` handler
+calls, ``_sum`` seconds), ``group_pending``, ``group_lag``,
+``group_consumers``, ``timer_runs_total``, ``timer_failures_total``,
+``workers`` and ``redis_up``.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterable, List, Optional
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+from prometheus_client.registry import CollectorRegistry
+
+log = logging.getLogger("streammachine.metrics")
+
+SNAPSHOT_INTERVAL = 0.5
+_COUNTERS = (
+    ("processed", "messages_processed", "Entries whose handler returned (then acknowledged)."),
+    ("failed", "messages_failed", "Handler calls that raised."),
+    ("retried", "messages_retried", "Failed entries delivered again."),
+    ("dead_lettered", "messages_dead_lettered", "Entries moved to the dead-letter stream."),
+    ("skipped", "messages_skipped", "Failed entries acknowledged without handling (on_error='skip')."),
+    ("reconnects", "reconnects", "Times a consumer lost Redis and retried."),
+)
+_AGENT_LABELS = ["app", "agent", "stream", "group", "worker"]
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def group_states(client, pairs: Iterable[tuple]) -> List[dict]:
+    """Pending, lag and consumer count of each (stream, group) as XINFO GROUPS reports them."""
+    by_stream: dict = {}
+    for stream, group in pairs:
+        by_stream.setdefault(stream, set()).add(group)
+    rows = []
+    for stream, groups in sorted(by_stream.items()):
+        try:
+            infos = await client.xinfo_groups(stream)
+        except Exception:  # the stream does not exist yet
+            continue
+        for info in infos:
+            name = _text(info["name"])
+            if name in groups:
+                rows.append({"stream": stream, "group": name, "pending": info.get("pending"),
+                             "lag": info.get("lag"), "consumers": info.get("consumers")})
+    return rows
+
+
+async def snapshot(app, worker: str = "0") -> dict:
+    """The app's counters and its groups' pending/lag, as one JSON-able dict."""
+    agents = []
+    for name, spec in app.agents.items():
+        stats = app.stats(name)
+        agents.append({"agent": name, "stream": spec.stream, "group": spec.group,
+                       **{key: getattr(stats, key) for key, _, _ in _COUNTERS},
+                       "handler_seconds": stats.handler_seconds})
+    timers = [{"timer": name, "runs": spec.runs, "failures": spec.failures} for name, spec in app.timers.items()]
+    groups, redis_up = [], False
+    if app.state == "running":
+        try:
+            client = await app.redis.get_client()
+            groups = await group_states(client, {(a["stream"], a["group"]) for a in agents})
+            redis_up = True
+        except Exception as exc:  # an outage shows as redis_up 0, never as a failed scrape
+            log.debug("metrics: Redis unavailable: %s", exc)
+    return {"worker": str(worker), "pid": os.getpid(), "app": app.name, "time": time.time(),
+            "grace_seconds": app.config.grace_seconds, "agents": agents, "timers": timers,
+            "groups": groups, "redis_up": redis_up}
+
+
+class LiveSource:
+    """Snapshots of an app running on ``loop`` in this process (scrapes come from another thread)."""
+
+    def __init__(self, app, loop: asyncio.AbstractEventLoop, worker: str = "0", timeout: float = 5.0) -> None:
+        self.app, self.loop, self.worker, self.timeout = app, loop, worker, timeout
+
+    def __call__(self) -> List[dict]:
+        future = asyncio.run_coroutine_threadsafe(snapshot(self.app, self.worker), self.loop)
+        return [future.result(self.timeout)]
+
+
+class DirectorySource:
+    """The latest snapshot each worker process wrote into ``directory``."""
+
+    def __init__(self, directory: os.PathLike | str) -> None:
+        self.directory = Path(directory)
+
+    def __call__(self) -> List[dict]:
+        out = []
+        for path in sorted(self.directory.glob("worker-*.json")):
+            try:
+                out.append(json.loads(path.read_text()))
+            except (OSError, ValueError):  # being replaced right now: the next scrape has it
+                continue
+        return out
+
+
+def write_snapshot(directory: os.PathLike | str, data: dict) -> None:
+    """Atomically replace ``worker-N.json`` (readers never see half a file)."""
+    directory = Path(directory)
+    final = directory / f"worker-{data['worker']}.json"
+    temp = directory / f".worker-{data['worker']}.{os.getpid()}.tmp"
+    temp.write_text(json.dumps(data))
+    os.replace(temp, final)
+
+
+class StreamMachineCollector:
+    """A prometheus-client collector over snapshots from ``source()``."""
+
+    def __init__(self, source: Callable[[], List[dict]]) -> None:
+        self.source = source
+
+    def collect(self):
+        try:
+            snapshots = self.source()
+        except Exception as exc:
+            log.warning("metrics: no snapshot (%s: %s)", type(exc).__name__, exc)
+            snapshots = []
+        counters = {key: CounterMetricFamily(f"streammachine_{name}", doc, labels=_AGENT_LABELS)
+                    for key, name, doc in _COUNTERS}
+        seconds = SummaryMetricFamily("streammachine_handler_seconds",
+                                      "Time spent in handlers: _count calls, _sum seconds.", labels=_AGENT_LABELS)
+        runs = CounterMetricFamily("streammachine_timer_runs", "Timer runs that completed.",
+                                   labels=["app", "timer", "worker"])
+        timer_failures = CounterMetricFamily("streammachine_timer_failures", "Timer runs that raised.",
+                                             labels=["app", "timer", "worker"])
+        pending = GaugeMetricFamily("streammachine_group_pending", "Entries delivered to the group, not yet acked.",
+                                    labels=["stream", "group"])
+        lag = GaugeMetricFamily("streammachine_group_lag", "Entries in the stream not yet delivered to the group.",
+                                labels=["stream", "group"])
+        consumers = GaugeMetricFamily("streammachine_group_consumers", "Consumers known to the group.",
+                                      labels=["stream", "group"])
+        groups: dict = {}
+        for snap in snapshots:
+            worker, app_name = snap["worker"], snap.get("app", "")
+            for agent in snap["agents"]:
+                labels = [app_name, agent["agent"], agent["stream"], agent["group"], worker]
+                for key, _, _ in _COUNTERS:
+                    counters[key].add_metric(labels, agent[key])
+                seconds.add_metric(labels, agent["processed"] + agent["failed"], agent["handler_seconds"])
+            for timer in snap["timers"]:
+                runs.add_metric([app_name, timer["timer"], worker], timer["runs"])
+                timer_failures.add_metric([app_name, timer["timer"], worker], timer["failures"])
+            for group in snap["groups"]:  # the freshest report of each group wins
+                key = (group["stream"], group["group"])
+                if key not in groups or snap["time"] > groups[key][0]:
+                    groups[key] = (snap["time"], group)
+        for (stream, group_name), (_, group) in sorted(groups.items()):
+            for family, field in ((pending, "pending"), (lag, "lag"), (consumers, "consumers")):
+                if group.get(field) is not None:
+                    family.add_metric([stream, group_name], group[field])
+        yield from counters.values()
+        yield from (seconds, runs, timer_failures, pending, lag, consumers)
+        yield GaugeMetricFamily("streammachine_workers", "Worker processes reporting.", value=len(snapshots))
+        yield GaugeMetricFamily("streammachine_redis_up", "1 when the last snapshot reached Redis.",
+                                value=1 if snapshots and all(s["redis_up"] for s in snapshots) else 0)
+
+
+def serve_metrics(source: Callable[[], List[dict]], port: int, host: str = "127.0.0.1"):
+    """Serve ``/metrics`` on a daemon thread; returns the server (``.shutdown()`` stops it)."""
+    from prometheus_client import start_http_server
+
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry_for(source))
+    except OSError as exc:
+        raise OSError(f"--metrics-port {port}: cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+    log.info("metrics: serving Prometheus metrics on http://%s:%d/metrics", host, server.server_port)
+    return server
+
+
+def registry_for(source: Callable[[], List[dict]]) -> CollectorRegistry:
+    """A registry holding just our collector (for tests and embedding)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StreamMachineCollector(source))
+    return registry
+
