@@ -123,6 +123,16 @@ class Settings:
             log_level=(env.get("STREAMMACHINE_LOG_LEVEL") or "INFO").upper(),
         )
 
+    def __repr__(self) -> str:  # credentials never in logs or tracebacks: URL password redacted, key hidden
+        from .embedded import redact_url
+
+        shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if self.redis_url:
+            shown["redis_url"] = redact_url(self.redis_url)
+        if self.secret_key:
+            shown["secret_key"] = "***"
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
     @property
     def redis_configured(self) -> bool:
         """True when the user named a server: then no embedded fallback happens."""

