@@ -243,6 +243,12 @@ class TLSTerminator:
     async def stop(self) -> None:
         self.server.close()
 
+    async def __aenter__(self) -> int:
+        return await self.start()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
 
 async def _consume_over(url: str) -> None:
     app = make_app(url, "tls")
@@ -265,25 +271,18 @@ async def _consume_over(url: str) -> None:
 
 async def test_rediss_through_tls_terminator(acl_server, certs):
     proxy = TLSTerminator(certs, acl_server.port)
-    port = await proxy.start()
-    try:
+    async with proxy as port:
         await _consume_over(f"rediss://smuser:{USER_PASSWORD}@localhost:{port}/0?ssl_ca_certs={certs / 'ca.crt'}")
-        assert proxy.handshakes >= 2  # the app's client and the agent's own connection
-    finally:
-        await proxy.stop()
+    assert proxy.handshakes >= 2  # the app's client and the agent's own connection
 
 
 async def test_rediss_with_an_untrusted_certificate_is_refused(acl_server, certs):
-    proxy = TLSTerminator(certs, acl_server.port)
-    port = await proxy.start()
-    try:
+    async with TLSTerminator(certs, acl_server.port) as port:
         app = make_app(f"rediss://smuser:{USER_PASSWORD}@localhost:{port}/0?ssl_ca_certs={certs / 'other-ca.crt'}")
         with pytest.raises(ConnectionError) as info:
             await app.startup()
-        assert "certificate verify failed" in str(info.value).lower() or "ssl" in str(info.value).lower()
-        assert_no_secret(info.value)
-    finally:
-        await proxy.stop()
+    assert "certificate verify failed" in str(info.value).lower() or "ssl" in str(info.value).lower()
+    assert_no_secret(info.value)
 
 
 def _tls_capable_binary():
