@@ -72,7 +72,7 @@ class App:
         self._stopped: Optional[asyncio.Event] = None
         self._swap_locks: Dict[str, asyncio.Lock] = {}
         self.last_swap_ms: Optional[float] = None
-        self._base = consumer_base(self.settings.consumer_name)
+        self._base = f"{consumer_base(self.settings.consumer_name)}-{name}"
 
     # -- properties ----------------------------------------------------------
 

@@ -148,15 +148,36 @@ class StreamConsumer:
     # -- reading -------------------------------------------------------------
 
     async def _read_new(self) -> list:
-        block = self.config.block_ms
+        """XREADGROUP ``>``; the acks of the entries handled since the last read ride in the same round trip.
+
+        The XACK goes first in a non-transactional pipeline, so Redis applies it
+        before the (possibly blocking) read: entries are still acknowledged only
+        after their handler returned, one round trip per read instead of two.
+        If the round trip fails or is cancelled the ids stay queued and are
+        acknowledged again (XACK is idempotent).
+        """
+        config, spec = self.config, self.spec
+        block = config.block_ms
         if self._retry_at:
             due_in = min(self._retry_at.values()) - time.monotonic()
             block = max(1, min(block, int(due_in * 1000) + 1))
+        ids = self._to_ack
         self._in_read = True
         try:
-            reply = await self.client.xreadgroup(
-                self.spec.group, self.name, {self.spec.stream: ">"}, count=self.config.count, block=block
-            )
+            if not ids:
+                reply = await self.client.xreadgroup(spec.group, self.name, {spec.stream: ">"}, count=config.count,
+                                                     block=block)
+            else:
+                self._to_ack = []
+                pipe = self.client.pipeline(transaction=False)
+                pipe.xack(spec.stream, spec.group, *ids)
+                pipe.xreadgroup(spec.group, self.name, {spec.stream: ">"}, count=config.count, block=block)
+                try:
+                    reply = (await pipe.execute())[1]
+                except BaseException:
+                    self._to_ack = ids + self._to_ack
+                    raise
+                self._forget_failures(ids)
         finally:
             self._in_read = False
         return _entries_of(reply)
@@ -229,13 +250,21 @@ class StreamConsumer:
     # -- handling ------------------------------------------------------------
 
     async def _process(self, entries: list, deliveries: Optional[dict]) -> None:
-        if self.spec.batch:
+        """Handle entries in order; finished ones are queued for the ack.
+
+        New entries (``deliveries`` is None) are acknowledged with the next read
+        (see ``_read_new``); reclaimed ones at once. Either way only after their
+        handler returned; a stop or cancel flushes the queue on the way out.
+        """
+        spec = self.spec
+        if spec.batch:
             await self._process_batch(entries, deliveries)
             return
-        topic, name, handler, is_async = self.spec.stream, self.name, self.spec.handler, self.spec.is_async
+        topic, name, handler, is_async = spec.stream, self.name, spec.handler, spec.is_async
         received = time.time()
         done = []
-        self._inflight = [e[0] for e in entries]
+        done_append = done.append
+        self._inflight = [entry[0] for entry in entries]
         self._inflight_since = time.monotonic()
         started = time.perf_counter()
         try:
@@ -243,7 +272,7 @@ class StreamConsumer:
                 if self._stopping:
                     break
                 if fields is None:  # deleted/trimmed while pending: nothing left to handle
-                    done.append(entry_id)
+                    done_append(entry_id)
                     continue
                 key = entry_id.decode() if type(entry_id) is bytes else entry_id
                 message = Message(topic, key, _sent_field(fields), received, name, (key, fields))
@@ -255,44 +284,57 @@ class StreamConsumer:
                 except Exception as exc:
                     await self._failed(entry_id, fields, exc, deliveries)
                     continue
-                done.append(entry_id)
+                done_append(entry_id)
         finally:
             self._inflight = []
-            self.stats.handler_seconds += time.perf_counter() - started
-            self.stats.processed += len(done)
-            if done:
-                self._to_ack.extend(done)
+            stats = self.stats
+            stats.handler_seconds += time.perf_counter() - started
+            stats.processed += len(done)
+            self._to_ack += done
+            if deliveries is not None and self._to_ack:  # reclaimed entries (and any skipped by policy): ack now
                 await asyncio.shield(self._flush_acks())
 
     async def _process_batch(self, entries: list, deliveries: Optional[dict]) -> None:
-        live = [(i, f) for i, f in entries if f is not None]
-        gone = [i for i, f in entries if f is None]
-        if gone:
-            self._to_ack.extend(gone)
-        if live and not self._stopping:
+        """One handler call for the whole read; acks as in ``_process``."""
+        if not self._stopping:
+            spec = self.spec
+            topic, name = spec.stream, self.name
             received = time.time()
-            topic, name = self.spec.stream, self.name
             messages = []
-            for entry_id, fields in live:
+            append = messages.append
+            gone = 0
+            for entry_id, fields in entries:
+                if fields is None:  # deleted/trimmed while pending: acked below, whatever the handler does
+                    gone += 1
+                    continue
                 key = entry_id.decode() if type(entry_id) is bytes else entry_id
-                messages.append(Message(topic, key, _sent_field(fields), received, name, (key, fields)))
-            self._inflight = [i for i, _ in live]
-            self._inflight_since = time.monotonic()
-            started = time.perf_counter()
-            try:
-                result = self.spec.handler(messages)
-                if self.spec.is_async:
-                    await result
-            except Exception as exc:
-                for entry_id, fields in live:
-                    await self._failed(entry_id, fields, exc, deliveries)
+                append(Message(topic, key, _sent_field(fields), received, name, (key, fields)))
+            if gone:
+                self._to_ack += [i for i, f in entries if f is None]
+                ids = [i for i, f in entries if f is not None]
             else:
-                self.stats.processed += len(live)
-                self._to_ack.extend(i for i, _ in live)
-            finally:
-                self._inflight = []
-                self.stats.handler_seconds += time.perf_counter() - started
-        if self._to_ack:
+                ids = [entry[0] for entry in entries]
+            if messages:
+                self._inflight = ids
+                self._inflight_since = time.monotonic()
+                started = time.perf_counter()
+                try:
+                    result = spec.handler(messages)
+                    if spec.is_async:
+                        await result
+                except Exception as exc:
+                    for entry_id, fields in entries:
+                        if fields is not None:
+                            await self._failed(entry_id, fields, exc, deliveries)
+                else:
+                    self.stats.processed += len(ids)
+                    self._to_ack += ids
+                finally:
+                    self._inflight = []
+                    self.stats.handler_seconds += time.perf_counter() - started
+        else:
+            self._to_ack += [i for i, f in entries if f is None]
+        if deliveries is not None and self._to_ack:
             await asyncio.shield(self._flush_acks())
 
     async def _failed(self, entry_id, fields: dict, exc: Exception, deliveries: Optional[dict]) -> None:
@@ -351,8 +393,12 @@ class StreamConsumer:
         except BaseException:
             self._to_ack = ids + self._to_ack  # try again after reconnecting
             raise
-        for entry_id in ids:
-            if self._deliveries:
+        self._forget_failures(ids)
+
+    def _forget_failures(self, acked: list) -> None:
+        """Drop the retry bookkeeping of entries that are now acknowledged."""
+        if self._deliveries or self._retry_at:
+            for entry_id in acked:
                 key = _as_str(entry_id)
                 self._deliveries.pop(key, None)
                 self._retry_at.pop(key, None)

@@ -1,0 +1,312 @@
+"""App end to end on a real server: produce, consume, fan-out, groups, shutdown."""
+import asyncio
+import os
+
+import pytest
+
+from streammachine import App, Message
+from streammachine.app import AppStateError
+
+from helpers import wait_until
+
+
+async def test_produce_and_consume(app_factory):
+    app = app_factory()
+    seen = []
+
+    @app.agent("orders", group="workers")
+    async def handle(record: Message):
+        seen.append(record)
+
+    await app.startup()
+    ids = await app.send_batch("orders", [{"n": i, "tags": ["a", "b"]} for i in range(50)])
+    await wait_until(lambda: len(seen) == 50, what="50 messages handled")
+    assert [m.key for m in seen] == ids
+    first = seen[0]
+    assert first.topic == "orders" and first.message == {"n": "0", "tags": '["a","b"]'}
+    assert first.json("tags") == ["a", "b"]
+    assert first.consumer_id.endswith(":handle:0")
+    assert first.timer.startswith("orders: task ") and first.timer.endswith(" ms")
+    assert first.sent is None  # no 'sent' field was included
+    assert first.received * 1000 >= first.timestamp_ms - 50
+
+
+async def test_fan_out_to_two_groups(app_factory):
+    app = app_factory()
+    analytics, audit = [], []
+
+    @app.agent("events", group="analytics")
+    async def analyse(record):
+        analytics.append(record.key)
+
+    @app.agent("events", group="audit")
+    async def log_it(record):
+        audit.append(record.key)
+
+    await app.startup()
+    ids = await app.send_batch("events", [{"i": i} for i in range(30)])
+    await wait_until(lambda: len(analytics) == 30 and len(audit) == 30, what="both groups got all")
+    assert analytics == ids and audit == ids
+
+
+async def test_consumers_in_one_group_share_work_exactly_once(app_factory):
+    app_a, app_b = app_factory("a"), app_factory("b")
+    handled = {"a": [], "b": []}
+    for app, label in ((app_a, "a"), (app_b, "b")):
+        @app.agent("jobs", group="pool", concurrency=2, name="worker", count=5)
+        async def work(record, label=label):
+            handled[label].append(record.key)
+            await asyncio.sleep(0)  # yield so the other consumers get reads in
+
+    await app_a.startup()
+    await app_b.startup()
+    ids = []
+    for _ in range(10):
+        ids += await app_a.send_batch("jobs", [{"i": i} for i in range(20)])
+        await asyncio.sleep(0.01)
+    await wait_until(lambda: len(handled["a"]) + len(handled["b"]) >= 200, what="200 handled")
+    everything = handled["a"] + handled["b"]
+    assert sorted(everything) == sorted(ids)  # each exactly once
+    assert handled["a"] and handled["b"]
+
+
+async def test_failing_handler_is_retried_then_dead_lettered(app_factory, sync_redis):
+    app = app_factory()
+    attempts = {}
+
+    @app.agent("payments", group="g", max_deliveries=3)
+    async def pay(record):
+        attempts[record.key] = attempts.get(record.key, 0) + 1
+        if record.message["amount"] == "oops":
+            raise ValueError(f"amount={record.message['amount']!r} is not a number")
+
+    await app.startup()
+    bad = await app.send("payments", {"amount": "oops", "user": "u1"})
+    good = await app.send_batch("payments", [{"amount": 10}, {"amount": 20}])
+    await wait_until(lambda: sync_redis.xlen("payments:dead") == 1, what="dead letter")
+    assert attempts[bad] == 3 and all(attempts[g] == 1 for g in good)
+    (_, fields), = sync_redis.xrange("payments:dead")
+    assert fields["amount"] == "oops" and fields["user"] == "u1"
+    assert fields["_dlq_id"] == bad and fields["_dlq_deliveries"] == "3"
+    assert "ValueError" in fields["_dlq_error"] and "oops" in fields["_dlq_error"]
+    await wait_until(lambda: sync_redis.xpending("payments", "g")["pending"] == 0, what="nothing pending")
+    stats = app.stats("pay")
+    assert stats.dead_lettered == 1 and stats.failed == 3 and stats.processed == 2
+
+
+async def test_policies_dead_letter_at_once_and_skip(app_factory, sync_redis):
+    app = app_factory()
+
+    @app.agent("p1", group="g", on_error="dead_letter")
+    async def at_once(record):
+        raise RuntimeError("boom")
+
+    @app.agent("p2", group="g", on_error="skip")
+    async def skipper(record):
+        raise RuntimeError("boom")
+
+    await app.startup()
+    await app.send("p1", {"x": 1})
+    await app.send("p2", {"x": 1})
+    await wait_until(lambda: sync_redis.xlen("p1:dead") == 1, what="immediate dead letter")
+    await wait_until(lambda: app.stats("skipper").skipped == 1, what="skip")
+    await wait_until(lambda: sync_redis.xpending("p2", "g")["pending"] == 0, what="skipped entry acked")
+    assert not sync_redis.exists("p2:dead")
+
+
+async def test_batch_agent_receives_lists(app_factory):
+    app = app_factory()
+    batches = []
+
+    @app.agent("ticks", group="g", batch=True, count=50)
+    async def on_batch(messages):
+        batches.append([m.message["i"] for m in messages])
+
+    await app.startup()
+    await app.send_batch("ticks", [{"i": i} for i in range(120)])
+    await wait_until(lambda: sum(map(len, batches)) == 120, what="120 in batches")
+    assert [i for b in batches for i in b] == [str(i) for i in range(120)]
+    assert max(map(len, batches)) <= 50
+
+
+async def test_sync_handler_is_supported(app_factory):
+    app = app_factory()
+    seen = []
+
+    @app.agent("sync", group="g")
+    def handle(record):
+        seen.append(record.message["v"])
+
+    await app.startup()
+    await app.send("sync", {"v": "x"})
+    await wait_until(lambda: seen == ["x"])
+
+
+async def test_graceful_shutdown_acks_in_flight_work(app_factory, sync_redis):
+    app = app_factory(grace_seconds=5)
+    started, finished = asyncio.Event(), []
+
+    @app.agent("slow", group="g")
+    async def slow(record):
+        started.set()
+        await asyncio.sleep(0.3)
+        finished.append(record.key)
+
+    await app.startup()
+    entry = await app.send("slow", {"x": 1})
+    await asyncio.wait_for(started.wait(), 5)
+    await app.shutdown()
+    assert finished == [entry]
+    assert sync_redis.xpending("slow", "g")["pending"] == 0
+
+
+async def test_shutdown_past_grace_leaves_entry_pending_for_redelivery(app_factory, sync_redis, redis_url):
+    app = app_factory(grace_seconds=0.2)
+    started = asyncio.Event()
+
+    @app.agent("stuck", group="g", name="stuck")
+    async def stuck(record):
+        started.set()
+        await asyncio.sleep(30)
+
+    await app.startup()
+    entry = await app.send("stuck", {"x": 1})
+    await asyncio.wait_for(started.wait(), 5)
+    await app.shutdown()
+    assert sync_redis.xpending("stuck", "g")["pending"] == 1  # not lost, not acked
+
+    again = app_factory("again")
+    redelivered = []
+
+    @again.agent("stuck", group="g", name="stuck", claim_idle_ms=100)
+    async def recover(record):
+        redelivered.append(record.key)
+
+    await again.startup()
+    await wait_until(lambda: redelivered == [entry], what="redelivery by reclaim")
+
+
+async def test_send_rejects_bad_values_naming_the_field(app_factory):
+    app = app_factory()
+    await app.redis.get_client()
+    with pytest.raises(TypeError, match=r"field 'when'.*object"):
+        await app.send("s", {"ok": 1, "when": object()})
+    with pytest.raises(TypeError, match=r"field 'bad'"):
+        await app.send_batch("s", [{"a": 1}, {"bad": {1, 2}}])
+    client = await app.redis.get_client()
+    assert await client.exists("s") == 0  # nothing half-written
+
+
+async def test_stream_maxlen_trims(app_factory, sync_redis):
+    app = app_factory(stream_maxlen=100)
+    await app.redis.get_client()
+    await app.send_batch("trimmed", [{"i": i} for i in range(5000)])
+    assert sync_redis.xlen("trimmed") < 1000
+
+
+async def test_health_check_and_status(app_factory):
+    app = app_factory()
+
+    @app.agent("h", group="g")
+    async def h(record):
+        pass
+
+    @app.timer(10)
+    async def t():
+        pass
+
+    await app.startup()
+    health = await app.health_check()
+    assert health["status"] == "healthy" and health["redis"] == "connected"
+    assert health["registered_agents"] == 1 and health["registered_timers"] == 1
+    assert health["active_tasks"] == 2
+    rows = await app.status()
+    assert rows[0]["agent"].endswith(".h") and rows[0]["pending"] == 0 and rows[0]["lag"] == 0
+    assert rows[1]["timer"].endswith(".t")
+
+
+async def test_unreachable_configured_server_is_a_clear_error(tmp_path):
+    app = App("x", redis_url="redis://127.0.0.1:1/0")
+    with pytest.raises(ConnectionError, match=r"cannot reach Redis at redis://127.0.0.1:1/0"):
+        await app.startup()
+    assert app.state == "stopped"
+
+
+async def test_hooks_run_in_order(app_factory):
+    app = app_factory()
+    calls = []
+    app.on_startup(lambda: _record(calls, "up"))
+    app.on_shutdown(lambda: _record(calls, "down"))
+    await app.startup()
+    assert calls == ["up"]
+    await app.shutdown()
+    assert calls == ["up", "down"]
+
+
+async def _record(calls, what):
+    calls.append(what)
+
+
+async def test_misuse_fails_loudly(app_factory):
+    app = app_factory()
+    with pytest.raises(ValueError, match="concurrency=0"):
+        app.agent("s", concurrency=0)(lambda m: None)
+    with pytest.raises(ValueError, match="max_processes"):
+        app.agent("s", processes=9)(lambda m: None)
+    with pytest.raises(Exception, match="unknown consumer option"):
+        app.agent("s", colour="red")
+    await app.startup()
+    with pytest.raises(AppStateError):
+        await app.startup()
+
+
+async def test_hot_swap_replaces_handler_without_loss(app_factory):
+    app = app_factory()
+    seen = {}
+
+    @app.agent("swap", group="g", name="swappy")
+    async def v1(record):
+        seen[record.key] = "v1"
+
+    await app.startup()
+    first = await app.send_batch("swap", [{"i": i} for i in range(20)])
+    await wait_until(lambda: len(seen) == 20)
+
+    @app.agent("swap", group="g", name="swappy")
+    async def v2(record):
+        seen[record.key] = "v2"
+
+    await wait_until(lambda: app.last_swap_ms is not None, what="swap done")
+    second = await app.send_batch("swap", [{"i": i} for i in range(20)])
+    await wait_until(lambda: len(seen) == 40)
+    assert {seen[i] for i in first} == {"v1"} and {seen[i] for i in second} == {"v2"}
+    app.unregister("swappy")
+    await wait_until(lambda: "swappy" not in app._runners)
+
+
+def test_start_blocks_headless_until_sigterm(redis_url, tmp_path):
+    """app.start() with no running loop blocks, installs signal handlers, exits on SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "headless.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal
+        from streammachine import App
+        app = App("headless", redis_url={redis_url!r})
+        @app.agent("hl", group="g", block_ms=100)
+        async def h(record):
+            print("handled", record.message["i"], flush=True)
+        @app.on_startup
+        async def ready():
+            await app.send("hl", {{"i": 7}})
+        app.start()
+        print("stopped cleanly", flush=True)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "handled 7"
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0 and "stopped cleanly" in out
