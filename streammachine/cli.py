@@ -294,7 +294,11 @@ def configure_logging(level: str) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "send" and not any(e.startswith("-") for e in extra):
+        args.fields += extra  # FIELD=VALUE pairs after an option (`send s --json '{}' k=v`)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         settings = Settings.from_env()
     except ConfigError as exc:

@@ -24,9 +24,10 @@ from __future__ import annotations
 import functools
 import json
 import re
+import signal
 import time
 from typing import Annotated, Any, Callable, Dict, List, Optional
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field
 
@@ -57,6 +58,19 @@ StreamName = Annotated[str, Field(min_length=1, description="Redis stream key")]
 Count = Annotated[int, Field(ge=1, le=10000, description="how many entries at most")]
 
 
+def _url_secrets(url: Optional[str]) -> List[str]:
+    """The password in ``url``'s userinfo and in any ``*pass*`` query argument."""
+    if not url:
+        return []
+    try:
+        parts = urlsplit(url)
+        found = [parts.password] if parts.password else []
+    except ValueError:
+        return [url]
+    found += [v for k, v in parse_qsl(parts.query) if "pass" in k.lower() and v]
+    return found
+
+
 def _text(value: Any) -> Any:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
@@ -79,10 +93,8 @@ class StreamMachineMCP:
     def scrub(self, text: str) -> str:
         """``text`` with every password we know of (and any URL's) replaced by ``***``."""
         for url in (self.connection.url, self.settings.redis_url):
-            if url:
-                password = urlsplit(url).password
-                if password:
-                    text = text.replace(password, "***")
+            for secret in _url_secrets(url):
+                text = text.replace(secret, "***")
         return _URL_PASSWORD.sub(r"\1***@", text)
 
     async def close(self) -> None:
@@ -461,6 +473,10 @@ def _prompts(server: MCPServer) -> None:
 
 # --- running -----------------------------------------------------------------------
 
+class _Stopped(Exception):
+    """A signal ended the HTTP server."""
+
+
 def serve(settings: Optional[Settings] = None, *, transport: str = "stdio", host: str = "127.0.0.1",
           port: int = 8000, redis_url: Optional[str] = None, read_only: Optional[bool] = None) -> None:
     """Serve until the client goes away (stdio) or SIGINT/SIGTERM (streamable-http)."""
@@ -468,7 +484,19 @@ def serve(settings: Optional[Settings] = None, *, transport: str = "stdio", host
     if transport == "stdio":
         server.run("stdio")
     elif transport == "streamable-http":
-        server.run("streamable-http", host=host, port=port)
+        # uvicorn shuts down on SIGINT/SIGTERM, then re-raises the signal to the handler it found: make
+        # that handler end the run quietly, so a signalled server exits with status 0.
+        def stopped(signum, _frame):
+            raise _Stopped(signum)
+
+        previous = {sig: signal.signal(sig, stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            server.run("streamable-http", host=host, port=port)
+        except _Stopped:
+            pass
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     else:
         raise ValueError(f"transport={transport!r}: expected 'stdio' or 'streamable-http'")
 
