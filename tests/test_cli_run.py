@@ -11,9 +11,9 @@ import textwrap
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import wait_until_sync
+from test_metrics import samples_of
 from streammachine.embedded import free_port
 
 # The handler records what it does in Redis, so the test can see in-flight work and every id handled.
@@ -182,12 +182,7 @@ def test_run_notebook_target_translates_magics(redis_url, sync_redis, tmp_path):
 
 def _scrape(port: int) -> dict:
     """{(name, labels...): value} from a real HTTP GET of /metrics."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
+    return samples_of(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
 
 
 def _total(samples: dict, name: str, **labels) -> float:

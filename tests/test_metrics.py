@@ -12,7 +12,8 @@ from streammachine.embedded import free_port
 from streammachine.metrics import DirectorySource, LiveSource, registry_for, serve_metrics, snapshot, write_snapshot
 
 
-def _samples(text: str) -> dict:
+def samples_of(text: str) -> dict:
+    """{(name, sorted labels): value} of a Prometheus text exposition."""
     out = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -51,7 +52,7 @@ async def _flaky_app(app_factory):
 async def test_collector_reports_counters_latency_pending_and_lag(app_factory):
     app = await _flaky_app(app_factory)
     snap = await snapshot(app)
-    samples = _samples(generate_latest(registry_for(lambda: [snap])).decode())
+    samples = samples_of(generate_latest(registry_for(lambda: [snap])).decode())
     labels = dict(agent="test_metrics._flaky_app.<locals>.bill", stream="orders", group="billing", worker="0")
     assert _value(samples, "streammachine_messages_processed_total", **labels) == 7
     assert _value(samples, "streammachine_messages_failed_total", **labels) == 3  # FAST: max_deliveries=3
@@ -72,7 +73,7 @@ async def test_live_scrape_over_http_sees_new_work(app_factory):
     server = serve_metrics(LiveSource(app, asyncio.get_running_loop()), free_port())
     url = f"http://127.0.0.1:{server.server_port}/metrics"
     try:
-        scrape = lambda: _samples(httpx.get(url, timeout=5).text)  # noqa: E731
+        scrape = lambda: samples_of(httpx.get(url, timeout=5).text)  # noqa: E731
         samples = await asyncio.to_thread(scrape)
         assert _value(samples, "streammachine_messages_processed_total") == 7
         await app.send("orders", {"n": 99})
@@ -93,7 +94,7 @@ async def test_directory_source_sums_workers_and_keeps_the_freshest_group(app_fa
     write_snapshot(tmp_path, first)
     write_snapshot(tmp_path, second)
     (tmp_path / "worker-9.json").write_text("{half a fi")  # being rewritten: skipped, not an error
-    samples = _samples(generate_latest(registry_for(DirectorySource(tmp_path))).decode())
+    samples = samples_of(generate_latest(registry_for(DirectorySource(tmp_path))).decode())
     assert _value(samples, "streammachine_messages_processed_total") == 14
     assert _value(samples, "streammachine_messages_processed_total", worker="1") == 7
     assert _value(samples, "streammachine_group_pending", stream="orders") == 5, "the newer report wins"
@@ -108,12 +109,12 @@ async def test_redis_outage_reads_as_redis_up_0_not_a_failed_scrape(app_factory)
         pass
 
     snap = await snapshot(app)  # not running: no Redis needed, no groups
-    samples = _samples(generate_latest(registry_for(lambda: [snap])).decode())
+    samples = samples_of(generate_latest(registry_for(lambda: [snap])).decode())
     assert _value(samples, "streammachine_redis_up") == 0
     assert _value(samples, "streammachine_messages_processed_total") == 0
 
     def broken():
         raise TimeoutError("loop busy")
 
-    samples = _samples(generate_latest(registry_for(broken)).decode())
+    samples = samples_of(generate_latest(registry_for(broken)).decode())
     assert _value(samples, "streammachine_workers") == 0
