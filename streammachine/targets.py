@@ -41,13 +41,14 @@ log = logging.getLogger("streammachine.targets")
 
 EXPECTED = "expected a Python file (app.py), a module (package.module[:attr]) or a notebook (notebook.ipynb)"
 USE_VARIABLE = "__streammachine_use__"  # where `%streammachine use NAME` is remembered
+START_FUNCTION = "__streammachine_start__"  # what `%streammachine start` calls
 SKIP_TAGS = frozenset({"skip-headless", "streammachine-skip"})
 # Cell magics whose body is plain Python that should still run headless.
 _PASS_THROUGH_CELL_MAGICS = frozenset({"time", "capture", "prun"})
 # Line magics whose argument is a Python statement to keep.
 _STATEMENT_LINE_MAGICS = frozenset({"time"})
 # Bare calls at the top level of a cell that only draw something in a notebook.
-DISPLAY_ONLY_CALLS = frozenset({"display", "dashboard"})
+DISPLAY_ONLY_CALLS = frozenset({"display", "dashboard", "live_line", "live_candles"})
 _MAGIC_LINE = re.compile(r"^(\s*)([%!])(.*)$")
 
 
@@ -189,11 +190,13 @@ def translate_cell(source: str) -> Optional[str]:
       registers them through the notebook extension's own cell magic).
     - ``%%time``, ``%%capture`` and ``%%prun`` run their body; any other
       cell magic (``%%html``, ``%%bash``, ``%%writefile``...) skips the cell.
-    - Line magics and shell escapes (``%load_ext``, ``%streammachine start``,
-      ``!pip install``) become ``pass``; ``%time stmt`` keeps ``stmt``;
-      ``%streammachine use NAME`` chooses the App, as in the notebook.
-    - Top-level ``display(...)`` and ``x.dashboard()`` calls are dropped:
-      they only draw in a notebook.
+    - ``%streammachine start`` starts the app there (later cells may wait
+      for its results, as in the kernel); ``%streammachine use NAME``
+      chooses the App. Other line magics and shell escapes (``%load_ext``,
+      ``%streammachine stop|send|status``, ``!pip install``) become ``pass``:
+      the runner owns the app's lifecycle. ``%time stmt`` keeps ``stmt``.
+    - Top-level ``display(...)``, ``x.dashboard()``, ``live_line(...)`` and
+      ``live_candles(...)`` calls are dropped: they only draw in a notebook.
     """
     stripped = source.lstrip()
     if stripped.startswith("%%"):
@@ -217,6 +220,8 @@ def translate_cell(source: str) -> Optional[str]:
             lines.append(indent + words[1])
         elif kind == "%" and rest.split()[:2] == ["streammachine", "use"] and len(rest.split()) == 3:
             lines.append(f"{indent}{USE_VARIABLE} = {rest.split()[2]!r}")
+        elif kind == "%" and rest.split() == ["streammachine", "start"]:
+            lines.append(f"{indent}await {START_FUNCTION}()")
         else:
             lines.append(indent + "pass")
     return _drop_display_calls("\n".join(lines))
@@ -251,6 +256,13 @@ def _display(*objects: Any, **kwargs: Any) -> None:
 async def run_notebook(path: Path) -> dict:
     """Run a notebook's code cells headless; returns the namespace they built."""
     namespace: dict = {"__name__": "__main__", "__file__": str(path.resolve()), "display": _display}
+
+    async def start_app() -> None:
+        app = _cell_app(namespace, f"notebook {path.name!r}")
+        if app.state in ("idle", "stopped"):
+            await app.startup()
+
+    namespace[START_FUNCTION] = start_app
     if str(path.resolve().parent) not in sys.path:
         sys.path.insert(0, str(path.resolve().parent))
     for cell in read_notebook(path):

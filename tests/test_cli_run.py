@@ -64,7 +64,8 @@ def _notebook(tmp_path):
         code("display(app)\napp.dashboard()"),
         code("%%html\n<b>only drawn in a notebook</b>"),
         code("raise RuntimeError('a cell tagged skip-headless must not run')", tags=["skip-headless"]),
-        code("assert ready, 'top-level await ran in an earlier cell'"),
+        code("assert ready, 'top-level await ran in an earlier cell'\n"
+             "assert app.is_running, '%streammachine start started the app, as in the kernel'"),
     ]
     path = tmp_path / "pipeline.ipynb"
     path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
