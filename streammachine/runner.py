@@ -117,6 +117,9 @@ async def serve(options: RunOptions) -> int:
     writer = loop.create_task(_write_snapshots(app, index, options.stats_dir)) if options.stats_dir else None
     parent = os.getppid()
     try:
+        if app.state == "stopped":
+            log.info("the target stopped app %r while loading (a notebook's last cell?); starting it to serve",
+                     app.name)
         if app.state in ("idle", "stopped"):
             await app.startup()
         while app.state == "starting":  # the target started it itself (App.start() at import)
