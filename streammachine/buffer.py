@@ -1,0 +1,311 @@
+"""TimeSeriesBuffer: the recent rows of a stream, held column-wise in numpy arrays.
+
+Why not a DataFrame and ``pd.concat``: concatenating the whole buffer on
+every append copies every held row, so appending row by row is O(n) per row.
+Here each column is a preallocated numpy array that grows by doubling; rows
+are written in place and old rows are dropped by moving a start index, so an
+append costs O(rows appended), amortised. The arrays are compacted (live rows
+moved to the front) only when full.
+
+Age is measured in data time: a row is kept while it is at most
+``max_age_seconds`` older than the NEWEST timestamp seen, not the wall clock.
+So a replay of last week's data keeps a proper window, and a quiet stream
+keeps its last window on screen instead of emptying. Rows are held sorted by
+timestamp (rows with equal timestamps keep their arrival order); a row older
+than those held is inserted in place, which costs the rows after it.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import pandas as pd
+from pandas.api.extensions import ExtensionArray
+
+_MIN_CAPACITY = 64
+_NUMERIC = "biufc"
+
+
+class _Column:
+    """One column's storage and, for pandas extension dtypes (str, category, Int64...), the dtype to restore."""
+
+    __slots__ = ("values", "pandas_dtype")
+
+    def __init__(self, values: np.ndarray, pandas_dtype: Any) -> None:
+        self.values = values
+        self.pandas_dtype = pandas_dtype
+
+
+class TimeSeriesBuffer:
+    """In-memory buffer of recent rows with automatic pruning by age and row count.
+
+    ``append`` takes a DataFrame (its index is ignored), or a mapping of
+    column -> value (one row) or column -> sequence (many rows). Each row
+    needs ``timestamp_column`` in epoch milliseconds. Columns may come and go
+    between appends: rows without a column get NaN/None there.
+    """
+
+    def __init__(self, max_age_seconds: float, timestamp_column: str = "timestamp_ms", max_rows: Optional[int] = None):
+        if isinstance(max_age_seconds, bool) or not isinstance(max_age_seconds, (int, float)) or not (
+            max_age_seconds > 0 and math.isfinite(max_age_seconds)
+        ):
+            raise ValueError(f"max_age_seconds={max_age_seconds!r}: expected a finite number of seconds > 0")
+        if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
+            raise ValueError(f"max_rows={max_rows!r}: expected None or an int >= 1")
+        self.max_age_seconds = float(max_age_seconds)
+        self.timestamp_column = timestamp_column
+        self.max_rows = max_rows
+        self._max_age_ms = self.max_age_seconds * 1000.0
+        self.clear()
+
+    # -- reading -------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._end - self._start
+
+    @property
+    def last_timestamp(self) -> Optional[float]:
+        """The newest timestamp appended since creation or ``clear()`` (None before any)."""
+        return self._newest
+
+    def get(self) -> pd.DataFrame:
+        """A copy of the held rows, oldest first."""
+        window = slice(self._start, self._end)
+        return pd.DataFrame(
+            {name: _restore(column.values[window].copy(), column.pandas_dtype) for name, column in self._columns.items()},
+            index=pd.RangeIndex(len(self)),
+        )
+
+    def clear(self) -> None:
+        self._columns: Dict[Any, _Column] = {}
+        self._start = self._end = self._capacity = 0
+        self._newest: Optional[float] = None
+
+    def __repr__(self) -> str:
+        return (f"TimeSeriesBuffer(rows={len(self)}, max_age_seconds={self.max_age_seconds}, "
+                f"max_rows={self.max_rows}, last_timestamp={self._newest})")
+
+    # -- appending -----------------------------------------------------------
+
+    def append(self, data: Any) -> None:
+        incoming, pandas_dtypes, count = _as_columns(data)
+        if count == 0:
+            return
+        stamps = self._timestamps(incoming)
+        if count == 1 and self._append_row_in_order(incoming, stamps[0]):
+            return
+        newest = stamps.max().item()
+        if self._newest is not None and self._newest > newest:
+            newest = self._newest
+        cutoff = newest - self._max_age_ms
+        keep = stamps >= cutoff
+        if not keep.all():
+            incoming = {name: values[keep] for name, values in incoming.items()}
+            stamps = stamps[keep]
+        if len(stamps) > 1 and (stamps[1:] < stamps[:-1]).any():
+            order = np.argsort(stamps, kind="stable")
+            incoming = {name: values[order] for name, values in incoming.items()}
+            stamps = stamps[order]
+        self._newest = newest
+        self._drop_older_than(cutoff)
+        if len(stamps):
+            self._insert(incoming, pandas_dtypes, stamps)
+        self._enforce_max_rows()
+
+    def _timestamps(self, incoming: Dict[Any, np.ndarray]) -> np.ndarray:
+        stamps = incoming.get(self.timestamp_column)
+        if stamps is None:
+            raise ValueError(
+                f"appended rows have no {self.timestamp_column!r} column (columns: {list(incoming)}); "
+                "expected epoch milliseconds there"
+            )
+        if stamps.dtype.kind == "O":
+            try:
+                stamps = incoming[self.timestamp_column] = stamps.astype(np.float64)
+            except (TypeError, ValueError):
+                pass
+        if stamps.dtype.kind not in "iuf":
+            raise ValueError(
+                f"column {self.timestamp_column!r} holds {stamps.dtype} values (first: {stamps[0]!r}): "
+                "expected epoch milliseconds (int or float)"
+            )
+        if stamps.dtype.kind == "f" and not np.isfinite(stamps).all():
+            raise ValueError(f"column {self.timestamp_column!r} holds NaN/inf: expected epoch milliseconds")
+        return stamps
+
+    def _append_row_in_order(self, row: Dict[Any, np.ndarray], stamp: Any) -> bool:
+        """The common case in O(1): one row, not older than the held ones, same columns and dtypes."""
+        columns = self._columns
+        if (
+            self._end == self._capacity
+            or len(row) != len(columns)
+            or (self._end > self._start and stamp < columns[self.timestamp_column].values[self._end - 1])
+        ):
+            return False
+        for name, values in row.items():
+            column = columns.get(name)
+            if column is None or column.values.dtype != values.dtype:
+                return False
+        end = self._end
+        for name, values in row.items():
+            columns[name].values[end] = values[0]
+        self._end = end + 1
+        stamp = stamp.item()
+        if self._newest is None or stamp > self._newest:
+            self._newest = stamp
+        self._drop_older_than(self._newest - self._max_age_ms)
+        self._enforce_max_rows()
+        return True
+
+    def _drop_older_than(self, cutoff: float) -> None:
+        if self._end > self._start:
+            held = self._columns[self.timestamp_column].values
+            if held[self._start] < cutoff:  # rows are sorted: the stale ones are a prefix
+                self._start += int(np.searchsorted(held[self._start:self._end], cutoff, side="left"))
+
+    def _enforce_max_rows(self) -> None:
+        if self.max_rows is not None and self._end - self._start > self.max_rows:
+            self._start = self._end - self.max_rows
+
+    def _insert(self, incoming: Dict[Any, np.ndarray], pandas_dtypes: Dict[Any, Any], stamps: np.ndarray) -> None:
+        count = len(stamps)
+        self._reserve(count)
+        live = self._end - self._start
+        for name in self._columns.keys() - incoming.keys():
+            column = self._columns[name]
+            column.values = _holding_missing(column.values)
+            incoming[name] = np.full(count, _missing_value(column.values.dtype), dtype=column.values.dtype)
+        for name, values in incoming.items():
+            self._fit_column(name, values, pandas_dtypes.get(name), live)
+        held = self._columns[self.timestamp_column].values
+        start, end = self._start, self._end
+        if live == 0 or stamps[0] >= held[end - 1]:
+            for name, values in incoming.items():
+                self._columns[name].values[end:end + count] = values
+        else:  # older rows: merge them into the tail they belong in, stably (held rows first on ties)
+            position = start + int(np.searchsorted(held[start:end], stamps[0], side="right"))
+            order = np.argsort(np.concatenate([held[position:end], stamps]), kind="stable")
+            for name, values in incoming.items():
+                target = self._columns[name].values
+                target[position:end + count] = np.concatenate([target[position:end], values])[order]
+        self._end = end + count
+
+    def _reserve(self, count: int) -> None:
+        """Room for ``count`` more rows at the end: compact, growing to twice what is needed."""
+        if self._end + count <= self._capacity:
+            return
+        live = self._end - self._start
+        capacity = max(_MIN_CAPACITY, 2 * (live + count))
+        for column in self._columns.values():
+            grown = np.empty(capacity, dtype=column.values.dtype)
+            grown[:live] = column.values[self._start:self._end]
+            column.values = grown
+        self._start, self._end, self._capacity = 0, live, capacity
+
+    def _fit_column(self, name: Any, values: np.ndarray, pandas_dtype: Any, live: int) -> None:
+        """Create the column, or widen its dtype, so ``values`` can be written into it."""
+        column = self._columns.get(name)
+        if column is None:
+            dtype = _dtype_holding_missing(values.dtype) if live else values.dtype
+            storage = np.empty(self._capacity, dtype=dtype)
+            if live:
+                storage[self._start:self._end] = _missing_value(dtype)
+            self._columns[name] = _Column(storage, pandas_dtype)
+            return
+        if column.pandas_dtype is not None and column.pandas_dtype != pandas_dtype:
+            column.pandas_dtype = None  # mixed origins: keep plain objects
+        dtype = _common_dtype(column.values.dtype, values.dtype)
+        if dtype != column.values.dtype:
+            column.values = column.values.astype(dtype)
+
+
+def _as_columns(data: Any) -> Tuple[Dict[Any, np.ndarray], Dict[Any, Any], int]:
+    """Appended data as {column: 1-D array}, {column: pandas dtype to restore}, row count."""
+    if isinstance(data, pd.DataFrame):
+        names, arrays, count = list(data.columns), _frame_arrays(data), len(data)
+    elif isinstance(data, Mapping):
+        if not data:
+            return {}, {}, 0
+        names, arrays = list(data.keys()), list(data.values())
+        sequences = [v for v in arrays if _is_sequence(v)]
+        if sequences:
+            count = len(sequences[0])
+            for name, values in data.items():
+                if not _is_sequence(values) or len(values) != count:
+                    raise ValueError(
+                        f"column {name!r}: expected {count} values like the other columns, got {values!r:.80} "
+                        "(one row: a scalar per column; many rows: an equally long sequence per column)"
+                    )
+        else:
+            arrays, count = [[v] for v in arrays], 1
+    else:
+        raise ValueError(
+            f"TimeSeriesBuffer.append expects a DataFrame, or a mapping of column -> value(s); got {type(data).__name__}"
+        )
+    columns, pandas_dtypes = {}, {}
+    for name, values in zip(names, arrays):
+        if isinstance(values, pd.Series):
+            values = values.array
+        if isinstance(values, ExtensionArray) and not isinstance(values.dtype, np.dtype):
+            pandas_dtypes[name] = values.dtype
+            values = np.asarray(values, dtype=object)
+        else:
+            values = np.asarray(values)
+        if values.dtype.kind in "USV":  # text as Python objects, not fixed-width numpy strings
+            values = values.astype(object)
+        columns[name] = values
+    return columns, pandas_dtypes, count
+
+
+def _frame_arrays(frame: pd.DataFrame) -> list:
+    # DataFrame.items() builds a Series per column (~5 us each), which would
+    # dominate one-row appends; _iter_column_arrays hands out the arrays
+    # directly. It is private, so fall back to the public path if it goes away.
+    iterate = getattr(frame, "_iter_column_arrays", None)
+    if iterate is not None:
+        return list(iterate())
+    return [series.array for _, series in frame.items()]
+
+
+def _is_sequence(value: Any) -> bool:
+    return isinstance(value, (list, tuple, np.ndarray, pd.Series, ExtensionArray))
+
+
+def _common_dtype(held: np.dtype, incoming: np.dtype) -> np.dtype:
+    if held == incoming:
+        return held
+    if (held.kind in "iuf" and incoming.kind in "iuf") or (held.kind == incoming.kind and held.kind in "mM"):
+        return np.result_type(held, incoming)
+    return np.dtype(object)
+
+
+def _dtype_holding_missing(dtype: np.dtype) -> np.dtype:
+    if dtype.kind in "iu":
+        return np.dtype(np.float64)
+    if dtype.kind in "fcmMO":
+        return dtype
+    return np.dtype(object)
+
+
+def _holding_missing(values: np.ndarray) -> np.ndarray:
+    dtype = _dtype_holding_missing(values.dtype)
+    return values if dtype == values.dtype else values.astype(dtype)
+
+
+def _missing_value(dtype: np.dtype) -> Any:
+    if dtype.kind in "fc":
+        return np.nan
+    if dtype.kind in "mM":
+        return np.array("NaT", dtype=dtype)
+    return None
+
+
+def _restore(values: np.ndarray, pandas_dtype: Any) -> Any:
+    if pandas_dtype is None:
+        return values
+    try:
+        return pd.array(values, dtype=pandas_dtype)
+    except (TypeError, ValueError):
+        return values
