@@ -1,0 +1,118 @@
+"""Synchronous conveniences behind the magics: send, tail, info, which server.
+
+A line magic cannot await, and the kernel loop is already running, so these
+use a plain (sync) redis client on the App's server. Each call is one quick
+round trip on loopback or a LAN; nothing here waits on stream data.
+"""
+from __future__ import annotations
+
+import shlex
+from typing import Dict, List, Optional
+
+import pandas as pd
+import redis
+
+from ..connection import resolve_url
+from ..embedded import read_runtime_file, redact_url
+from ..encoding import encode_record
+
+
+def server_url(app) -> str:
+    """The App's Redis URL; resolving it first when the app has not connected yet.
+
+    Resolving may start the per-user embedded server, exactly as ``app.start()`` would.
+    """
+    connection = app.redis
+    return connection.url or resolve_url(connection.settings)
+
+
+def sync_client(url: str, cluster: bool = False):
+    if cluster or "+cluster://" in url:
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(url.replace("+cluster", "", 1))
+    return redis.Redis.from_url(url, socket_timeout=10)
+
+
+def parse_fields(pairs: List[str]) -> Dict[str, str]:
+    """``["k=v", "name='a b'"]`` (already shell-split) -> ``{"k": "v", "name": "a b"}``."""
+    fields = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"field {pair!r}: expected key=value")
+        fields[key] = value
+    return fields
+
+
+def send(client, stream: str, pairs: List[str]) -> str:
+    fields = encode_record(stream, parse_fields(pairs))
+    new_id = client.xadd(stream, fields)
+    return new_id.decode() if isinstance(new_id, bytes) else new_id
+
+
+def tail(client, stream: str, count: int):
+    """The last ``count`` entries, oldest first, as a DataFrame (numeric fields parsed)."""
+    from ..frames import streams_to_dataframe
+
+    entries = list(reversed(client.xrevrange(stream, count=count)))
+    # fields only (any field name is fine, even "id"), indexed by entry id
+    frame = streams_to_dataframe(entries, stream_name_column=None, id_column=None, timestamp_column=None)
+    frame.index = pd.Index([_text(entry_id) for entry_id, _ in entries], name="id")
+    return frame
+
+
+def info(client, stream: str) -> dict:
+    """Length, first/last ids and consumer groups (with pending and lag) of ``stream``."""
+    if not client.exists(stream):
+        raise KeyError(f"stream {stream!r} does not exist on this server")
+    raw = client.xinfo_stream(stream)
+    groups = []
+    for group in client.xinfo_groups(stream):
+        groups.append({_text(k): _text(v) for k, v in group.items()})
+    first, last = raw.get("first-entry"), raw.get("last-entry")
+    return {
+        "stream": stream,
+        "length": raw.get("length"),
+        "first_id": _text(first[0]) if first else None,
+        "last_id": _text(last[0]) if last else None,
+        "groups": groups,
+    }
+
+
+def server_info(app) -> dict:
+    """Which Redis the App uses: configured, local default, or the embedded server (URL redacted)."""
+    connection = app.redis
+    settings = connection.settings
+    url = server_url(app)
+    if connection.configured:
+        kind = "configured"
+    else:
+        runtime = read_runtime_file(settings.home)
+        kind = "embedded" if runtime and runtime.get("url") == url else "localhost"
+    result = {"kind": kind, "url": redact_url(url), "app": app.name, "state": app.state}
+    if kind == "embedded":
+        runtime = read_runtime_file(settings.home) or {}
+        result.update(pid=runtime.get("pid"), data_dir=runtime.get("data_dir"))
+    return result
+
+
+def split_args(line: str) -> List[str]:
+    try:
+        return shlex.split(line)
+    except ValueError as exc:
+        raise ValueError(f"cannot parse {line!r}: {exc}") from None
+
+
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def describe_server(details: dict) -> str:
+    text = {"configured": "configured server (REDIS_URL / redis_url=)",
+            "localhost": "local server on localhost:6379",
+            "embedded": "embedded Valkey server (no Redis configured)"}[details["kind"]]
+    extra: Optional[str] = None
+    if details.get("data_dir"):
+        extra = f"data in {details['data_dir']}, pid {details.get('pid')}"
+    return f"{text}: {details['url']}" + (f" ({extra})" if extra else "")

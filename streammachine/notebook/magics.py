@@ -1,0 +1,273 @@
+"""``%load_ext streammachine``: the ``%streammachine`` line magic and ``%%streammachine`` cell magic.
+
+Line magic (the App is found in the notebook's namespace, or chosen with ``use``)::
+
+    %streammachine start | stop | status | dashboard | server
+    %streammachine send STREAM key=value ...
+    %streammachine tail STREAM [-n N]
+    %streammachine info STREAM
+    %streammachine remove NAME
+    %streammachine use VARIABLE
+
+Cell magic (the cell body is the handler; ``await`` works in it)::
+
+    %%streammachine agent STREAM [--group G] [--concurrency N] [--batch] [--name NAME]
+    %%streammachine timer SECONDS [--name NAME]
+
+Re-running an agent or timer cell replaces the running handler (hot swap).
+Magics run inside the kernel's event loop but cannot await: lifecycle
+commands schedule work on that loop and return, and the Redis conveniences
+use a synchronous client.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Callable, Dict, Optional
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+
+from ..app import App
+from . import commands
+from .cells import handler_from_cell
+from .status import RateMeter, fetch_groups_sync, status_frame, status_rows
+
+USAGE = __doc__.split("\n\n", 1)[1].rsplit("\n\n", 1)[0]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports mistakes as UsageError instead of exiting the kernel."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message}\n\n{USAGE}")
+
+
+def _line_parser() -> _Parser:
+    parser = _Parser(prog="%streammachine", add_help=False)
+    commands_ = parser.add_subparsers(dest="command", parser_class=_Parser)
+    for name in ("start", "stop", "status", "dashboard", "server", "help"):
+        commands_.add_parser(name, add_help=False)
+    send = commands_.add_parser("send", add_help=False)
+    send.add_argument("stream")
+    send.add_argument("fields", nargs="+", metavar="key=value")
+    tail = commands_.add_parser("tail", add_help=False)
+    tail.add_argument("stream")
+    tail.add_argument("-n", type=int, default=10)
+    commands_.add_parser("info", add_help=False).add_argument("stream")
+    commands_.add_parser("remove", add_help=False).add_argument("name")
+    commands_.add_parser("use", add_help=False).add_argument("variable")
+    return parser
+
+
+def _cell_parser() -> _Parser:
+    parser = _Parser(prog="%%streammachine", add_help=False)
+    kinds = parser.add_subparsers(dest="kind", parser_class=_Parser)
+    agent = kinds.add_parser("agent", add_help=False)
+    agent.add_argument("stream")
+    agent.add_argument("--group")
+    agent.add_argument("--concurrency", type=int, default=1)
+    agent.add_argument("--batch", action="store_true")
+    agent.add_argument("--name")
+    timer = kinds.add_parser("timer", add_help=False)
+    timer.add_argument("seconds", type=float)
+    timer.add_argument("--name")
+    return parser
+
+
+@magics_class
+class StreamMachineMagics(Magics):
+    def __init__(self, shell) -> None:
+        super().__init__(shell)
+        self._app_variable: Optional[str] = None
+        self._clients: Dict[str, object] = {}
+        self._meter = RateMeter()
+        self._line = _line_parser()
+        self._cell = _cell_parser()
+
+    # -- finding the App -----------------------------------------------------
+
+    def app(self) -> App:
+        namespace = self.shell.user_ns
+        if self._app_variable is not None:
+            app = namespace.get(self._app_variable)
+            if not isinstance(app, App):
+                raise UsageError(f"%streammachine use {self._app_variable}: that variable no longer holds an App")
+            return app
+        found: Dict[int, str] = {}
+        for variable, value in namespace.items():
+            if isinstance(value, App) and not variable.startswith("_"):  # skip Out history (_, _3, ...)
+                found.setdefault(id(value), variable)
+        if len(found) == 1:
+            return namespace[next(iter(found.values()))]
+        if not found:
+            raise UsageError("no streammachine App in this notebook: create one first, e.g. app = App('demo')")
+        raise UsageError(f"several Apps in this notebook ({', '.join(sorted(found.values()))}): "
+                         "pick one with %streammachine use VARIABLE")
+
+    def _client(self, app: App):
+        url = commands.server_url(app)
+        client = self._clients.get(url)
+        if client is None:
+            client = self._clients[url] = commands.sync_client(url, cluster=app.redis.is_cluster)
+        return client
+
+    # -- the magic -----------------------------------------------------------
+
+    @line_cell_magic
+    def streammachine(self, line: str, cell: Optional[str] = None):
+        try:
+            argv = commands.split_args(line)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if cell is not None:
+            return self._register_cell(self._cell.parse_args(argv), cell)
+        args = self._line.parse_args(argv)
+        if args.command in (None, "help"):
+            print(USAGE)
+            return None
+        return getattr(self, f"_cmd_{args.command}")(args)
+
+    def _cmd_use(self, args):
+        value = self.shell.user_ns.get(args.variable)
+        if not isinstance(value, App):
+            raise UsageError(f"%streammachine use {args.variable}: expected a variable holding an App, "
+                             f"got {type(value).__name__}")
+        self._app_variable = args.variable
+        print(f"streammachine: using {value!r}")
+
+    def _cmd_start(self, args):
+        app = self.app()
+        if app.state in ("starting", "running"):
+            print(f"streammachine: app {app.name!r} is already {app.state}")
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # App.start() would block here as the headless runner does
+            raise UsageError("%streammachine start needs a running event loop (a Jupyter kernel); "
+                             "elsewhere use app.start() in a script or `await app.run()`") from None
+        task = app.start()
+        print(f"streammachine: starting app {app.name!r} ({len(app.agents)} agents, {len(app.timers)} timers)")
+        task.add_done_callback(lambda t: _report(t, f"app {app.name!r} running on {app.redis.safe_url}"))
+
+    def _cmd_stop(self, args):
+        app = self.app()
+        stopping = app.stop()
+        if stopping is None:
+            print(f"streammachine: app {app.name!r} is not running ({app.state})")
+            return
+        print(f"streammachine: stopping app {app.name!r}")
+        if isinstance(stopping, asyncio.Future):
+            stopping.add_done_callback(lambda t: _report(t, f"app {app.name!r} stopped"))
+
+    def _cmd_status(self, args):
+        app = self.app()
+        groups = {}
+        if app.redis.url is not None:  # never start a server just to show a table
+            streams = [spec.stream for spec in app.agents.values()]
+            groups = fetch_groups_sync(self._client(app), streams)
+        return status_frame(status_rows(app, groups, self._meter))
+
+    def _cmd_dashboard(self, args):
+        return self.app().dashboard()  # shown as the cell's result; `d = %streammachine dashboard` keeps it
+
+    def _cmd_server(self, args):
+        print("streammachine: " + commands.describe_server(commands.server_info(self.app())))
+
+    def _cmd_send(self, args):
+        app = self.app()
+        try:
+            return commands.send(self._client(app), args.stream, args.fields)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"%streammachine send: {exc}") from None
+
+    def _cmd_tail(self, args):
+        if args.n < 1:
+            raise UsageError(f"%streammachine tail: -n {args.n}: expected a count >= 1")
+        return commands.tail(self._client(self.app()), args.stream, args.n)
+
+    def _cmd_info(self, args):
+        try:
+            return commands.info(self._client(self.app()), args.stream)
+        except KeyError as exc:
+            raise UsageError(f"%streammachine info: {exc.args[0]}") from None
+
+    def _cmd_remove(self, args):
+        app = self.app()
+        try:
+            app.unregister(args.name)
+        except KeyError as exc:
+            raise UsageError(f"%streammachine remove: {exc.args[0]}") from None
+        print(f"streammachine: removed {args.name!r}")
+
+    # -- cells as handlers -----------------------------------------------------
+
+    def _register_cell(self, args, cell: str):
+        app = self.app()
+        source = self.shell.transform_cell(cell)
+        filename = self.shell.compile.cache(source)  # so tracebacks show the cell's lines
+        if args.kind == "agent":
+            if args.concurrency < 1:
+                raise UsageError(f"--concurrency {args.concurrency}: expected an int >= 1")
+            group = args.group or app.config.default_group
+            name = args.name or f"cell_agent:{args.stream}:{group}"
+            handler = handler_from_cell(source, ["messages" if args.batch else "message"], name,
+                                        self.shell.user_ns, filename)
+
+            def register():
+                app.agent(args.stream, group=group, concurrency=args.concurrency, batch=args.batch,
+                          name=name)(handler)
+
+            what = f"agent {name!r} on stream {args.stream!r} (group {group!r})"
+        else:
+            if not args.seconds > 0:
+                raise UsageError(f"timer {args.seconds}: expected seconds > 0")
+            name = args.name or f"cell_timer:{args.seconds:g}s"
+            handler = handler_from_cell(source, [], name, self.shell.user_ns, filename)
+
+            def register():
+                app.timer(args.seconds, name=name)(handler)
+
+            what = f"timer {name!r} every {args.seconds:g}s"
+        self._register(app, register, name, what)
+
+    def _register(self, app: App, register: Callable[[], None], name: str, what: str) -> None:
+        replacing = name in app.agents or name in app.timers
+        if app.state == "starting":
+            # the app refuses registrations while it starts (run-all runs the next cell at once): wait for it
+            asyncio.get_running_loop().create_task(_register_when_started(app, register, what))
+            print(f"streammachine: {what}: registering once app {app.name!r} has started")
+            return
+        try:
+            register()
+        except (TypeError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
+        if not replacing:
+            print(f"streammachine: {what} registered" + (" and started" if app.is_running else ""))
+        elif not app.is_running:
+            print(f"streammachine: {what} replaced")
+
+
+async def _register_when_started(app: App, register: Callable[[], None], what: str) -> None:
+    while app.state == "starting":
+        await asyncio.sleep(0.01)
+    try:
+        register()
+    except Exception as exc:
+        print(f"streammachine: could not register {what}: {type(exc).__name__}: {exc}")
+    else:
+        print(f"streammachine: {what} registered")
+
+
+def _report(task: asyncio.Future, success: str) -> None:
+    if task.cancelled():
+        print(f"streammachine: cancelled before: {success}")
+    elif task.exception() is not None:
+        exc = task.exception()
+        print(f"streammachine: failed: {type(exc).__name__}: {exc}")
+    else:
+        print(f"streammachine: {success}")
+
+
+def load_ipython_extension(ipython) -> None:
+    ipython.register_magics(StreamMachineMagics)

@@ -1,0 +1,283 @@
+"""The App inside a real ipykernel, driven cell by cell over jupyter_client.
+
+Each test gets its own kernel whose environment points at the test's Redis
+(REDIS_URL), so nothing here touches the per-user embedded server. The test
+process is the notebook's frontend: between cells it sends nothing, so the
+kernel is idle, and it watches Redis directly to see what the kernel did.
+"""
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import tempfile
+import threading
+import time
+
+import pytest
+import redis
+
+from helpers import wait_until_sync
+
+SETUP = """
+import asyncio
+from streammachine import App, ConsumerConfig, TimeSeriesBuffer
+from streammachine.notebook import live_line, until
+"""
+
+
+class Kernel:
+    """A live kernel and a ``run(code)`` that returns what the cell printed (and raises on error)."""
+
+    def __init__(self, env: dict, cwd: str) -> None:
+        from jupyter_client.manager import KernelManager
+
+        # ipc transport: no "running over TCP without encryption" warning, no ports to race for.
+        # The socket path must be absolute (the kernel runs in another cwd) and short (sun_path).
+        self._sockets = tempfile.mkdtemp(prefix="smk")
+        self.manager = KernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(self._sockets, "k"))
+        self.manager.start_kernel(env=env, cwd=cwd)
+        self.client = self.manager.client()
+        self.client.start_channels()
+        self.client.wait_for_ready(timeout=60)
+        self.displayed: list = []  # mime bundles of everything displayed
+
+    def run(self, code: str, timeout: float = 30) -> str:
+        out, errors = [], []
+
+        def hook(msg):
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                out.append(content["text"])
+            elif kind in ("execute_result", "display_data"):
+                out.append(content["data"].get("text/plain", "") + "\n")
+                self.displayed.append(content["data"])
+            elif kind == "error":
+                errors.append("\n".join(content["traceback"]))
+
+        reply = self.client.execute_interactive(code, timeout=timeout, output_hook=hook)
+        if reply["content"]["status"] != "ok":
+            raise AssertionError(f"cell failed:\n{code}\n{''.join(errors) or reply['content']}")
+        return "".join(out)
+
+    def value(self, expression: str):
+        """A Python literal computed in the kernel."""
+        return ast.literal_eval(self.run(f"print(repr({expression}))").strip())
+
+    def magic_value(self, line: str):
+        """What a line magic returns (magics expand only as statements or assignments)."""
+        self.run(f"_magic_result = {line}")
+        return self.value("_magic_result")
+
+    def close(self) -> None:
+        self.client.stop_channels()
+        self.manager.shutdown_kernel(now=True)
+        shutil.rmtree(self._sockets, ignore_errors=True)
+
+
+@pytest.fixture
+def kernel(redis_url, tmp_path):
+    # os.environ is already stripped of REDIS_*/STREAMMACHINE_* by the autouse fixture
+    env = dict(os.environ, REDIS_URL=redis_url, STREAMMACHINE_HOME=str(tmp_path / "smhome"))
+    k = Kernel(env, str(tmp_path))
+    k.run(SETUP)
+    yield k
+    try:
+        k.run("await app.stop() if 'app' in globals() and app.stop() else None", timeout=20)
+    finally:
+        k.close()
+
+
+def group_state(client, stream: str, group: str) -> dict:
+    for info in client.xinfo_groups(stream):
+        if info["name"] == group:
+            return info
+    return {}
+
+
+def fully_consumed(client, stream: str, group: str, count: int) -> bool:
+    state = group_state(client, stream, group)
+    return state.get("entries-read") == count and state.get("pending") == 0
+
+
+def test_agent_keeps_consuming_while_kernel_idle_and_live_view_follows(kernel, sync_redis):
+    kernel.run("""
+app = App("idle", consumer_config=ConsumerConfig(block_ms=100, count=50))
+buffer = TimeSeriesBuffer(max_age_seconds=3600)
+got = []
+
+@app.agent("readings", group="g")
+async def record(message):
+    got.append(int(message.message["n"]))
+    buffer.append({"timestamp_ms": message.timestamp_ms, "value": float(message.message["n"])})
+
+view = live_line(buffer, y="value", window=40, fps=20)
+started = app.start()
+""")
+    kernel.run("await until(lambda: app.is_running, 20, what='app running')")
+    began = time.monotonic()
+    # The kernel is idle from here: only Redis tells us what it does.
+    for n in range(100):
+        sync_redis.xadd("readings", {"n": n})
+    wait_until_sync(lambda: fully_consumed(sync_redis, "readings", "g", 100), 10, what="100 entries acked by the idle kernel")
+    assert kernel.value("sorted(got) == list(range(100))")
+    kernel.run("await until(lambda: view.figure.data[0].y is not None and view.figure.data[0].y[-1] == 99.0, 5)")
+    first = kernel.value("(view.figure.data[0].y.tolist(), view.frames)")
+    for n in range(100, 200):
+        sync_redis.xadd("readings", {"n": n})
+    wait_until_sync(lambda: fully_consumed(sync_redis, "readings", "g", 200), 10, what="200 entries acked")
+    kernel.run("await until(lambda: view.figure.data[0].y[-1] == 199.0, 5)")
+    second, frames = kernel.value("(view.figure.data[0].y.tolist(), view.frames)")
+    elapsed = time.monotonic() - began
+    assert first[0] == list(range(60, 100)) and second == [float(n) for n in range(160, 200)]  # a bounded window
+    assert frames > first[1] and frames <= 20 * elapsed + 2  # redrawn as data came, never above 20 fps
+
+    kernel.run("view.close(); closed_at = view.frames")
+    for n in range(200, 250):
+        sync_redis.xadd("readings", {"n": n})
+    wait_until_sync(lambda: fully_consumed(sync_redis, "readings", "g", 250), 10, what="250 entries acked")
+    assert kernel.value("(len(got), view.frames == closed_at, view.running)") == (250, True, False)
+
+
+AGENT_CELL = """
+@app.agent("orders", group="g")
+async def handle(message):
+    handled.append(({version}, int(message.message["n"])))
+"""
+
+
+def test_hot_reregistration_under_steady_producer_loses_nothing(kernel, sync_redis, redis_url):
+    total, rate = 3000, 2000.0  # ~1.5 s of steady traffic
+    kernel.run("""
+handled = []
+swaps = []
+app = App("swap", consumer_config=ConsumerConfig(block_ms=50, count=20), grace_seconds=5)
+""" + AGENT_CELL.format(version=1) + "\napp.start()")
+    kernel.run("await until(lambda: app.is_running, 20, what='app running')")
+
+    producer_client = redis.Redis.from_url(redis_url)
+    sent = []
+
+    def produce():
+        start = time.monotonic()
+        for n in range(total):
+            delay = start + n / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)  # pacing in the producer thread, not waiting on a condition
+            sent.append(producer_client.xadd("orders", {"n": n}))
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    try:
+        for version in (2, 3):
+            at = len(sent)
+            wait_until_sync(lambda: len(sent) >= at + 600, 10, what="the producer to move on")
+            kernel.run(AGENT_CELL.format(version=version))  # re-running the cell: same name, new handler
+            kernel.run(f"await until(lambda: any(v == {version} for v, _ in handled[-50:]), 10, "
+                       f"what='version {version} handling'); swaps.append(app.last_swap_ms)")
+    finally:
+        producer.join()
+        producer_client.close()
+    wait_until_sync(lambda: fully_consumed(sync_redis, "orders", "g", total), 15, what="every entry acked")
+
+    handled = kernel.value("handled")
+    numbers = [n for _, n in handled]
+    assert sorted(set(numbers)) == list(range(total)), f"lost {sorted(set(range(total)) - set(numbers))[:20]}"
+    assert len(numbers) == total, f"{len(numbers) - total} duplicates"
+    versions = [v for v, _ in handled]
+    assert versions == sorted(versions), "an old handler ran after its replacement had started"
+    assert {1, 2, 3} <= set(versions) and versions[-1] == 3
+    assert kernel.value("len(app.agents)") == 1
+    swap_ms = kernel.value("swaps")
+    print("per version", {v: versions.count(v) for v in (1, 2, 3)}, "swap ms", swap_ms)
+    assert len(swap_ms) == 2 and all(0 < ms < 2000 for ms in swap_ms), swap_ms
+
+
+def test_magics_drive_the_app(kernel, sync_redis):
+    out = kernel.run("""
+%load_ext streammachine
+app = App("magic", consumer_config=ConsumerConfig(block_ms=50, count=20))
+seen = []
+""")
+    assert out == ""
+    out = kernel.run("""%%streammachine agent prices --group watchers
+await asyncio.sleep(0)  # an async body: await works
+seen.append(("v1", message.message["p"]))
+last = message.message["p"]
+""")
+    assert "agent 'cell_agent:prices:watchers'" in out and "registered" in out
+    assert "starting app 'magic'" in kernel.run("%streammachine start")
+    kernel.run("await until(lambda: app.is_running, 20)")
+    assert "redis://:***@127.0.0.1" in kernel.run("%streammachine server")
+
+    entry_id = kernel.magic_value("%streammachine send prices p=10 note='two words'")
+    assert sync_redis.xrange("prices")[0] == (entry_id, {"p": "10", "note": "two words"})
+    kernel.run("await until(lambda: seen, 5)")
+    assert kernel.value("(seen, last)") == ([("v1", "10")], "10")
+
+    kernel.run("""%%streammachine agent prices --group watchers
+seen.append(("v2", message.message["p"]))
+""")  # hot swap through the cell magic (sync body this time)
+    kernel.run("%streammachine send prices p=11")
+    kernel.run("await until(lambda: len(seen) == 2, 5)")
+    assert kernel.value("seen") == [("v1", "10"), ("v2", "11")]
+
+    kernel.run("""%%streammachine timer 0.05 --name beat
+beats = globals().get("beats", 0) + 1
+""")
+    kernel.run("await until(lambda: globals().get('beats', 0) >= 3, 5)")
+
+    kernel.run("frame = %streammachine status")
+    status = kernel.value("{name: (row.kind, row.processed, row.pending, row.lag, row.failed) "
+                          "for name, row in frame.iterrows()}")
+    assert status["cell_agent:prices:watchers"] == ("agent", 2, 0, 0, 0)
+    assert status["beat"][0] == "timer" and status["beat"][1] >= 3
+
+    kernel.run("last_entries = %streammachine tail prices -n 1")
+    assert kernel.value("last_entries.p.tolist()") == [11]
+    info = kernel.magic_value("%streammachine info prices")
+    assert info["length"] == 2 and info["groups"][0]["name"] == "watchers" and info["groups"][0]["lag"] == 0
+
+    kernel.run("%streammachine dashboard")
+    assert "application/vnd.jupyter.widget-view+json" in kernel.displayed[-1]
+    kernel.run("dash = %streammachine dashboard")
+    kernel.run("await until(lambda: 'cell_agent:prices:watchers' in dash.table.value, 5); dash.close()")
+
+    assert "removed 'beat'" in kernel.run("%streammachine remove beat")
+    assert kernel.value("list(app.timers)") == []
+    for bad, message in [("%streammachine send prices p", "expected key=value"),
+                         ("%streammachine remove nope", "no agent or timer named 'nope'"),
+                         ("%streammachine info nowhere", "does not exist"),
+                         ("%streammachine frobnicate", "invalid choice"),
+                         ("%streammachine use seen", "expected a variable holding an App")]:
+        with pytest.raises(AssertionError, match=message):
+            kernel.run(bad)
+    kernel.run("other = App('other')")
+    with pytest.raises(AssertionError, match="several Apps"):
+        kernel.run("%streammachine status")
+    assert "using App('magic'" in kernel.run("%streammachine use app")
+    assert "stopping app 'magic'" in kernel.run("%streammachine stop")
+    kernel.run("await until(lambda: app.state == 'stopped', 10)")
+
+    # a cell registered while the app is still starting (run-all) is registered once it runs
+    out = kernel.run("""
+%streammachine start
+await asyncio.sleep(0)  # the startup task is now waiting on Redis: the app is "starting"
+state_then = app.state
+get_ipython().run_cell_magic("streammachine", "agent late", "seen.append(('late', message.message['x']))")
+""")
+    assert kernel.value("state_then") == "starting" and "registering once app 'magic' has started" in out
+    kernel.run("await until(lambda: 'cell_agent:late:eventengine' in app.agents and app.is_running, 10)")
+    kernel.run("%streammachine send late x=1")
+    kernel.run("await until(lambda: ('late', '1') in seen, 5)")
+
+
+def test_importing_streammachine_does_not_import_ipython(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys, streammachine, streammachine.notebook; "
+            "print(sorted(m for m in ('IPython', 'plotly', 'ipywidgets') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
