@@ -1,0 +1,547 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Compiled OHLC core: the twin of ``streammachine/ohlc/_core_py.py``.
+
+Candles are C structs in one sorted array per (symbol, interval); a symbol
+also keeps a "hot window", the time span in which every interval's newest
+candle takes the tick, so an in-order tick costs a dict lookup and a few
+compares and adds. Anything unusual (a new symbol, a bad value, a late or
+out-of-order tick) takes a slower path; the validation rules and error
+messages come from ``streammachine.ohlc.ticks``, shared with the Python twin.
+"""
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem
+from cpython.float cimport PyFloat_AS_DOUBLE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.ref cimport Py_INCREF, Py_XDECREF, PyObject
+from libc.math cimport isfinite
+from libc.stdint cimport INT64_MAX, int64_t, uint8_t, uint64_t
+from libc.string cimport memmove
+
+import numpy as np
+
+from streammachine.ohlc.ticks import (
+    coerce_symbol, coerce_tick, normalise_intervals, parse_field_number, prepare_tick_arrays, symbol_keys,
+)
+from streammachine.stream_entries import iter_stream_batches, parse_stream_id_timestamp
+
+cdef extern from "Python.h":
+    long long PyLong_AsLongLongAndOverflow(object obj, int* overflow) except? -1
+    double PyOS_string_to_double(const char* s, char** endptr, PyObject* overflow_exception)
+    PyObject* PyErr_Occurred()
+    void PyErr_Clear()
+    const char* PyUnicode_AsUTF8AndSize(object text, Py_ssize_t* size) except NULL
+
+
+cdef struct CandleC:
+    int64_t start
+    int64_t first_ts
+    int64_t last_ts
+    int64_t count
+    double open
+    double high
+    double low
+    double close
+    double volume
+
+
+cdef struct SeriesC:
+    CandleC* candles      # sorted by start
+    Py_ssize_t n
+    Py_ssize_t cap
+    int64_t interval
+    int64_t watermark     # ticks before this are late; -1 until the first flush (timestamps are >= 0)
+
+
+cdef struct SymbolC:
+    int64_t latest_ts    # -1 until the first tick
+    SeriesC* series      # one per interval
+    Py_ssize_t n_series
+    int64_t hot_lo       # a tick in [hot_lo, hot_hi) lands in every series' newest candle
+    int64_t hot_hi
+
+
+cdef class _Symbol:
+    """Owns one symbol's candles (``c``); the hot paths work on ``&c`` with no Python objects."""
+    cdef readonly str name
+    cdef SymbolC c
+
+    def __cinit__(self, str name, tuple intervals):
+        cdef Py_ssize_t k
+        self.name = name
+        self.c.latest_ts = -1
+        self.c.n_series = len(intervals)
+        self.c.series = <SeriesC*>PyMem_Malloc(self.c.n_series * sizeof(SeriesC))
+        if self.c.series == NULL:
+            raise MemoryError()
+        for k in range(self.c.n_series):
+            self.c.series[k].candles = NULL
+            self.c.series[k].n = 0
+            self.c.series[k].cap = 0
+            self.c.series[k].interval = intervals[k]
+            self.c.series[k].watermark = -1
+        self.c.hot_lo, self.c.hot_hi = 1, 0
+
+    def __dealloc__(self):
+        cdef Py_ssize_t k
+        if self.c.series != NULL:
+            for k in range(self.c.n_series):
+                PyMem_Free(self.c.series[k].candles)
+            PyMem_Free(self.c.series)
+
+
+cdef inline void _add(CandleC* c, double p, double v, int64_t t) noexcept nogil:
+    if t < c.first_ts:
+        c.first_ts = t
+        c.open = p
+    if t >= c.last_ts:  # ties: the later arrival closes
+        c.last_ts = t
+        c.close = p
+    if p > c.high:
+        c.high = p
+    if p < c.low:
+        c.low = p
+    c.volume += v
+    c.count += 1
+
+
+cdef int _tick_into(SeriesC* s, double p, double v, int64_t t) except -1:
+    """Add a tick to the candle that takes it, inserting that candle in order if new."""
+    cdef int64_t start = t - t % s.interval
+    cdef Py_ssize_t n = s.n, lo = n, hi = n, mid
+    cdef CandleC* c
+    if n and s.candles[n - 1].start == start:
+        _add(&s.candles[n - 1], p, v, t)
+        return 0
+    if n and start < s.candles[n - 1].start:  # out of order: binary search
+        lo = 0
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if s.candles[mid].start < start:
+                lo = mid + 1
+            else:
+                hi = mid
+        if s.candles[lo].start == start:
+            _add(&s.candles[lo], p, v, t)
+            return 0
+    if n == s.cap:
+        _grow(s)
+    if lo < n:
+        memmove(&s.candles[lo + 1], &s.candles[lo], (n - lo) * sizeof(CandleC))
+    c = &s.candles[lo]
+    c.start = start
+    c.first_ts = t
+    c.last_ts = t
+    c.count = 1
+    c.open = p
+    c.high = p
+    c.low = p
+    c.close = p
+    c.volume = 0.0 + v
+    s.n = n + 1
+    return 0
+
+
+cdef int _grow(SeriesC* s) except -1:
+    cdef Py_ssize_t cap = 8 if s.cap == 0 else s.cap * 2
+    cdef CandleC* grown = <CandleC*>PyMem_Realloc(s.candles, cap * sizeof(CandleC))
+    if grown == NULL:
+        raise MemoryError()
+    s.candles = grown
+    s.cap = cap
+    return 0
+
+
+cdef void _refresh_hot(SymbolC* sym) noexcept:
+    cdef Py_ssize_t k
+    cdef int64_t lo = 0, hi = INT64_MAX, start, end
+    cdef SeriesC* s
+    for k in range(sym.n_series):
+        s = &sym.series[k]
+        if s.n == 0:
+            sym.hot_lo, sym.hot_hi = 1, 0
+            return
+        start = s.candles[s.n - 1].start
+        end = INT64_MAX if start > INT64_MAX - s.interval else start + s.interval
+        if start > lo:
+            lo = start
+        if end < hi:
+            hi = end
+    sym.hot_lo, sym.hot_hi = lo, hi
+
+
+cdef bint _apply(SymbolC* sym, double p, double v, int64_t t) except -1:
+    """Add a valid tick to every interval; True if it was late (dropped) for any."""
+    cdef Py_ssize_t k
+    cdef SeriesC* s
+    cdef CandleC* c
+    cdef bint late = False
+    if t > sym.latest_ts:
+        sym.latest_ts = t
+    if sym.hot_lo <= t < sym.hot_hi:
+        for k in range(sym.n_series):
+            s = &sym.series[k]
+            _add(&s.candles[s.n - 1], p, v, t)
+        return False
+    for k in range(sym.n_series):
+        s = &sym.series[k]
+        if t < s.watermark:
+            late = True
+            continue
+        _tick_into(s, p, v, t)
+    _refresh_hot(sym)
+    return late
+
+
+cdef inline int64_t _id_millis(const char* text, Py_ssize_t size) noexcept nogil:
+    """Milliseconds of a "<ms>-<seq>" id (ASCII digits both sides, ms within int64), or -1."""
+    cdef Py_ssize_t i = 0
+    cdef int64_t ms = 0
+    cdef int digit
+    while i < size and text[i] != 45:  # '-'
+        digit = text[i] - 48
+        if digit < 0 or digit > 9 or ms > (INT64_MAX - digit) // 10:
+            return -1
+        ms = ms * 10 + digit
+        i += 1
+    if i == 0 or i + 1 >= size:
+        return -1
+    i += 1
+    while i < size:
+        if text[i] < 48 or text[i] > 57:
+            return -1
+        i += 1
+    return ms
+
+
+cdef int64_t _entry_millis(object entry_id) except -2:
+    cdef Py_ssize_t size
+    cdef const char* text
+    if type(entry_id) is bytes:
+        return _id_millis(PyBytes_AS_STRING(entry_id), PyBytes_GET_SIZE(entry_id))
+    if type(entry_id) is str:
+        if not entry_id.isascii():  # also keeps lone surrogates away from the UTF-8 encoder
+            return -1
+        text = PyUnicode_AsUTF8AndSize(entry_id, &size)
+        return _id_millis(text, size)
+    try:
+        return parse_stream_id_timestamp(entry_id)
+    except ValueError:
+        return -1
+
+
+cdef bint _parse_number(object raw, double* out) except -1:
+    """``float(raw)`` semantics; bytes take a C fast path. False if it does not parse."""
+    cdef const char* text
+    cdef char* end
+    cdef double value
+    if type(raw) is bytes:
+        text = PyBytes_AS_STRING(raw)
+        value = PyOS_string_to_double(text, &end, NULL)
+        if PyErr_Occurred() != NULL:
+            PyErr_Clear()
+        elif end == text + PyBytes_GET_SIZE(raw):
+            out[0] = value
+            return True
+        # whitespace, underscores, junk: let float() decide, as the Python core does
+    number = parse_field_number(raw)
+    if number is None:
+        return False
+    out[0] = number
+    return True
+
+
+cdef inline object _field(object fields, object bytes_key, object str_key):
+    cdef PyObject* found
+    if type(fields) is dict:
+        found = PyDict_GetItem(fields, bytes_key)
+        if found == NULL:
+            found = PyDict_GetItem(fields, str_key)
+        return None if found == NULL else <object>found
+    value = fields.get(bytes_key)
+    return fields.get(str_key) if value is None else value
+
+
+cdef class OHLCCore:
+    """Candle state and the update paths; the read API comes from ``OHLCMethods``."""
+
+    cdef tuple _intervals
+    cdef dict _states        # str and bytes spellings -> _Symbol
+    cdef list _names         # first-seen order
+    cdef Py_ssize_t _ticks, _late, _rejected
+    # update_tick's identity cache: symbol object (a strong reference) -> its state. Callers pass the
+    # same few symbol objects again and again; this skips the dict lookup, a fifth of a tick's cost.
+    cdef PyObject* _recent_keys[256]
+    cdef SymbolC* _recent_states[256]
+
+    def __cinit__(self):
+        cdef int i
+        for i in range(256):
+            self._recent_keys[i] = NULL
+
+    def __init__(self, intervals=None):
+        self._intervals = normalise_intervals(intervals)
+        self.clear()
+
+    def __dealloc__(self):
+        self._forget_recent()
+
+    cdef void _forget_recent(self) noexcept:
+        cdef int i
+        for i in range(256):
+            Py_XDECREF(self._recent_keys[i])
+            self._recent_keys[i] = NULL
+
+    def clear(self):
+        """Forget every candle, symbol and counter."""
+        self._forget_recent()  # before the states its pointers lead to go away
+        self._states = {}
+        self._names = []
+        self._ticks = self._late = self._rejected = 0
+
+    @property
+    def intervals(self):
+        return self._intervals
+
+    @property
+    def tick_count(self):
+        """Valid ticks taken (late ones included)."""
+        return self._ticks
+
+    @property
+    def late_ticks(self):
+        """Ticks that fell in a candle already flushed for some interval (dropped there)."""
+        return self._late
+
+    @property
+    def rejected(self):
+        """Ticks refused as invalid (bad price, volume, timestamp, symbol or entry)."""
+        return self._rejected
+
+    @property
+    def symbols(self):
+        """Symbols seen, in first-seen order."""
+        return list(self._names)
+
+    def latest_timestamp(self, symbol):
+        cdef _Symbol sym = self._find(symbol)
+        if sym is None or sym.c.latest_ts < 0:
+            return None
+        return sym.c.latest_ts
+
+    # -- updates -------------------------------------------------------------
+
+    def update_tick(self, symbol, price, volume, timestamp_ms):
+        """Add one trade. Raises ValueError (naming the field) for a bad one."""
+        cdef double p, v
+        cdef long long t
+        cdef int overflow = 0
+        cdef PyObject* key = <PyObject*>symbol
+        cdef PyObject* found
+        cdef SymbolC* state
+        cdef size_t slot
+        if type(price) is float and type(volume) is float and type(timestamp_ms) is int:
+            p = PyFloat_AS_DOUBLE(price)
+            v = PyFloat_AS_DOUBLE(volume)
+            t = PyLong_AsLongLongAndOverflow(timestamp_ms, &overflow)
+            if isfinite(p) and isfinite(v) and v >= 0.0 and t >= 0 and overflow == 0:
+                slot = (<uint64_t><size_t>key * 11400714819323198485ULL) >> 56  # Fibonacci hash to 8 bits
+                if self._recent_keys[slot] == key:
+                    state = self._recent_states[slot]
+                elif type(symbol) is str or type(symbol) is bytes:
+                    found = PyDict_GetItem(self._states, symbol)
+                    if found == NULL:
+                        self._update_tick_checked(symbol, price, volume, timestamp_ms)
+                        return
+                    state = &(<_Symbol>found).c
+                    Py_INCREF(symbol)
+                    Py_XDECREF(self._recent_keys[slot])
+                    self._recent_keys[slot] = key
+                    self._recent_states[slot] = state
+                else:
+                    self._update_tick_checked(symbol, price, volume, timestamp_ms)
+                    return
+                if _apply(state, p + 0.0, v + 0.0, t):
+                    self._late += 1
+                self._ticks += 1
+                return
+        self._update_tick_checked(symbol, price, volume, timestamp_ms)
+
+    cdef _update_tick_checked(self, symbol, price, volume, timestamp_ms):
+        try:
+            name, p, v, t = coerce_tick(symbol, price, volume, timestamp_ms)
+        except ValueError:
+            self._rejected += 1
+            raise
+        if _apply(&self._state_for(name).c, p, v, t):
+            self._late += 1
+        self._ticks += 1
+
+    def process_stream_batch(self, entries, price_field="price", volume_field="volume", symbol_field="symbol"):
+        """Take ticks from a read reply (RESP2/RESP3) or a list of (id, fields); time is the id's ms.
+
+        Bad rows are skipped and counted in ``rejected``; returns the number taken.
+        """
+        cdef object price_str, price_bytes, volume_str, volume_bytes, symbol_str, symbol_bytes
+        cdef object entry_id, fields, raw_symbol
+        cdef double p, v
+        cdef int64_t t
+        cdef Py_ssize_t taken = 0
+        cdef _Symbol sym
+        price_str, price_bytes = symbol_keys(price_field)
+        volume_str, volume_bytes = symbol_keys(volume_field)
+        symbol_str, symbol_bytes = symbol_keys(symbol_field)
+        for _, batch in iter_stream_batches(entries):
+            for entry in batch:
+                if not isinstance(entry, (tuple, list)) or len(entry) != 2:
+                    self._rejected += 1
+                    continue
+                entry_id, fields = entry
+                t = _entry_millis(entry_id)
+                if t < 0 or fields is None or not hasattr(fields, "get"):
+                    self._rejected += 1
+                    continue
+                try:
+                    raw_price = _field(fields, price_bytes, price_str)
+                    raw_volume = _field(fields, volume_bytes, volume_str)
+                    raw_symbol = _field(fields, symbol_bytes, symbol_str)
+                except (TypeError, AttributeError, ValueError):
+                    self._rejected += 1
+                    continue
+                if (not _parse_number(raw_price, &p) or not _parse_number(raw_volume, &v)
+                        or not isfinite(p) or not isfinite(v) or v < 0.0):
+                    self._rejected += 1
+                    continue
+                sym = self._lookup_or_create(raw_symbol)
+                if sym is None:
+                    self._rejected += 1
+                    continue
+                if _apply(&sym.c, p + 0.0, v + 0.0, t):
+                    self._late += 1
+                self._ticks += 1
+                taken += 1
+        return taken
+
+    def update_arrays(self, symbols, prices, volumes, timestamps_ms):
+        """Add many ticks at once (arrays in arrival order); ``symbols`` may be one symbol for all.
+
+        Bad rows are skipped and counted in ``rejected``; returns the number taken.
+        """
+        symbols, prices_a, volumes_a, stamps_a, valid_a = prepare_tick_arrays(symbols, prices, volumes, timestamps_ms)
+        cdef const double[::1] p = np.ascontiguousarray(prices_a)
+        cdef const double[::1] v = np.ascontiguousarray(volumes_a)
+        cdef const int64_t[::1] t = np.ascontiguousarray(stamps_a)
+        cdef const uint8_t[::1] valid = np.ascontiguousarray(valid_a).view(np.uint8)
+        cdef Py_ssize_t i, n = p.shape[0], taken = 0, rejected = 0, late = 0
+        cdef size_t slot
+        cdef _Symbol sym
+        cdef SymbolC* state = NULL
+        cdef PyObject** items
+        cdef PyObject* key
+        # per-call cache keyed by object identity (the array keeps its elements alive for the call);
+        # symbols repeat, so most rows skip the dict lookup
+        cdef PyObject* cache_keys[1024]
+        cdef SymbolC* cache_states[1024]
+        if isinstance(symbols, (str, bytes)):
+            sym = self._lookup_or_create(symbols)
+            if sym is None:
+                self._rejected += n
+                return 0
+            state = &sym.c
+            for i in range(n):
+                if not valid[i]:
+                    rejected += 1
+                    continue
+                late += _apply(state, p[i], v[i], t[i])
+                taken += 1
+        else:
+            column = np.ascontiguousarray(symbols, dtype=object)
+            items = <PyObject**><size_t>column.__array_interface__["data"][0]
+            for i in range(1024):
+                cache_keys[i] = NULL
+            for i in range(n):
+                if not valid[i]:
+                    rejected += 1
+                    continue
+                key = items[i]
+                slot = (<uint64_t><size_t>key * 11400714819323198485ULL) >> 54  # Fibonacci hash to 10 bits
+                if cache_keys[slot] == key:
+                    state = cache_states[slot]
+                else:
+                    sym = self._lookup_or_create(<object>key)
+                    if sym is None:
+                        rejected += 1
+                        continue
+                    state = &sym.c  # sym is kept alive by self._states
+                    cache_keys[slot] = key
+                    cache_states[slot] = state
+                late += _apply(state, p[i], v[i], t[i])
+                taken += 1
+        self._ticks += taken
+        self._rejected += rejected
+        self._late += late
+        return taken
+
+    # -- reading (used by OHLCMethods) ---------------------------------------
+
+    def _rows(self, symbol, Py_ssize_t index, before):
+        cdef _Symbol sym = self._find(symbol)
+        cdef Py_ssize_t i
+        cdef SeriesC* s
+        cdef CandleC* c
+        cdef bint bounded = before is not None
+        cdef int64_t limit = before if bounded else 0
+        if sym is None:
+            return []
+        s = &sym.c.series[index]
+        rows = []
+        for i in range(s.n):
+            c = &s.candles[i]
+            if bounded and c.start >= limit:
+                break
+            rows.append((c.start, c.open, c.high, c.low, c.close, c.volume, c.last_ts, c.count))
+        return rows
+
+    def _flush(self, symbol, Py_ssize_t index, int64_t before):
+        cdef _Symbol sym = self._find(symbol)
+        cdef SeriesC* s
+        cdef Py_ssize_t gone
+        if sym is None:
+            return []
+        rows = self._rows(symbol, index, before)
+        s = &sym.c.series[index]
+        gone = len(rows)
+        if gone:
+            memmove(&s.candles[0], &s.candles[gone], (s.n - gone) * sizeof(CandleC))
+            s.n -= gone
+        if before > s.watermark:
+            s.watermark = before
+        _refresh_hot(&sym.c)
+        return rows
+
+    # -- state ---------------------------------------------------------------
+
+    cdef _Symbol _find(self, symbol):
+        if not isinstance(symbol, (str, bytes)):
+            coerce_symbol(symbol)  # raises the ValueError naming it
+        return self._states.get(symbol)
+
+    cdef _Symbol _lookup_or_create(self, symbol):
+        """The state for a symbol from a batch, or None when it is not a valid symbol."""
+        cdef PyObject* found = NULL
+        if type(symbol) is str or type(symbol) is bytes:
+            found = PyDict_GetItem(self._states, symbol)
+            if found != NULL:
+                return <_Symbol>found
+        try:
+            return self._state_for(coerce_symbol(symbol))
+        except (ValueError, TypeError):
+            return None
+
+    cdef _Symbol _state_for(self, str name):
+        cdef _Symbol sym = self._states.get(name)
+        if sym is None:
+            sym = _Symbol(name, self._intervals)
+            for key in symbol_keys(name):
+                self._states[key] = sym
+            self._names.append(name)
+        return sym

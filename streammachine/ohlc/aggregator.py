@@ -1,0 +1,99 @@
+"""FastOHLC: an OHLC core (compiled or pure Python) plus the read API both share.
+
+Semantics, identical in both cores:
+
+- Candles are aligned to the epoch: a tick at ``ts`` belongs to the candle
+  starting at ``ts - ts % interval``.
+- ``open`` is the earliest tick by timestamp and ``close`` the latest (not by
+  arrival); ties go by arrival order (first arrival opens, last closes).
+- A candle is complete once it ended at or before the symbol's latest tick
+  (``start + interval <= latest``), or before ``as_of_ms`` when given (a
+  wall clock, so a quiet symbol's candle completes too).
+- ``flush_interval`` removes the completed candles and seals that time: a
+  later tick for it counts in ``late_ticks`` and is dropped for that
+  interval, so a flushed candle is never emitted twice.
+- Invalid input: ``update_tick`` raises ValueError naming the field; the
+  batch paths skip such rows and count them in ``rejected``.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from .candle import Candle
+from ._core_py import OHLCCore as _PythonCore
+from .ticks import completion_cut
+
+
+class OHLCMethods:
+    """The read side, written once over a core's ``_rows``/``_flush``/``latest_timestamp``."""
+
+    __slots__ = ()
+
+    def get_candles(self, symbol: Any, interval: int) -> List[Candle]:
+        """Every candle held for ``symbol`` and ``interval``, oldest first (the last may be in progress)."""
+        return [Candle(*row) for row in self._rows(symbol, self._interval_index(interval), None)]
+
+    def get_completed_candles(self, symbol: Any, interval: int, *, as_of_ms: Optional[int] = None) -> List[Candle]:
+        """The candles that are complete (ready to emit), oldest first."""
+        index, cut = self._completion(symbol, interval, as_of_ms)
+        return [] if cut is None else [Candle(*row) for row in self._rows(symbol, index, cut)]
+
+    def flush_interval(self, symbol: Any, interval: int, *, as_of_ms: Optional[int] = None) -> List[Candle]:
+        """Remove the completed candles (and seal their time); returns them, oldest first."""
+        index, cut = self._completion(symbol, interval, as_of_ms)
+        return [] if cut is None else [Candle(*row) for row in self._flush(symbol, index, cut)]
+
+    def get_candles_as_dicts(self, symbol: Any, interval: int) -> List[Dict[str, Any]]:
+        return [candle.as_dict() for candle in self.get_candles(symbol, interval)]
+
+    def stats(self) -> Dict[str, Any]:
+        return {
+            "implementation": "cython" if self.compiled else "python",
+            "intervals": list(self.intervals),
+            "symbols": len(self.symbols),
+            "tick_count": self.tick_count,
+            "late_ticks": self.late_ticks,
+            "rejected": self.rejected,
+        }
+
+    def _completion(self, symbol: Any, interval: Any, as_of_ms: Any):
+        """(interval index, start before which candles are complete or None)."""
+        index = self._interval_index(interval)
+        return index, completion_cut(self.latest_timestamp(symbol), self.intervals[index], as_of_ms)
+
+    def _interval_index(self, interval: Any) -> int:
+        try:
+            return self.intervals.index(interval)
+        except ValueError:
+            raise ValueError(f"interval {interval!r}: not one of this aggregator's intervals {list(self.intervals)}") from None
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(intervals={list(self.intervals)}, symbols={len(self.symbols)}, "
+                f"tick_count={self.tick_count})")
+
+
+class PythonFastOHLC(_PythonCore, OHLCMethods):
+    """FastOHLC on the pure-Python core (numpy-vectorised)."""
+
+    __slots__ = ()
+    compiled = False
+
+
+try:
+    from .._speedups._ohlc import OHLCCore as _CompiledCore
+except ImportError:  # not built: the Python core serves
+    CythonFastOHLC = None
+else:
+
+    class CythonFastOHLC(_CompiledCore, OHLCMethods):
+        """FastOHLC on the compiled core."""
+
+        __slots__ = ()
+        compiled = True
+
+
+def choose_implementation(pure_python: bool = False):
+    """The compiled class when built and not declined, else the Python one."""
+    if CythonFastOHLC is not None and not pure_python:
+        return CythonFastOHLC
+    return PythonFastOHLC
