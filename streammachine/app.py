@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Union
 
 from .agents import AgentSpec, AgentStats, TimerSpec, handler_name
 from .config import AppConfig, ConsumerConfig, Settings, TimerConfig
-from .connection import RedisConnection
+from .connection import RedisConnection, ensure_group
 from .runners import InProcessRunner, ProcessRunner, consumer_base
 from .storage import Storage
 from .timers import TimerRunner
@@ -302,6 +302,9 @@ class App:
                 await asyncio.wait_for(client.ping(), timeout=10)
             except Exception as exc:
                 raise ConnectionError(f"cannot reach Redis at {self._redis.safe_url}: {exc}") from None
+            # groups first, so whatever startup hooks send is not missed under start id "$"
+            for spec in self._agents.values():
+                await ensure_group(client, spec.stream, spec.group, spec.config.start_id)
             for hook in self._startup_hooks:
                 await hook()
             if any(spec.processes for spec in self._agents.values()):

@@ -19,7 +19,6 @@ from typing import Any, Callable, ClassVar, Optional
 
 import orjson
 
-_MISSING = object()
 _STRIPES = 64
 
 
@@ -61,7 +60,10 @@ class ManagerBackend:
     def delete(self, key: str) -> bool:
         self._ensure()
         with self._lock(key):
-            return self._data.pop(key, _MISSING) is not _MISSING
+            if key not in self._data:  # (a sentinel default would come back as a copy through the proxy)
+                return False
+            del self._data[key]
+            return True
 
     def exists(self, key: str) -> bool:
         self._ensure()

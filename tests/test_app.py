@@ -286,6 +286,7 @@ async def test_hot_swap_replaces_handler_without_loss(app_factory):
 
 def test_start_blocks_headless_until_sigterm(redis_url, tmp_path):
     """app.start() with no running loop blocks, installs signal handlers, exits on SIGTERM."""
+    import select
     import signal
     import subprocess
     import sys
@@ -306,7 +307,13 @@ def test_start_blocks_headless_until_sigterm(redis_url, tmp_path):
         print("stopped cleanly", flush=True)
     """))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "handled 7"
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 20)
+        assert ready, "the headless app handled nothing within 20s"
+        assert proc.stdout.readline().strip() == "handled 7"
+    except BaseException:
+        proc.kill()
+        raise
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0 and "stopped cleanly" in out
