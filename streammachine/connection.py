@@ -10,7 +10,7 @@ from redis.exceptions import ResponseError
 
 from .config import Settings
 from .embedded import default_url, redact_url
-from .encoding import encode_record
+from .encoding import encode_record, find_unencodable
 
 log = logging.getLogger("streammachine.connection")
 
@@ -146,6 +146,9 @@ class RedisConnection:
         (named in the error) never leaves the batch half-written.
         """
         encoded = [encode_record(topic, r) for r in records]
+        unencodable = find_unencodable(topic, encoded)  # chunks go out one by one: refuse before the first
+        if unencodable is not None:
+            raise unencodable
         client = await self.get_client()
         ids: List[str] = []
         for start in range(0, len(encoded), PIPELINE_CHUNK):
@@ -158,7 +161,10 @@ class RedisConnection:
     async def xadd(self, topic: str, record: Mapping[str, Any], *, maxlen: Optional[int] = None) -> str:
         fields = encode_record(topic, record)
         client = await self.get_client()
-        new_id = await client.xadd(topic, fields, maxlen=maxlen, approximate=True)
+        try:
+            new_id = await client.xadd(topic, fields, maxlen=maxlen, approximate=True)
+        except UnicodeEncodeError:  # raised while packing the command: nothing was sent
+            raise find_unencodable(topic, [fields]) or ValueError(f"stream {topic!r}: a field is not valid UTF-8") from None
         return new_id.decode() if isinstance(new_id, bytes) else new_id
 
     async def consumer(

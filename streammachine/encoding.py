@@ -7,7 +7,7 @@ names the field, so a bad record never half-reaches Redis.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import orjson
 
@@ -46,11 +46,44 @@ def encode_record(topic: str, record: Mapping[str, Any]) -> dict:
     if not record:
         raise ValueError(f"stream {topic!r}: a record needs at least one field (Redis streams have no empty entries)")
     out = None
+    binary_names = False
     for field, value in record.items():
-        if type(field) is not str and type(field) is not bytes:
-            raise TypeError(f"stream {topic!r}: field name {field!r} must be str, got {type(field).__name__}")
+        if type(field) is not str:
+            if type(field) is not bytes:
+                raise TypeError(f"stream {topic!r}: field name {field!r} must be str, got {type(field).__name__}")
+            binary_names = True
         if type(value) not in _AS_IS:
             if out is None:
                 out = dict(record)
             out[field] = encode_value(topic, field, value)
+    if binary_names:
+        _check_name_clash(topic, record)
     return record if out is None else out
+
+
+def _check_name_clash(topic: str, record: Mapping) -> None:
+    """"a" and b"a" would both be the Redis field a: one value would silently shadow the other."""
+    seen = {}
+    for field in record:
+        raw = field if type(field) is bytes else field.encode("utf-8", "surrogatepass")
+        if raw in seen:
+            raise ValueError(f"stream {topic!r}: field names {seen[raw]!r} and {field!r} are the same Redis field")
+        seen[raw] = field
+
+
+def find_unencodable(topic: str, records) -> Optional[ValueError]:
+    """The first field whose name or str value is not valid UTF-8 text (lone surrogates), as an error naming it.
+
+    Only non-ASCII strings are encoded to check, so the common case costs one ``isascii()`` per string.
+    """
+    for record in records:
+        for field, value in record.items():
+            for part, what in ((field, "name"), (value, "value")):
+                if type(part) is str and not part.isascii():
+                    try:
+                        part.encode("utf-8")
+                    except UnicodeEncodeError as exc:
+                        return ValueError(
+                            f"stream {topic!r}, field {field!r}: the {what} is not valid UTF-8 text ({exc.reason} "
+                            f"at position {exc.start}); send bytes for binary data")
+    return None
