@@ -275,9 +275,11 @@ def cmd_server(args, settings: Settings) -> int:
 
 
 def cmd_mcp(args, settings: Settings) -> int:
+    import dataclasses
+
     from .mcp.server import serve
 
-    serve(settings, transport=args.transport, host=args.host, port=args.port, redis_url=args.redis_url,
+    serve(dataclasses.replace(settings, log_level=args.log_level), transport=args.transport, host=args.host, port=args.port, redis_url=args.redis_url,
           read_only=args.read_only)
     return 0
 

@@ -39,9 +39,8 @@ from .._speedups import decode_dict_bytes_to_utf8
 from ..config import ConsumerConfig, Settings
 from ..connection import RedisConnection
 from ..embedded import redact_url
-from ..encoding import encode_record
 from ..storage import RedisBackend
-from . import guide
+from . import guide, objects, ohlc
 from .models import (
     Cleared, ConsumerInfo, DeadLetter, DeadLetters, Entry, GroupInfo, Health, PendingEntry, PendingResult, Ping,
     ReadResult, SendBatchResult, SendResult, StorageDeleted, StorageKeys, StorageValue, StorageWritten,
@@ -105,9 +104,10 @@ def build_server(settings: Optional[Settings] = None, *, redis_url: Optional[str
                  read_only: Optional[bool] = None, state: Optional[StreamMachineMCP] = None) -> MCPServer:
     """An ``MCPServer`` with StreamMachine's tools, resources and prompts (``server.state`` holds the state)."""
     state = state or StreamMachineMCP(settings, redis_url=redis_url, read_only=read_only)
+    level = state.settings.log_level
     server = MCPServer(
-        "streammachine", version=__version__, log_level=state.settings.log_level
-        if state.settings.log_level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL") else "INFO",
+        "streammachine", version=__version__,
+        log_level=level if level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL") else "INFO",
         instructions=guide.INSTRUCTIONS + (guide.READ_ONLY_NOTE if state.read_only else ""),
     )
     server.state = state
@@ -132,8 +132,8 @@ def build_server(settings: Optional[Settings] = None, *, redis_url: Optional[str
     _stream_tools(tool, state)
     _storage_tools(tool, state)
     _health_tools(tool, state)
-    _object_tools(tool, state)
-    _ohlc_tools(tool, state)
+    objects.register(tool, state)
+    ohlc.register(tool, state)
     _resources(server, state)
     _prompts(server)
     return server
@@ -380,20 +380,6 @@ def _health_tools(tool: Callable, state: StreamMachineMCP) -> None:
         return Ping(pong=bool(pong), latency_ms=round((time.perf_counter() - started) * 1000, 3))
 
 
-# --- object storage and OHLC (filled in by their modules) ------------------------------
-
-def _object_tools(tool: Callable, state: StreamMachineMCP) -> None:
-    from .objects import register
-
-    register(tool, state)
-
-
-def _ohlc_tools(tool: Callable, state: StreamMachineMCP) -> None:
-    from .ohlc import register
-
-    register(tool, state)
-
-
 # --- resources and prompts -------------------------------------------------------
 
 def config_view(state: StreamMachineMCP) -> dict:
@@ -414,7 +400,8 @@ def config_view(state: StreamMachineMCP) -> dict:
                       "dead_letter_stream": state.dead_letter_pattern},
         "storage": {"backend": "redis", "hash": state.storage.key,
                     "note": "apps share this state when they run with STREAMMACHINE_STORAGE=redis"},
-        "security": {"STREAMMACHINE_SECRET_KEY": "set" if s.secret_key else "not set (obj_get refuses objects)",
+        "security": {"STREAMMACHINE_SECRET_KEY": "set" if s.secret_key else
+                     f"not set: objects are signed with the per-user key file in {s.home}",
                      "read_only": state.read_only},
         "version": __version__,
     }
