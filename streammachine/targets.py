@@ -49,7 +49,7 @@ _PASS_THROUGH_CELL_MAGICS = frozenset({"time", "capture", "prun"})
 _STATEMENT_LINE_MAGICS = frozenset({"time"})
 # Bare calls at the top level of a cell that only draw something in a notebook.
 DISPLAY_ONLY_CALLS = frozenset({"display", "dashboard", "live_line", "live_candles"})
-_MAGIC_LINE = re.compile(r"^(\s*)([%!])(.*)$")
+_MAGIC_LINE = re.compile(r"^(\s*)(%|!(?!=))(.*)$")  # a line magic or shell escape (not a `!=` continuation)
 
 
 class TargetError(Exception):
@@ -215,12 +215,12 @@ def translate_cell(source: str) -> Optional[str]:
             lines.append(line)
             continue
         indent, kind, rest = match.groups()
-        words = rest.split(None, 1)
-        if kind == "%" and words and words[0] in _STATEMENT_LINE_MAGICS and len(words) == 2:
-            lines.append(indent + words[1])
-        elif kind == "%" and rest.split()[:2] == ["streammachine", "use"] and len(rest.split()) == 3:
-            lines.append(f"{indent}{USE_VARIABLE} = {rest.split()[2]!r}")
-        elif kind == "%" and rest.split() == ["streammachine", "start"]:
+        words = rest.split() if kind == "%" else []
+        if words[:1] and words[0] in _STATEMENT_LINE_MAGICS and len(words) > 1:
+            lines.append(indent + rest.split(None, 1)[1])
+        elif words[:2] == ["streammachine", "use"] and len(words) == 3:
+            lines.append(f"{indent}{USE_VARIABLE} = {words[2]!r}")
+        elif words == ["streammachine", "start"]:
             lines.append(f"{indent}await {START_FUNCTION}()")
         else:
             lines.append(indent + "pass")

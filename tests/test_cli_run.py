@@ -297,3 +297,18 @@ def test_run_workers_stop_when_the_target_cannot_load(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "no streammachine.App found" in done.stderr
+
+
+def test_translate_cell_rules():
+    from streammachine.targets import translate_cell
+
+    assert translate_cell("%%html\n<b>x</b>") is None
+    assert translate_cell("%%bash\necho hi") is None
+    assert translate_cell("%%time\nz = 3") == "z = 3"
+    assert translate_cell("%%streammachine agent s\nprint(message)") == "%%streammachine agent s\nprint(message)"
+    source = ("%load_ext streammachine\n%time x = 1\nif x:\n    %streammachine use app2\n%streammachine start\n"
+              "!pip install nothing\ny = (1\n     != 2)\ndisplay(x)\napp.dashboard()\nview = live_line(b, y='v')\n"
+              "%streammachine stop")
+    assert translate_cell(source).splitlines() == [
+        "pass", "x = 1", "if x:", "    __streammachine_use__ = 'app2'", "await __streammachine_start__()",
+        "pass", "y = (1", "     != 2)", "pass", "pass", "view = live_line(b, y='v')", "pass"]
