@@ -149,6 +149,8 @@ def _parse_numbers(values: List[Any]) -> Optional[np.ndarray]:
     kind = array.dtype.kind
     if kind in "biuf":  # already numbers (a hand-built reply)
         return array
+    if kind in "SU" and (b"\x00" if kind == "S" else "\x00") in (b"" if kind == "S" else "").join(values):
+        return None  # numpy drops trailing NULs (b"1\x00" -> 1); int()/float() refuse them: text it stays
     # int() first so "7" stays an integer; float arrays are never cast to int (that would truncate)
     for dtype in (np.int64, np.float64) if kind in "SU" else (np.float64,):
         try:
