@@ -277,7 +277,13 @@ def cmd_server(args, settings: Settings) -> int:
 def cmd_mcp(args, settings: Settings) -> int:
     import dataclasses
 
-    from .mcp.server import serve
+    try:
+        from .mcp.server import serve
+    except ImportError as exc:
+        if exc.name != "mcp" and not (exc.name or "").startswith("mcp."):
+            raise
+        raise CommandError(f"the MCP server needs the 'mcp' package (v2): pip install 'streammachine[mcp]' ({exc})") \
+            from None
 
     serve(dataclasses.replace(settings, log_level=args.log_level), transport=args.transport, host=args.host, port=args.port, redis_url=args.redis_url,
           read_only=args.read_only)

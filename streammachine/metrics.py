@@ -30,9 +30,6 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, List
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
-from prometheus_client.registry import CollectorRegistry
-
 log = logging.getLogger("streammachine.metrics")
 
 SNAPSHOT_INTERVAL = 0.5
@@ -135,6 +132,8 @@ class StreamMachineCollector:
         self.source = source
 
     def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+
         try:
             snapshots = self.source()
         except Exception as exc:
@@ -182,7 +181,10 @@ class StreamMachineCollector:
 
 def serve_metrics(source: Callable[[], List[dict]], port: int, host: str = "127.0.0.1"):
     """Serve ``/metrics`` on a daemon thread; returns the server (``.shutdown()`` stops it)."""
-    from prometheus_client import start_http_server
+    try:
+        from prometheus_client import start_http_server
+    except ImportError:
+        raise OSError("--metrics-port needs prometheus-client: pip install 'streammachine[monitoring]'") from None
 
     try:
         server, _thread = start_http_server(port, addr=host, registry=registry_for(source))
@@ -192,8 +194,10 @@ def serve_metrics(source: Callable[[], List[dict]], port: int, host: str = "127.
     return server
 
 
-def registry_for(source: Callable[[], List[dict]]) -> CollectorRegistry:
-    """A registry holding just our collector (for tests and embedding)."""
+def registry_for(source: Callable[[], List[dict]]):
+    """A ``CollectorRegistry`` holding just our collector."""
+    from prometheus_client.registry import CollectorRegistry
+
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StreamMachineCollector(source))
     return registry
