@@ -197,10 +197,12 @@ def test_run_two_workers_split_the_stream_and_serve_metrics(redis_url, sync_redi
     port = free_port()
     cmd = [sys.executable, "-m", "streammachine", "--redis-url", redis_url, "run", str(script), "--workers", "2",
            "--metrics-port", str(port)]
-    env = _env("redis://127.0.0.1:1/0")  # --redis-url wins over REDIS_URL
+    env = _env("redis://127.0.0.1:1/0", STREAMMACHINE_CONSUMER_NAME="box")  # --redis-url wins over REDIS_URL
     run = Run(cmd, env, tmp_path, tmp_path / "workers.log")
     try:
         _wait_for_consumers(sync_redis, "jobs", "workers", 2, run)
+        names = sorted(c["name"] for c in sync_redis.xinfo_consumers("jobs", "workers"))
+        assert names == ["box-w0-cli-test:handle:0", "box-w1-cli-test:handle:0"], "one name per worker"
         ids = [sync_redis.xadd("jobs", {"n": str(i), "sleep": "0.02"}) for i in range(40)]
         wait_until_sync(lambda: sync_redis.hlen("handled_by") == len(ids), 30, what="all 40 entries handled")
         by_worker = sync_redis.hgetall("handled_by")
