@@ -32,7 +32,7 @@ from ._speedups import decode_dict_bytes_to_utf8
 from .config import ConfigError, ConsumerConfig, Settings
 from .connection import resolve_url
 from .embedded import EmbeddedServerError, redact_url, shared_server_status, shared_server_url, stop_shared_server
-from .encoding import encode_record
+from .encoding import encode_record, find_unencodable
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -143,11 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _client(args, settings: Settings):
     from .notebook.commands import sync_client
 
+    from redis.exceptions import RedisClusterException
+
     try:
         url = resolve_url(settings, url=args.redis_url)
     except (ConnectionError, EmbeddedServerError) as exc:
         raise CommandError(str(exc)) from None
-    return sync_client(url, cluster=settings.redis_cluster)
+    try:
+        return sync_client(url, cluster=settings.redis_cluster)
+    except ValueError as exc:  # the URL does not parse (scheme, port, db)
+        raise CommandError(f"bad Redis URL {redact_url(url)}: {exc}") from None
+    except RedisClusterException as exc:  # a cluster client connects at once (not a RedisError)
+        raise CommandError(f"cannot reach the cluster at {redact_url(url)}: {exc}") from None
 
 
 def _text(value: Any) -> Any:
@@ -174,6 +181,9 @@ def cmd_send(args, settings: Settings) -> int:
     if not record:
         raise argparse.ArgumentTypeError("no fields to send: give FIELD=VALUE pairs or --json '{\"field\": \"value\"}'")
     fields = encode_record(args.stream, record)
+    unencodable = find_unencodable(args.stream, [fields])  # argv holds lone surrogates for non-UTF-8 bytes
+    if unencodable is not None:
+        raise argparse.ArgumentTypeError(str(unencodable))
     new_id = _client(args, settings).xadd(args.stream, fields, maxlen=settings.stream_maxlen, approximate=True)
     print(_text(new_id))
     return 0
