@@ -11,6 +11,7 @@ from redis.exceptions import ResponseError
 from .config import Settings
 from .embedded import default_url, redact_url
 from .encoding import encode_record, find_unencodable
+from .resp import direct_pool, encode_commands, round_trip
 
 log = logging.getLogger("streammachine.connection")
 
@@ -76,6 +77,32 @@ async def ensure_group(client, stream: str, group: str, start_id: str = "$") -> 
         if "BUSYGROUP" in str(exc):
             return False
         raise
+
+
+async def _xadd_chunks(pool, topic: str, encoded: List[Mapping], maxlen: Optional[int]) -> List[str]:
+    """``pipeline_xadd`` on a plain client: XADDs in RESP written straight to a pooled connection, chunk by chunk.
+
+    Every chunk is encoded before the first is written, so a string that is
+    not valid UTF-8 (named in the error) leaves the batch unsent.
+    """
+    head = ("XADD", topic, "MAXLEN", "~", maxlen, "*") if maxlen is not None else ("XADD", topic, "*")
+    encoder = pool.get_encoder()
+    chunks = []
+    try:
+        for start in range(0, len(encoded), PIPELINE_CHUNK):
+            commands = []
+            for fields in encoded[start:start + PIPELINE_CHUNK]:
+                args = list(head)
+                for pair in fields.items():
+                    args += pair
+                commands.append(args)
+            chunks.append((encode_commands(commands, encoder), len(commands)))
+    except UnicodeEncodeError:
+        raise find_unencodable(topic, encoded) or ValueError(f"stream {topic!r}: a field is not valid UTF-8") from None
+    ids: List[str] = []
+    for payload, count in chunks:
+        ids.extend(i.decode() if type(i) is bytes else i for i in await round_trip(pool, payload, count))
+    return ids
 
 
 class RedisConnection:
@@ -146,10 +173,13 @@ class RedisConnection:
         (named in the error) never leaves the batch half-written.
         """
         encoded = [encode_record(topic, r) for r in records]
+        client = await self.get_client()
+        pool = direct_pool(client)
+        if pool is not None:
+            return await _xadd_chunks(pool, topic, encoded, maxlen)
         unencodable = find_unencodable(topic, encoded)  # chunks go out one by one: refuse before the first
         if unencodable is not None:
             raise unencodable
-        client = await self.get_client()
         ids: List[str] = []
         for start in range(0, len(encoded), PIPELINE_CHUNK):
             pipe = client.pipeline(transaction=False)

@@ -23,6 +23,7 @@ from redis.exceptions import ResponseError, TimeoutError as RedisTimeoutError
 from .agents import AgentSpec, AgentStats
 from .connection import ensure_group, same_slot
 from .message import Message, _sent_field
+from .resp import direct_pool, encode_commands, entries_with_fields, round_trip
 
 log = logging.getLogger("streammachine.consumer")
 
@@ -150,37 +151,43 @@ class StreamConsumer:
     async def _read_new(self) -> list:
         """XREADGROUP ``>``; the acks of the entries handled since the last read ride in the same round trip.
 
-        The XACK goes first in a non-transactional pipeline, so Redis applies it
-        before the (possibly blocking) read: entries are still acknowledged only
-        after their handler returned, one round trip per read instead of two.
-        If the round trip fails or is cancelled the ids stay queued and are
-        acknowledged again (XACK is idempotent).
+        The XACK goes first, so Redis applies it before the (possibly blocking)
+        read: entries are still acknowledged only after their handler returned,
+        in one round trip per read instead of two. If the round trip fails or
+        is cancelled the ids stay queued and are acknowledged again (XACK is
+        idempotent).
         """
         config, spec = self.config, self.spec
         block = config.block_ms
         if self._retry_at:
             due_in = min(self._retry_at.values()) - time.monotonic()
             block = max(1, min(block, int(due_in * 1000) + 1))
-        ids = self._to_ack
+        ids, self._to_ack = self._to_ack, []
+        pool = direct_pool(self.client)
         self._in_read = True
         try:
-            if not ids:
-                reply = await self.client.xreadgroup(spec.group, self.name, {spec.stream: ">"}, count=config.count,
-                                                     block=block)
-            else:
-                self._to_ack = []
+            if pool is not None:
+                read = ("XREADGROUP", "GROUP", spec.group, self.name, "COUNT", config.count, "BLOCK", block,
+                        "STREAMS", spec.stream, ">")
+                commands = [("XACK", spec.stream, spec.group, *ids), read] if ids else [read]
+                replies = await round_trip(pool, encode_commands(commands, pool.get_encoder()), len(commands))
+                entries = entries_with_fields(replies[-1])
+            elif ids:
                 pipe = self.client.pipeline(transaction=False)
                 pipe.xack(spec.stream, spec.group, *ids)
                 pipe.xreadgroup(spec.group, self.name, {spec.stream: ">"}, count=config.count, block=block)
-                try:
-                    reply = (await pipe.execute())[1]
-                except BaseException:
-                    self._to_ack = ids + self._to_ack
-                    raise
-                self._forget_failures(ids)
+                entries = _entries_of((await pipe.execute())[1])
+            else:
+                entries = _entries_of(await self.client.xreadgroup(spec.group, self.name, {spec.stream: ">"},
+                                                                   count=config.count, block=block))
+        except BaseException:
+            self._to_ack = ids + self._to_ack
+            raise
         finally:
             self._in_read = False
-        return _entries_of(reply)
+        if ids:
+            self._forget_failures(ids)
+        return entries
 
     async def _recover_own_pending(self) -> None:
         """Take back what this consumer name left pending (a crash, a lost ack)."""
