@@ -156,4 +156,9 @@ def test_market_data_notebook_renders_live_candlesticks(lab, page):
         timeout=30_000)
     after_stop = page.evaluate(PLOT_STATE)
     assert after_stop is not None and after_stop["n"] >= second["n"]  # stopped charts keep their last frame
+
+    # closing the views takes the charts off the page, without frontend errors
+    page.evaluate("""() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel
+                          .requestExecute({code: 'for chart in charts: chart.close()'}).done""")
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length === 0", timeout=15_000)
     assert page.errors == [], page.errors

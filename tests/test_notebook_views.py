@@ -69,6 +69,8 @@ async def test_closing_the_widget_or_the_view_stops_updates(app_factory, views):
     buffer.append({"timestamp_ms": 2, "value": 2.0})
     assert by_widget.refresh() is True  # data did change: only the loop stopped
     assert by_view.closed and by_widget.closed
+    # close() takes down the box it displays in, then the figure (see close_tree)
+    assert by_view.widget.comm is None and by_view.figure.comm is None
 
 
 async def test_a_slow_redraw_never_takes_more_than_half_the_loop(views):
@@ -144,7 +146,7 @@ async def test_dashboard_shows_throughput_pending_lag_and_errors(app_factory):
         assert "running" in dashboard.header.value
     finally:
         dashboard.close()
-    assert dashboard.closed
+    assert dashboard.closed and dashboard.chart.comm is None and dashboard.table.comm is None
 
 
 def test_bad_view_arguments_are_named():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Hashable, Optional
 
+import ipywidgets as widgets
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -36,7 +37,8 @@ class LiveCandles(LiveView):
                              height=height, margin=dict(l=50, r=10, t=40, b=30), uirevision="keep",
                              xaxis=dict(rangeslider=dict(visible=False))),
         )
-        super().__init__(self.figure, fps)
+        # displayed inside a box, so close() can take the figure off the page cleanly (see close_tree)
+        super().__init__(widgets.VBox([self.figure]), fps)
 
     @property
     def candles(self) -> list:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Hashable, Optional, Sequence, Union
 
+import ipywidgets as widgets
 import pandas as pd
 import plotly.graph_objects as go
 
@@ -30,7 +31,8 @@ class LiveLine(LiveView):
             layout=go.Layout(title=dict(text=title or ", ".join(self.columns)), height=height,
                              margin=dict(l=50, r=10, t=40, b=40), uirevision="keep"),
         )
-        super().__init__(self.figure, fps)
+        # displayed inside a box, so close() can take the figure off the page cleanly (see close_tree)
+        super().__init__(widgets.VBox([self.figure]), fps)
 
     def _version(self) -> Hashable:
         return len(self.buffer), self.buffer.last_timestamp

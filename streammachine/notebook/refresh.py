@@ -30,6 +30,19 @@ def check_positive(name: str, value: Any, *, maximum: Optional[float] = None) ->
         raise ValueError(f"{name}={value!r}: expected at most {maximum}")
 
 
+def close_tree(widget: Any) -> None:
+    """Close a container before its children.
+
+    Views are removed while the children's comms are still open: plotly's
+    frontend sends a last message as its view goes, and a FigureWidget
+    closed while displayed makes it fail ("no comm channel defined").
+    """
+    if getattr(widget, "comm", None) is not None:
+        widget.close()
+    for child in getattr(widget, "children", ()):
+        close_tree(child)
+
+
 class LiveView:
     """A widget redrawn from a data source by a throttled loop task.
 
@@ -124,8 +137,9 @@ class LiveView:
 
     @property
     def closed(self) -> bool:
-        """True after ``stop()``/``close()``, or once the widget itself was closed (its comm is gone)."""
-        return self._closed or getattr(self.widget, "comm", True) is None
+        """True after ``stop()``/``close()``, or once the widget or one of its parts was closed (comm gone)."""
+        parts = (self.widget, *getattr(self.widget, "children", ()))
+        return self._closed or any(getattr(part, "comm", True) is None for part in parts)
 
     def stop(self) -> None:
         """Stop refreshing; the widget stays on the page showing its last frame."""
@@ -136,8 +150,7 @@ class LiveView:
     def close(self) -> None:
         """Stop refreshing and close the widget (its views disappear from the page)."""
         self.stop()
-        if getattr(self.widget, "comm", None) is not None:
-            self.widget.close()
+        close_tree(self.widget)
 
     # -- display: the view shows as its widget --------------------------------
 
