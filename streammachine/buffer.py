@@ -25,17 +25,25 @@ import pandas as pd
 from pandas.api.extensions import ExtensionArray
 
 _MIN_CAPACITY = 64
-_NUMERIC = "biufc"
+# scalar types a one-row append may write into a column of each numpy kind without changing it
+_INTS = frozenset((int, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32))
+_FLOATS = frozenset((float, np.float16, np.float32, np.float64))
+_FITS = {"i": _INTS, "f": _FLOATS | _INTS, "b": frozenset((bool, np.bool_))}
+_NUMBERS = _FLOATS | _INTS
 
 
 class _Column:
     """One column's storage and, for pandas extension dtypes (str, category, Int64...), the dtype to restore."""
 
-    __slots__ = ("values", "pandas_dtype")
+    __slots__ = ("values", "kind", "pandas_dtype")
 
     def __init__(self, values: np.ndarray, pandas_dtype: Any) -> None:
-        self.values = values
+        self.replace(values)
         self.pandas_dtype = pandas_dtype
+
+    def replace(self, values: np.ndarray) -> None:
+        self.values = values
+        self.kind = values.dtype.kind  # looked up on every one-row append
 
 
 class TimeSeriesBuffer:
@@ -90,12 +98,13 @@ class TimeSeriesBuffer:
     # -- appending -----------------------------------------------------------
 
     def append(self, data: Any) -> None:
+        row = _single_row(data)
+        if row is not None and self._append_row_in_order(*row):
+            return
         incoming, pandas_dtypes, count = _as_columns(data)
         if count == 0:
             return
         stamps = self._timestamps(incoming)
-        if count == 1 and self._append_row_in_order(incoming, stamps[0]):
-            return
         newest = stamps.max().item()
         if self._newest is not None and self._newest > newest:
             newest = self._newest
@@ -135,26 +144,30 @@ class TimeSeriesBuffer:
             raise ValueError(f"column {self.timestamp_column!r} holds NaN/inf: expected epoch milliseconds")
         return stamps
 
-    def _append_row_in_order(self, row: Dict[Any, np.ndarray], stamp: Any) -> bool:
-        """The common case in O(1): one row, not older than the held ones, same columns and dtypes."""
+    def _append_row_in_order(self, row: Mapping, pandas_dtypes: Optional[Dict[Any, Any]]) -> bool:
+        """The common case in O(1), straight from the scalars: one row, not older than the held
+        ones, the same columns, values that fit their columns as they are. False: take the general path."""
         columns = self._columns
-        if (
-            self._end == self._capacity
-            or len(row) != len(columns)
-            or (self._end > self._start and stamp < columns[self.timestamp_column].values[self._end - 1])
-        ):
+        if self._end == self._start or self._end == self._capacity or len(row) != len(columns):
             return False
-        for name, values in row.items():
+        stamp = row.get(self.timestamp_column)
+        if type(stamp) not in _NUMBERS or not stamp >= self._newest:  # (NaN fails >=)
+            return False
+        for name, value in row.items():
             column = columns.get(name)
-            if column is None or column.values.dtype != values.dtype:
+            if column is None:
+                return False
+            kind = column.kind
+            if kind != "O" and type(value) not in _FITS.get(kind, ()):
+                return False
+            incoming = None if pandas_dtypes is None else pandas_dtypes[name]
+            if column.pandas_dtype is not incoming and not _same_dtype(column.pandas_dtype, incoming, value):
                 return False
         end = self._end
-        for name, values in row.items():
-            columns[name].values[end] = values[0]
+        for name, value in row.items():
+            columns[name].values[end] = value
         self._end = end + 1
-        stamp = stamp.item()
-        if self._newest is None or stamp > self._newest:
-            self._newest = stamp
+        self._newest = stamp.item() if isinstance(stamp, np.generic) else stamp
         self._drop_older_than(self._newest - self._max_age_ms)
         self._enforce_max_rows()
         return True
@@ -175,7 +188,7 @@ class TimeSeriesBuffer:
         live = self._end - self._start
         for name in self._columns.keys() - incoming.keys():
             column = self._columns[name]
-            column.values = _holding_missing(column.values)
+            column.replace(_holding_missing(column.values))
             incoming[name] = np.full(count, _missing_value(column.values.dtype), dtype=column.values.dtype)
         for name, values in incoming.items():
             self._fit_column(name, values, pandas_dtypes.get(name), live)
@@ -201,7 +214,7 @@ class TimeSeriesBuffer:
         for column in self._columns.values():
             grown = np.empty(capacity, dtype=column.values.dtype)
             grown[:live] = column.values[self._start:self._end]
-            column.values = grown
+            column.replace(grown)
         self._start, self._end, self._capacity = 0, live, capacity
 
     def _fit_column(self, name: Any, values: np.ndarray, pandas_dtype: Any, live: int) -> None:
@@ -218,7 +231,7 @@ class TimeSeriesBuffer:
             column.pandas_dtype = None  # mixed origins: keep plain objects
         dtype = _common_dtype(column.values.dtype, values.dtype)
         if dtype != column.values.dtype:
-            column.values = column.values.astype(dtype)
+            column.replace(column.values.astype(dtype))
 
 
 def _as_columns(data: Any) -> Tuple[Dict[Any, np.ndarray], Dict[Any, Any], int]:
@@ -259,6 +272,19 @@ def _as_columns(data: Any) -> Tuple[Dict[Any, np.ndarray], Dict[Any, Any], int]:
     return columns, pandas_dtypes, count
 
 
+def _single_row(data: Any) -> Optional[Tuple[Mapping, Optional[Dict[Any, Any]]]]:
+    """(column -> scalar, column -> pandas extension dtype) for one-row appends, else None."""
+    if isinstance(data, pd.DataFrame):
+        if len(data) != 1:
+            return None
+        names, arrays = data.columns.tolist(), _frame_arrays(data)
+        return ({name: values[0] for name, values in zip(names, arrays)},
+                {name: None if type(values) is np.ndarray else values.dtype for name, values in zip(names, arrays)})
+    if type(data) is dict and not any(_is_sequence(v) for v in data.values()):
+        return data, None
+    return None
+
+
 def _frame_arrays(frame: pd.DataFrame) -> list:
     # DataFrame.items() builds a Series per column (~5 us each), which would
     # dominate one-row appends; _iter_column_arrays hands out the arrays
@@ -267,6 +293,15 @@ def _frame_arrays(frame: pd.DataFrame) -> list:
     if iterate is not None:
         return list(iterate())
     return [series.array for _, series in frame.items()]
+
+
+def _same_dtype(held: Any, incoming: Any, value: Any) -> bool:
+    """Whether a value from ``incoming`` may go into a column restored as ``held`` as it is."""
+    if held is incoming or held == incoming:
+        return True
+    # text: an object column of str reads back with pandas' str dtype whether it came as str dtype or not
+    return type(value) is str and isinstance(held, (pd.StringDtype, type(None))) and isinstance(
+        incoming, (pd.StringDtype, type(None)))
 
 
 def _is_sequence(value: Any) -> bool:

@@ -68,9 +68,11 @@ def is_entry(item: Any) -> bool:
     )
 
 
-def _entry_list(value: Any, where: str) -> Sequence:
+def _entry_list(value: Any, stream: Any) -> Sequence:
     if not isinstance(value, (list, tuple)):
-        raise ValueError(f"{where}: expected a list of (id, fields) entries, got {type(value).__name__} {_short(value)}")
+        raise ValueError(
+            f"stream {_short(stream)}: expected a list of (id, fields) entries, got {type(value).__name__} {_short(value)}"
+        )
     return value
 
 
@@ -87,11 +89,11 @@ def iter_stream_batches(streams: Any) -> Iterator[Tuple[StreamName, Sequence]]:
         return
     if isinstance(streams, Mapping):
         for name, value in streams.items():
-            value = _entry_list(value, f"stream {_short(name)}")
+            value = _entry_list(value, name)
             if value and not is_entry(value[0]):
                 # RESP3 wraps the entries in one more list: [[(id, fields), ...]]
                 for inner in value:
-                    yield name, _entry_list(inner, f"stream {_short(name)}")
+                    yield name, _entry_list(inner, name)
             else:
                 yield name, value
         return
@@ -108,7 +110,7 @@ def iter_stream_batches(streams: Any) -> Iterator[Tuple[StreamName, Sequence]]:
     for item in streams:
         if not (isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], (str, bytes))):
             raise ValueError(f"expected [stream, entries] in a RESP2 read reply, got {_short(item)}")
-        yield item[0], _entry_list(item[1], f"stream {_short(item[0])}")
+        yield item[0], _entry_list(item[1], item[0])
 
 
 def as_text(value: Optional[Union[str, bytes]]) -> Optional[str]:

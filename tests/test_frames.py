@@ -239,6 +239,21 @@ def test_buffer_columns_may_come_and_go():
     assert [None if pd.isna(v) else v for v in df["b"].tolist()] == [None, "x", "y"]
 
 
+def test_one_row_appends_widen_columns_as_needed():
+    buffer = TimeSeriesBuffer(max_age_seconds=100)
+    buffer.append({"timestamp_ms": 1, "v": 1})
+    buffer.append({"timestamp_ms": 2, "v": 2})
+    buffer.append({"timestamp_ms": 3, "v": 2.5})  # a float into an int column: widened, not truncated
+    buffer.append({"timestamp_ms": 4, "v": "x"})
+    buffer.append({"timestamp_ms": 5.5, "v": True})
+    df = buffer.get()
+    assert df["v"].tolist() == [1, 2, 2.5, "x", True]
+    assert df["timestamp_ms"].tolist() == [1, 2, 3, 4, 5.5]
+    with pytest.raises(ValueError, match="NaN"):
+        buffer.append({"timestamp_ms": float("nan"), "v": 1})
+    assert len(buffer) == 5
+
+
 def test_buffer_keeps_pandas_dtypes():
     buffer = TimeSeriesBuffer(max_age_seconds=100)
     frame = pd.DataFrame({"timestamp_ms": [1, 2], "cat": pd.Categorical(["x", "y"]),

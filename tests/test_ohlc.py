@@ -37,10 +37,10 @@ def ohlcv(candle: Candle):
 # -- choosing the implementation ---------------------------------------------
 
 
-def test_fastohlc_is_the_compiled_core_when_built():
-    assert _HAS_FAST_OHLC_CYTHON == (CythonFastOHLC is not None)
-    assert FastOHLC is (CythonFastOHLC if CythonFastOHLC is not None else PythonFastOHLC)
+def test_fastohlc_says_which_core_it_is():
+    assert _HAS_FAST_OHLC_CYTHON == (FastOHLC is CythonFastOHLC) == FastOHLC.compiled
     assert choose_implementation(pure_python=True) is PythonFastOHLC
+    assert choose_implementation() is (CythonFastOHLC or PythonFastOHLC)  # compiled whenever it is built
 
 
 def test_create_ohlc_aggregator_defaults_to_one_and_five_minutes():

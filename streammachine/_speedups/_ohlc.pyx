@@ -397,7 +397,7 @@ cdef class OHLCCore:
                     continue
                 entry_id, fields = entry
                 t = _entry_millis(entry_id)
-                if t < 0 or fields is None or not hasattr(fields, "get"):
+                if t < 0 or (type(fields) is not dict and not hasattr(fields, "get")):
                     self._rejected += 1
                     continue
                 try:

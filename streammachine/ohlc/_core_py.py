@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from ..stream_entries import iter_stream_batches, parse_stream_id_timestamp
-from .ticks import coerce_symbol, coerce_tick, normalise_intervals, parse_field_number, prepare_tick_arrays, symbol_keys
+from .ticks import coerce_symbol, coerce_tick, normalise_intervals, prepare_tick_arrays, symbol_keys
 
 CHUNK = 32768  # pending ticks per symbol before they are aggregated anyway
 _PENDING_LIMIT = 3 * CHUNK  # pending lists are flat: price, volume, timestamp, price, ...
@@ -138,35 +138,49 @@ class OHLCCore:
 
         Bad rows are skipped and counted in ``rejected``; returns the number taken.
         """
-        price_keys, volume_keys, symbol_keys_ = (symbol_keys(f) for f in (price_field, volume_field, symbol_field))
-        taken = 0
+        price_str, price_bytes = symbol_keys(price_field)
+        volume_str, volume_bytes = symbol_keys(volume_field)
+        symbol_str, symbol_bytes = symbol_keys(symbol_field)
+        taken = rejected = 0
+        known, find = self._symbols.get, self._find_or_create
         for _, batch in iter_stream_batches(entries):
             for entry in batch:
-                tick = self._tick_from_entry(entry, price_keys, volume_keys, symbol_keys_)
-                if tick is None:
-                    self._rejected += 1
+                # one inlined pass per entry: this loop is the Python core's consumer hot path
+                if not isinstance(entry, (tuple, list)) or len(entry) != 2:
+                    rejected += 1
                     continue
-                self._hold(*tick)
+                entry_id, fields = entry
+                try:
+                    if type(entry_id) is bytes:  # the usual id, checked inline as parse_stream_id does
+                        ms, sep, seq = entry_id.partition(b"-")
+                        if not (sep and ms.isdigit() and seq.isdigit()):
+                            raise ValueError(entry_id)
+                        stamp = int(ms)
+                        if stamp > 9223372036854775807:
+                            raise ValueError(entry_id)
+                    else:
+                        stamp = parse_stream_id_timestamp(entry_id)
+                    raw = fields.get(price_bytes)
+                    price = float(fields.get(price_str) if raw is None else raw)
+                    raw = fields.get(volume_bytes)
+                    volume = float(fields.get(volume_str) if raw is None else raw)
+                    raw = fields.get(symbol_bytes)
+                    raw_symbol = fields.get(symbol_str) if raw is None else raw
+                    # symbols are created only for otherwise valid ticks, as the compiled core does
+                    valid = price - price == 0.0 and volume >= 0.0 and volume - volume == 0.0
+                    state = (known(raw_symbol) or find(raw_symbol)) if valid else None
+                except (ValueError, TypeError, AttributeError, OverflowError):
+                    state = None
+                if state is None:
+                    rejected += 1
+                    continue
+                pending = state.pending
+                if len(pending) >= _PENDING_LIMIT:
+                    self._aggregate(state)
+                pending += (price, volume, stamp)
                 taken += 1
+        self._rejected += rejected
         return taken
-
-    def _tick_from_entry(self, entry: Any, price_keys, volume_keys, symbol_keys_):
-        if not isinstance(entry, (tuple, list)) or len(entry) != 2:
-            return None
-        entry_id, fields = entry
-        try:
-            stamp = parse_stream_id_timestamp(entry_id)
-            raw_price, raw_volume, raw_symbol = (
-                _field(fields, keys) for keys in (price_keys, volume_keys, symbol_keys_))
-        except (ValueError, AttributeError, TypeError):
-            return None
-        price, volume = parse_field_number(raw_price), parse_field_number(raw_volume)
-        if price is None or volume is None or not (price - price == 0.0 and volume >= 0.0 and volume - volume == 0.0):
-            return None
-        state = self._find_or_create(raw_symbol)
-        if state is None:
-            return None
-        return state, price, volume, stamp
 
     def update_arrays(self, symbols: Any, prices: Any, volumes: Any, timestamps_ms: Any) -> int:
         """Add many ticks at once (arrays in arrival order); ``symbols`` may be one symbol for all.
@@ -303,11 +317,6 @@ class OHLCCore:
                 _merge_series(series.candles, interval, prices, volumes, stamps)
         if late is not None:
             self._late += int(late.sum())
-
-
-def _field(fields: Any, keys) -> Any:
-    value = fields.get(keys[1])  # bytes first: what redis-py returns by default
-    return fields.get(keys[0]) if value is None else value
 
 
 def _row(start: int, candle: tuple) -> tuple:
