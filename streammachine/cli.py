@@ -325,6 +325,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.log_level not in LOG_LEVELS:
         parser.exit(2, f"streammachine: STREAMMACHINE_LOG_LEVEL={args.log_level!r}: expected one of "
                        f"{', '.join(LOG_LEVELS)}\n")
+    if args.command != "run":  # a run target may be a path in any bytes; everything else goes to Redis as text
+        for arg in sys.argv[1:] if argv is None else argv:
+            try:
+                arg.encode("utf-8")
+            except UnicodeEncodeError:
+                parser.exit(2, f"streammachine {args.command}: error: argument {arg!r} is not valid UTF-8 text\n")
     configure_logging(args.log_level)
     if args.redis_url and args.command == "run":
         os.environ["REDIS_URL"] = args.redis_url  # the target's App() and the worker processes read it

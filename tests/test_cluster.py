@@ -172,10 +172,10 @@ async def test_process_workers_on_cluster(apps, cluster_url, sync_cluster, tmp_p
 
     await app.startup()
     await app.send_batch("{jobs}", [{"n": i} for i in range(400)])
-    await wait_until(lambda: out.exists() and len(set(out.read_text().split())) == 400, 20, what="400 handled")
-    await wait_until(lambda: sync_cluster.xpending("{jobs}", "g")["pending"] == 0, 10, what="acked")
+    await wait_until(lambda: out.exists() and len(set(out.read_text().split())) == 400, 40, what="400 handled")
+    await wait_until(lambda: sync_cluster.xpending("{jobs}", "g")["pending"] == 0, 20, what="acked")
     consumers = {c["name"] for c in sync_cluster.xinfo_consumers("{jobs}", "g")}
-    assert len(consumers) == 2
+    assert len(consumers) == 2, f"expected one consumer per worker process, got {consumers}"
 
 
 async def test_cluster_env_flag_with_plain_url(apps, cluster, cluster_url, monkeypatch):

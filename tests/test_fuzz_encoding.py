@@ -37,7 +37,7 @@ def check_encoded(topic, record, encoded) -> None:
         assert type(value) in (str, bytes, int, float), (name, value)
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(records)
 def test_encode_record_encodes_or_names_the_field(record):
     try:
@@ -53,6 +53,7 @@ def test_encode_record_encodes_or_names_the_field(record):
     check_encoded("fuzz", record, encoded)
 
 
+@settings(deadline=None)
 @given(st.one_of(st.none(), st.integers(), st.text(), st.lists(st.integers()), st.tuples(st.text())))
 def test_non_mapping_records_are_type_errors(record):
     with pytest.raises(TypeError, match="a record must be a dict"):
@@ -83,12 +84,14 @@ def test_empty_record_is_a_value_error():
         encode_record("s", {})
 
 
+@settings(deadline=None)
 @given(st.one_of(st.integers(), st.floats(), st.none(), st.tuples(st.integers())))
 def test_non_string_field_names_are_type_errors(name):
     with pytest.raises(TypeError, match="field name"):
         encode_record("s", {name: "v"})
 
 
+@settings(deadline=None)
 @given(json_like)
 def test_json_values_round_trip(value):
     assume(isinstance(value, (dict, list)))

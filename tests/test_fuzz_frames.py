@@ -52,7 +52,7 @@ def expected_column(values: list):
     return None, str
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(junk)
 def test_streams_to_dataframe_result_or_value_error(value):
     try:
@@ -62,7 +62,7 @@ def test_streams_to_dataframe_result_or_value_error(value):
     assert isinstance(frame, pd.DataFrame)
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(entries)
 def test_dataframe_keeps_every_entry_in_every_shape(batch):
     for shape in reply_shapes(b"ticks", batch)[:3]:
@@ -76,7 +76,7 @@ def test_dataframe_keeps_every_entry_in_every_shape(batch):
         pd.testing.assert_frame_equal(fast, frame.drop(columns="sequence"))
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(entries)
 def test_numeric_columns_agree_with_int_and_float(batch):
     frame = streams_to_dataframe(batch)
@@ -118,7 +118,7 @@ def _ohlc_run(cls, reply):
     return taken, agg.rejected, agg.tick_count, candles
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(junk)
 def test_process_stream_batch_on_junk(value):
     result = _ohlc_run(PythonFastOHLC, value)
@@ -126,7 +126,7 @@ def test_process_stream_batch_on_junk(value):
         assert _ohlc_run(CythonFastOHLC, value) == result
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(entries)
 def test_process_stream_batch_counts_and_parity(batch):
     for reply in reply_shapes(b"ticks", batch):
@@ -145,3 +145,4 @@ def test_process_stream_batch_counts_and_parity(batch):
         assert taken == valid
         if CythonFastOHLC is not None:
             assert _ohlc_run(CythonFastOHLC, reply) == result
+

@@ -6,7 +6,7 @@ import math
 
 import orjson
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from streammachine import Message
 from streammachine._speedups import _has_cython_decode, decode_dict_bytes_to_utf8
@@ -20,6 +20,7 @@ mixed_fields = st.dictionaries(st.one_of(st.binary(max_size=8), st.text(max_size
 entry_ids = st.builds(lambda ms, seq: f"{ms}-{seq}", st.integers(0, 2 ** 48), st.integers(0, 2 ** 32))
 
 
+@settings(deadline=None)
 @given(raw_fields)
 def test_decode_never_raises_and_keeps_every_field(fields):
     decoded = decode_dict_bytes_to_utf8(fields)
@@ -34,11 +35,13 @@ def test_decode_never_raises_and_keeps_every_field(fields):
 
 
 @pytest.mark.skipif(not _has_cython_decode, reason="compiled decoder not built")
+@settings(deadline=None)
 @given(mixed_fields)
 def test_compiled_decoder_matches_python_twin(fields):
     assert decode_dict_bytes_to_utf8(fields) == py_decode(fields)
 
 
+@settings(deadline=None)
 @given(entry_ids, raw_fields, st.floats(allow_nan=False, allow_infinity=False, min_value=0, max_value=4e9))
 def test_message_properties_never_crash(entry_id, fields, received):
     message = message_from_entry("topic", entry_id.encode(), fields, "c-0", received=received)
@@ -50,6 +53,7 @@ def test_message_properties_never_crash(entry_id, fields, received):
     assert latency is None or isinstance(latency, float)
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=30))
 def test_sent_field_is_a_float_or_none(raw):
     sent = _sent_field({b"sent": raw})
@@ -58,6 +62,7 @@ def test_sent_field_is_a_float_or_none(raw):
         assert float(raw) == sent or (math.isnan(sent) and math.isnan(float(raw)))
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=30))
 def test_message_json_parses_or_raises_a_value_error(raw):
     message = Message("t", "1-0", None, 0.0, "c", ("1-0", {b"payload": raw}))
