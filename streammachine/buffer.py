@@ -164,8 +164,11 @@ class TimeSeriesBuffer:
             if column.pandas_dtype is not incoming and not _same_dtype(column.pandas_dtype, incoming, value):
                 return False
         end = self._end
-        for name, value in row.items():
-            columns[name].values[end] = value
+        try:
+            for name, value in row.items():
+                columns[name].values[end] = value
+        except (OverflowError, ValueError, TypeError):  # e.g. an int beyond int64: the general path widens
+            return False  # what was written lies past the end: not held
         self._end = end + 1
         self._newest = stamp.item() if isinstance(stamp, np.generic) else stamp
         self._drop_older_than(self._newest - self._max_age_ms)

@@ -253,6 +253,11 @@ def test_one_row_appends_widen_columns_as_needed():
         buffer.append({"timestamp_ms": float("nan"), "v": 1})
     assert len(buffer) == 5
 
+    ints = TimeSeriesBuffer(max_age_seconds=100)
+    ints.append({"timestamp_ms": 1, "n": 1})
+    ints.append({"timestamp_ms": 2, "n": 2**64 + 1})  # does not fit int64: widened, not an OverflowError
+    assert ints.get()["n"].tolist() == [1, 2**64 + 1]
+
 
 def test_buffer_keeps_pandas_dtypes():
     buffer = TimeSeriesBuffer(max_age_seconds=100)
