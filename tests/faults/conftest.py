@@ -1,7 +1,7 @@
 """Fault suite: prints the fault table at the end and writes test-artifacts/fault-table.md."""
 from __future__ import annotations
 
-import faultkit
+from . import faultkit
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from faultkit import Ledger, Producer, check, seq_of, tally
+from .faultkit import Ledger, Producer, check, seq_of, tally
 from helpers import wait_until
 
 from streammachine import App, ConsumerConfig
@@ -87,7 +87,8 @@ async def test_sigkill_worker_processes_under_load(redis_url, tmp_path):
     check(result)
 
 
-def _spawn_app(url: str, ledger: Ledger, stream: str, **env) -> subprocess.Popen:
+def _spawn_app(url: str, ledger: Ledger, stream: str, *args: str, **env) -> subprocess.Popen:
+    """``streammachine run fault_app.py [args]``: the real headless runner."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "STREAMMACHINE_"))}
     environ.update({
         "REDIS_URL": url, "FAULT_STREAM": stream, "FAULT_LEDGER": str(ledger.path),
@@ -95,8 +96,9 @@ def _spawn_app(url: str, ledger: Ledger, stream: str, **env) -> subprocess.Popen
         "STREAMMACHINE_COUNT": "20", "STREAMMACHINE_BLOCK_MS": "100", "STREAMMACHINE_CLAIM_IDLE_MS": "1000",
         "STREAMMACHINE_RETRY_DELAY_MS": "50", "STREAMMACHINE_GRACE_SECONDS": "5", **env,
     })
-    return subprocess.Popen([sys.executable, str(HERE / "fault_app.py")], env=environ, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    command = [sys.executable, "-m", "streammachine", "run", str(HERE / "fault_app.py"), *args]
+    return subprocess.Popen(command, env=environ, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
 
 
 async def _ready(proc: subprocess.Popen) -> None:
@@ -106,8 +108,9 @@ async def _ready(proc: subprocess.Popen) -> None:
 
 
 async def test_sigkill_headless_app_processes(redis_url, tmp_path):
-    """Two headless app processes; SIGKILL one at random moments and start a new one (new consumer names):
-    the dead one's pending entries are reclaimed by the others (XAUTOCLAIM); SIGTERM at the end is graceful."""
+    """Two `streammachine run` processes; SIGKILL one at random moments and start a new one (new consumer
+    names): the dead one's pending entries are reclaimed by the others (XAUTOCLAIM); SIGTERM at the end is
+    graceful (exit 0)."""
     started = time.monotonic()
     rng = random.Random(99)
     ledger = Ledger(tmp_path / "handled")
@@ -149,8 +152,63 @@ async def test_sigkill_headless_app_processes(redis_url, tmp_path):
                 proc.wait()
         await producer_app.shutdown()
         client.close()
-    result = tally(f"SIGKILL headless app process x{kills}", producer.confirmed, ledger.counts(),
+    result = tally(f"SIGKILL `streammachine run` process x{kills}", producer.confirmed, ledger.counts(),
                    bound=kills * KNOBS.count + producer.ambiguous, started=started)
+    check(result)
+
+
+async def test_sigkill_workers_of_streammachine_run_supervisor(redis_url, tmp_path):
+    """`streammachine run --workers 2`: SIGKILL its worker processes at random moments; the supervisor starts
+    new ones, the dead ones' entries are reclaimed; SIGTERM to the supervisor stops everything gracefully."""
+    import psutil
+
+    started = time.monotonic()
+    rng = random.Random(7)
+    ledger = Ledger(tmp_path / "handled")
+    client = redis.Redis.from_url(redis_url)
+    await ensure_group(_AsyncShim(client), "payments", "faults", "0")
+    supervisor = _spawn_app(redis_url, ledger, "payments", "--workers", "2", FAULT_SLOW_MS="1")
+    producer_app = fault_app(redis_url, "producer")
+
+    def workers():
+        try:
+            return [p for p in psutil.Process(supervisor.pid).children() if p.is_running()
+                    and p.status() != psutil.STATUS_ZOMBIE]
+        except psutil.NoSuchProcess:
+            return []
+
+    try:
+        await wait_until(lambda: len(workers()) == 2 and
+                         len(client.xinfo_consumers("payments", "faults")) >= 2, 60, what="2 workers consuming")
+        producer = Producer(producer_app, "payments", batch=20, interval=0.01)
+        sending = asyncio.ensure_future(producer.send(3000))
+        kills = 0
+        while not sending.done() and kills < 3:
+            before = ledger.path.stat().st_size
+            await wait_until(lambda: ledger.path.stat().st_size > before + rng.randint(500, 3000) or sending.done(),
+                             15, what="progress before the next kill")
+            if sending.done():
+                break
+            rng.choice(workers()).kill()
+            kills += 1
+            await wait_until(lambda: len(workers()) == 2, 30, what="supervisor restarted the worker")
+        await sending
+        assert kills >= 2, f"only {kills} kills landed while producing"
+        await drain(ledger, producer, 40, "after killing run --workers workers")
+        supervisor.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(supervisor.wait, 30)
+        assert code == 0, f"supervisor exit code {code}: {supervisor.stderr.read().decode(errors='replace')[-2000:]}"
+        assert client.xpending("payments", "faults")["pending"] == 0
+    finally:
+        if supervisor.poll() is None:
+            for child in workers():
+                child.kill()
+            supervisor.kill()
+            supervisor.wait()
+        await producer_app.shutdown()
+        client.close()
+    result = tally(f"SIGKILL `streammachine run --workers 2` worker x{kills}", producer.confirmed,
+                   ledger.counts(), bound=kills * KNOBS.count + producer.ambiguous, started=started)
     check(result)
 
 
