@@ -249,7 +249,10 @@ beats = globals().get("beats", 0) + 1
                          ("%streammachine remove nope", "no agent or timer named 'nope'"),
                          ("%streammachine info nowhere", "does not exist"),
                          ("%streammachine frobnicate", "invalid choice"),
-                         ("%streammachine use seen", "expected a variable holding an App")]:
+                         ("%streammachine use seen", "expected a variable holding an App"),
+                         ("%%streammachine agent\npass", "required: stream"),
+                         ("%%streammachine timer -1\npass", "timer -1.0: expected seconds > 0"),
+                         ("%%streammachine agent s --concurrency 0\npass", "--concurrency 0: expected an int >= 1")]:
         with pytest.raises(AssertionError, match=message):
             kernel.run(bad)
     kernel.run("other = App('other')")
@@ -276,7 +279,7 @@ def test_importing_streammachine_does_not_import_ipython(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys, streammachine, streammachine.notebook; "
+    code = ("import sys, streammachine, streammachine.notebook, streammachine.notebook.registration; "
             "print(sorted(m for m in ('IPython', 'plotly', 'ipywidgets') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -21,7 +21,6 @@ use a synchronous client.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 from typing import Callable, Dict, Optional
 
@@ -30,22 +29,15 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from ..app import App
 from . import commands
-from .cells import handler_from_cell
+from .registration import MagicArgumentError, RaisingParser, cell_parser, cell_registration
 from .status import RateMeter, fetch_groups_sync, status_frame, status_rows
 
 USAGE = __doc__.split("\n\n", 1)[1].rsplit("\n\n", 1)[0]
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports mistakes as UsageError instead of exiting the kernel."""
-
-    def error(self, message: str):
-        raise UsageError(f"{self.prog}: {message}\n\n{USAGE}")
-
-
-def _line_parser() -> _Parser:
-    parser = _Parser(prog="%streammachine", add_help=False)
-    commands_ = parser.add_subparsers(dest="command", parser_class=_Parser)
+def _line_parser() -> RaisingParser:
+    parser = RaisingParser(prog="%streammachine", add_help=False)
+    commands_ = parser.add_subparsers(dest="command", parser_class=RaisingParser)
     for name in ("start", "stop", "status", "dashboard", "server", "help"):
         commands_.add_parser(name, add_help=False)
     send = commands_.add_parser("send", add_help=False)
@@ -60,19 +52,7 @@ def _line_parser() -> _Parser:
     return parser
 
 
-def _cell_parser() -> _Parser:
-    parser = _Parser(prog="%%streammachine", add_help=False)
-    kinds = parser.add_subparsers(dest="kind", parser_class=_Parser)
-    agent = kinds.add_parser("agent", add_help=False)
-    agent.add_argument("stream")
-    agent.add_argument("--group")
-    agent.add_argument("--concurrency", type=int, default=1)
-    agent.add_argument("--batch", action="store_true")
-    agent.add_argument("--name")
-    timer = kinds.add_parser("timer", add_help=False)
-    timer.add_argument("seconds", type=float)
-    timer.add_argument("--name")
-    return parser
+_cell_parser = cell_parser  # the headless runner (targets.py) imports it from here
 
 
 @magics_class
@@ -83,7 +63,6 @@ class StreamMachineMagics(Magics):
         self._clients: Dict[str, object] = {}
         self._meter = RateMeter()
         self._line = _line_parser()
-        self._cell = _cell_parser()
 
     # -- finding the App -----------------------------------------------------
 
@@ -116,13 +95,14 @@ class StreamMachineMagics(Magics):
 
     @line_cell_magic
     def streammachine(self, line: str, cell: Optional[str] = None):
-        try:
-            argv = commands.split_args(line)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
         if cell is not None:
-            return self._register_cell(self._cell.parse_args(argv), cell)
-        args = self._line.parse_args(argv)
+            return self._register_cell(line, cell)
+        try:
+            args = self._line.parse_args(commands.split_args(line))
+        except MagicArgumentError as exc:
+            raise UsageError(f"{exc}\n\n{USAGE}") from None
+        except ValueError as exc:  # unbalanced quotes
+            raise UsageError(str(exc)) from None
         if args.command in (None, "help"):
             print(USAGE)
             return None
@@ -202,34 +182,15 @@ class StreamMachineMagics(Magics):
 
     # -- cells as handlers -----------------------------------------------------
 
-    def _register_cell(self, args, cell: str):
+    def _register_cell(self, line: str, cell: str):
         app = self.app()
         source = self.shell.transform_cell(cell)
         filename = self.shell.compile.cache(source)  # so tracebacks show the cell's lines
-        if args.kind == "agent":
-            if args.concurrency < 1:
-                raise UsageError(f"--concurrency {args.concurrency}: expected an int >= 1")
-            group = args.group or app.config.default_group
-            name = args.name or f"cell_agent:{args.stream}:{group}"
-            handler = handler_from_cell(source, ["messages" if args.batch else "message"], name,
-                                        self.shell.user_ns, filename)
-
-            def register():
-                app.agent(args.stream, group=group, concurrency=args.concurrency, batch=args.batch,
-                          name=name)(handler)
-
-            what = f"agent {name!r} on stream {args.stream!r} (group {group!r})"
-        else:
-            if not args.seconds > 0:
-                raise UsageError(f"timer {args.seconds}: expected seconds > 0")
-            name = args.name or f"cell_timer:{args.seconds:g}s"
-            handler = handler_from_cell(source, [], name, self.shell.user_ns, filename)
-
-            def register():
-                app.timer(args.seconds, name=name)(handler)
-
-            what = f"timer {name!r} every {args.seconds:g}s"
-        self._register(app, register, name, what)
+        try:
+            registration = cell_registration(app, line, source, self.shell.user_ns, filename)
+        except MagicArgumentError as exc:
+            raise UsageError(f"{exc}\n\n{USAGE}") from None
+        self._register(app, registration.register, registration.name, registration.description)
 
     def _register(self, app: App, register: Callable[[], None], name: str, what: str) -> None:
         replacing = name in app.agents or name in app.timers
