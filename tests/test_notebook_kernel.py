@@ -226,6 +226,12 @@ seen.append(("v2", message.message["p"]))
 beats = globals().get("beats", 0) + 1
 """)
     kernel.run("await until(lambda: globals().get('beats', 0) >= 3, 5)")
+    kernel.run("""%%streammachine timer 0.05 --name beat
+beats2 = globals().get("beats2", 0) + 1
+""")  # re-running the timer cell with a new body replaces the running timer
+    kernel.run("await until(lambda: globals().get('beats2', 0) >= 2, 5); frozen = beats")
+    kernel.run("await until(lambda: beats2 >= frozen_2 + 3, 5) if (frozen_2 := beats2) else None")
+    assert kernel.value("beats == frozen and len(app.timers) == 1")  # the old body no longer runs
 
     kernel.run("frame = %streammachine status")
     status = kernel.value("{name: (row.kind, row.processed, row.pending, row.lag, row.failed) "
