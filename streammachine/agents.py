@@ -35,23 +35,29 @@ class AgentStats:
     last_error_at: Optional[float] = None
     started_at: float = field(default_factory=time.time)
     _rate_mark: tuple = field(default=(0.0, 0), repr=False)
+    _rate: float = field(default=0.0, repr=False)
 
     def record_error(self, exc: BaseException) -> None:
         self.failed += 1
         self.last_error = f"{type(exc).__name__}: {exc}"
         self.last_error_at = time.time()
 
-    def rate(self) -> float:
-        """Messages per second since the previous call (or since start)."""
+    def rate(self, window: float = 1.0) -> float:
+        """Messages per second over the last ``window`` seconds or more.
+
+        Observers share one measurement that moves at most once a window,
+        so a dashboard and a status call do not skew each other.
+        """
         now = time.monotonic()
         mark_time, mark_count = self._rate_mark
         if not mark_time:
             elapsed = max(time.time() - self.started_at, 1e-9)
-            rate = self.processed / elapsed
-        else:
-            rate = (self.processed - mark_count) / max(now - mark_time, 1e-9)
-        self._rate_mark = (now, self.processed)
-        return rate
+            self._rate = self.processed / elapsed
+            self._rate_mark = (now, self.processed)
+        elif now - mark_time >= window:
+            self._rate = (self.processed - mark_count) / (now - mark_time)
+            self._rate_mark = (now, self.processed)
+        return self._rate
 
     def as_dict(self) -> dict:
         return {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import logging
 import signal
 import time
@@ -141,7 +142,7 @@ class App:
             spec = TimerSpec(name=handler_name(fn, name), handler=fn, config=config)
             replaced = spec.name in self._timers
             self._timers[spec.name] = spec
-            if self._state == "running":
+            if self._state == "running" or spec.name in self._timer_runners:
                 self._in_loop(self._swap_timer(spec))
                 if replaced:
                     print(f"streammachine: timer {spec.name!r} replaced")
@@ -191,12 +192,11 @@ class App:
         replaced = spec.name in self._agents
         self._agents[spec.name] = spec
         self._stats.setdefault(spec.name, AgentStats())
-        if self._state == "running":
+        if self._state == "running" or spec.name in self._runners:
             self._in_loop(self._swap_agent(spec.name, spec))
             if replaced:
                 print(f"streammachine: agent {spec.name!r} replaced; its consumers hand over (pending entries carry over)")
-        elif self._state in ("starting", "stopping"):
-            raise AppStateError(f"cannot register agent {spec.name!r} while the app is {self._state}")
+        # while "starting", startup() picks it up when it finishes; while "stopping", the next start does
 
     def _in_loop(self, coro: Awaitable) -> None:
         loop = self._loop
@@ -311,17 +311,36 @@ class App:
                 await asyncio.to_thread(self.storage.prepare_for_fork)
             for name, spec in list(self._agents.items()):
                 self._runners[name] = await self._start_runner(spec)
-            for name, spec in self._timers.items():
-                runner = TimerRunner(spec)
-                runner.start()
-                self._timer_runners[name] = runner
+            await self._start_registered()
         except BaseException:
             self._state = "running"
             await self.shutdown()
             raise
         self._state = "running"
+        await self._start_registered()  # what cells registered while the hooks and runners started
+        if self.settings.gc_freeze and self._on_notebook_loop():
+            # Objects alive now (imports, notebook state) leave the cyclic GC's generations:
+            # full collections over them otherwise stall the kernel for 100+ ms under load.
+            gc.freeze()
         log.info("app %s running: %d agents, %d timers on %s", self.name, len(self._agents), len(self._timers),
                  self._redis.safe_url)
+
+    async def _start_registered(self) -> None:
+        for name, spec in list(self._agents.items()):
+            if name not in self._runners:
+                self._runners[name] = await self._start_runner(spec)
+        for name, spec in list(self._timers.items()):
+            if name not in self._timer_runners:
+                runner = TimerRunner(spec)
+                runner.start()
+                self._timer_runners[name] = runner
+
+    @staticmethod
+    def _on_notebook_loop() -> bool:
+        import sys
+
+        shell = sys.modules.get("IPython")
+        return shell is not None and getattr(shell, "get_ipython", lambda: None)() is not None
 
     async def shutdown(self) -> None:
         """Stop timers and agents (in-flight work finishes within the grace period), run hooks, close."""

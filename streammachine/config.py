@@ -93,6 +93,7 @@ class Settings:
     storage_backend: str = "manager"
     mcp_read_only: bool = False
     log_level: str = "INFO"
+    gc_freeze: bool = True
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "Settings":
@@ -121,6 +122,7 @@ class Settings:
             storage_backend=_parse(env, "STREAMMACHINE_STORAGE", "manager", _choice("manager", "redis"), "'manager' or 'redis'"),
             mcp_read_only=_parse(env, "STREAMMACHINE_MCP_READ_ONLY", False, _bool, "0 or 1"),
             log_level=(env.get("STREAMMACHINE_LOG_LEVEL") or "INFO").upper(),
+            gc_freeze=_parse(env, "STREAMMACHINE_GC_FREEZE", True, _bool, "0 or 1"),
         )
 
     def __repr__(self) -> str:  # credentials never in logs or tracebacks: URL password redacted, key hidden

@@ -317,3 +317,29 @@ def test_start_blocks_headless_until_sigterm(redis_url, tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0 and "stopped cleanly" in out
+
+
+async def test_agent_registered_while_starting_is_started(app_factory):
+    """Run-all in a notebook: the cell after app.start() registers while startup is in flight."""
+    app = app_factory()
+    seen = []
+    startup = asyncio.get_running_loop().create_task(app.startup())
+    await asyncio.sleep(0)  # startup is now in flight
+
+    @app.agent("late", group="g")
+    async def late(record):
+        seen.append(record.key)
+
+    await startup
+    assert app.state == "running"
+    entry = await app.send("late", {"x": 1})
+    await wait_until(lambda: seen == [entry], what="the late agent consumes")
+
+
+def test_rate_is_shared_by_observers():
+    from streammachine.agents import AgentStats
+
+    stats = AgentStats(processed=100)
+    first = stats.rate()
+    stats.processed += 50
+    assert stats.rate() == first  # a second observer within the window sees the same figure
