@@ -46,6 +46,7 @@ async def test_the_reference_example(app_factory, redis_url, sync_redis, monkeyp
         price_field="price",
         volume_field="volume",
         flush_every=0.05,
+        grace_ms=60_000,  # the timer must not complete the last candle while the test looks
     )
 
     @app.on_startup
@@ -64,14 +65,14 @@ async def test_the_reference_example(app_factory, redis_url, sync_redis, monkeyp
     await wait_until(lambda: len(candles(sync_redis, "candles_5s")) == 2, what="2 five-second candles")
     assert candles(sync_redis, "candles_1s") == want_1s
     assert candles(sync_redis, "candles_5s") == want_5s
-    assert sync_redis.xpending("ticks", "ohlc_workers")["pending"] == 0
+    await wait_until(lambda: sync_redis.xpending("ticks", "ohlc_workers")["pending"] == 0, what="all acked")
     await app.shutdown()
     assert consumer.emitted >= 15
 
 
 async def test_attach_runs_it_as_an_app_agent(app_factory, sync_redis):
     app = app_factory()
-    consumer = FastOHLCConsumer("ticks", "bars", intervals=[5000], flush_every=0.05).attach(app)
+    consumer = FastOHLCConsumer("ticks", "bars", intervals=[5000], flush_every=0.05, grace_ms=60_000).attach(app)
     assert consumer.name in app.agents and f"{consumer.name}.flush" in app.timers
     await app.startup()
     await send_ticks(app, TICKS)
@@ -82,7 +83,7 @@ async def test_attach_runs_it_as_an_app_agent(app_factory, sync_redis):
 
 async def test_bad_ticks_are_skipped_and_acknowledged(app_factory, sync_redis):
     app = app_factory()
-    consumer = FastOHLCConsumer("ticks", "bars", intervals=[1000], flush_every=0.05).attach(app)
+    consumer = FastOHLCConsumer("ticks", "bars", intervals=[1000], flush_every=0.05, grace_ms=60_000).attach(app)
     await app.startup()
     client = await app.redis.get_client()
     await client.xadd("ticks", {"symbol": "AAPL", "price": "nope", "volume": "1"}, id=f"{BASE}-0")
@@ -112,7 +113,8 @@ async def test_a_quiet_symbols_candle_is_sent_once_its_interval_passed(app_facto
 
 async def test_standalone_on_a_connection_of_its_own(redis_url, sync_redis):
     async with RedisConnection(url=redis_url) as connection:
-        consumer = FastOHLCConsumer("ticks", "bars", intervals=[1000], connection=connection, flush_every=0.05)
+        consumer = FastOHLCConsumer("ticks", "bars", intervals=[1000], connection=connection, flush_every=0.05,
+                                    grace_ms=60_000)
         await consumer.start()
         client = await connection.get_client()
         for i in range(3):
