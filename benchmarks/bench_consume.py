@@ -50,6 +50,16 @@ def tick(i: int) -> dict:
     }
 
 
+def clock() -> tuple:
+    """(wall, CPU of this process): the CPU figure shows client-side cost even when the machine is busy."""
+    return time.perf_counter(), time.process_time()
+
+
+def since(started: tuple, finished: tuple = None) -> tuple:
+    finished = finished or clock()
+    return finished[0] - started[0], finished[1] - started[1]
+
+
 def raw_client(url: str) -> aioredis.Redis:
     return aioredis.Redis.from_url(url, decode_responses=False)
 
@@ -68,29 +78,29 @@ async def preload(url: str, entries: int) -> None:
 
 # -- draining ------------------------------------------------------------------
 
-async def drain_raw(url: str, group: str, count: int, entries: int) -> float:
+async def drain_raw(url: str, group: str, count: int, entries: int) -> tuple:
     client = raw_client(url)
     await client.xgroup_create(STREAM, group, id="0")
     await client.ping()  # connect before timing
     seen = 0
-    started = time.perf_counter()
+    started = clock()
     while seen < entries:
         reply = await client.xreadgroup(group, "raw", {STREAM: ">"}, count=count, block=1000)
         ids = [entry_id for entry_id, _fields in reply[0][1]]
         await client.xack(STREAM, group, *ids)
         seen += len(ids)
-    elapsed = time.perf_counter() - started
+    elapsed = since(started)
     await client.xgroup_destroy(STREAM, group)
     await client.aclose()
     return elapsed
 
 
-async def drain_agent(url: str, group: str, count: int, entries: int, batch: bool) -> float:
+async def drain_agent(url: str, group: str, count: int, entries: int, batch: bool) -> tuple:
     app = App(f"bench-{group}", redis_url=url, grace_seconds=5,
               consumer_config=ConsumerConfig(count=count, block_ms=1000, start_id="0"))
     done = asyncio.Event()
     seen = 0
-    finished = 0.0
+    finished = None
 
     if batch:
         @app.agent(STREAM, group=group, batch=True, name=f"batch-{group}")
@@ -98,7 +108,7 @@ async def drain_agent(url: str, group: str, count: int, entries: int, batch: boo
             nonlocal seen, finished
             seen += len(messages)
             if seen >= entries:
-                finished = time.perf_counter()
+                finished = clock()
                 done.set()
     else:
         @app.agent(STREAM, group=group, name=f"agent-{group}")
@@ -106,11 +116,11 @@ async def drain_agent(url: str, group: str, count: int, entries: int, batch: boo
             nonlocal seen, finished
             seen += 1
             if seen >= entries:
-                finished = time.perf_counter()
+                finished = clock()
                 done.set()
 
     await app.startup()
-    started = time.perf_counter()
+    started = clock()
     await asyncio.wait_for(done.wait(), timeout=600)
     await app.shutdown()
     client = raw_client(url)
@@ -118,19 +128,19 @@ async def drain_agent(url: str, group: str, count: int, entries: int, batch: boo
     assert seen == entries and pending == 0, (seen, pending)
     await client.xgroup_destroy(STREAM, group)
     await client.aclose()
-    return finished - started
+    return since(started, finished)
 
 
 # -- producing -----------------------------------------------------------------
 
-async def timed_send(url: str, stream: str, app_side: bool, send, data: list) -> float:
+async def timed_send(url: str, stream: str, app_side: bool, send, data: list) -> tuple:
     """Time ``send(app or client, stream, data)`` into an empty ``stream``; the stream is dropped afterwards."""
     app = App("bench-send", redis_url=url) if app_side else None
     client = await app.redis.get_client() if app else raw_client(url)
     await client.delete(stream)
-    started = time.perf_counter()
+    started = clock()
     await send(app or client, stream, data)
-    elapsed = time.perf_counter() - started
+    elapsed = since(started)
     await client.delete(stream)
     await (app.redis.close() if app else client.aclose())
     return elapsed
@@ -186,19 +196,23 @@ async def run(args: argparse.Namespace, url: str) -> list:
                           lambda g, a=app_side, f=send, d=data: timed_send(url, f"bench:{g}", a, f, d))
 
     rates: dict = {name: [] for name in variants}
+    cpu: dict = {name: [] for name in variants}
     names = list(variants)
     for rnd in range(args.rounds):
         for i, name in enumerate(rotate(names, rnd)):
             n, job = variants[name]
-            seconds = await job(f"g{rnd}-{i}")
-            rates[name].append(n / seconds)
-            print(f"  round {rnd + 1}: {name:<24} {n / seconds:>12,.0f} msgs/s", file=sys.stderr, flush=True)
-    return [(name, max(r), statistics.median(r)) for name, r in rates.items()]
+            wall, cpu_seconds = await job(f"g{rnd}-{i}")
+            rates[name].append(n / wall)
+            cpu[name].append(cpu_seconds / n * 1e6)
+            print(f"  round {rnd + 1}: {name:<24} {n / wall:>12,.0f} msgs/s {cpu[name][-1]:>7.2f} us CPU/msg",
+                  file=sys.stderr, flush=True)
+    return [(name, max(rates[name]), statistics.median(rates[name]), min(cpu[name])) for name in names]
 
 
 def table(results: list, args: argparse.Namespace) -> str:
-    best = {name: b for name, b, _ in results}
-    median = {name: m for name, _, m in results}
+    best = {name: b for name, b, _, _ in results}
+    median = {name: m for name, _, m, _ in results}
+    cpu = {name: c for name, _, _, c in results}
 
     def baseline(name: str) -> str | None:
         if name.startswith("drain agent") or name.startswith("drain batch"):
@@ -209,14 +223,16 @@ def table(results: list, args: argparse.Namespace) -> str:
     lines = [
         f"entries={args.entries:,} send={args.send_entries:,} (chunks of {args.batch_size}) single={args.single:,} "
         f"rounds={args.rounds} aof={'yes' if args.aof else 'no'} uvloop=yes",
-        f"{'variant':<26}{'best msgs/s':>14}{'median':>14}{'vs raw (best)':>15}{'(median)':>10}{'goal':>7}",
+        "ratios are StreamMachine/raw: msgs/s of the best and of the median round; CPU = raw CPU/msg over ours",
+        f"{'variant':<26}{'best msgs/s':>12}{'median':>10}{'CPU us/msg':>11}"
+        f"{'x raw best':>11}{'median':>8}{'CPU':>6}{'goal':>7}",
     ]
-    for name, _, _ in results:
+    for name, *_ in results:
         base = baseline(name)
-        ratio = f"{best[name] / best[base]:.2f}" if base else ""
-        mratio = f"{median[name] / median[base]:.2f}" if base else ""
+        ratios = (f"{best[name] / best[base]:>11.2f}{median[name] / median[base]:>8.2f}{cpu[base] / cpu[name]:>6.2f}"
+                  if base else " " * 25)
         goal = next((f">={g}" for prefix, g in goals.items() if name.startswith(prefix)), "")
-        lines.append(f"{name:<26}{best[name]:>14,.0f}{median[name]:>14,.0f}{ratio:>15}{mratio:>10}{goal:>7}")
+        lines.append(f"{name:<26}{best[name]:>12,.0f}{median[name]:>10,.0f}{cpu[name]:>11.2f}{ratios}{goal:>7}")
     return "\n".join(lines)
 
 

@@ -22,8 +22,8 @@ from redis.exceptions import ResponseError, TimeoutError as RedisTimeoutError
 
 from .agents import AgentSpec, AgentStats
 from .connection import ensure_group, same_slot
-from .message import Message, _sent_field
-from .resp import direct_pool, encode_commands, entries_with_fields, round_trip
+from .message import received_messages
+from .resp import direct_pool, encode_command, encode_repeated, entries_with_fields, round_trip
 
 log = logging.getLogger("streammachine.consumer")
 
@@ -167,10 +167,12 @@ class StreamConsumer:
         self._in_read = True
         try:
             if pool is not None:
-                read = ("XREADGROUP", "GROUP", spec.group, self.name, "COUNT", config.count, "BLOCK", block,
-                        "STREAMS", spec.stream, ">")
-                commands = [("XACK", spec.stream, spec.group, *ids), read] if ids else [read]
-                replies = await round_trip(pool, encode_commands(commands, pool.get_encoder()), len(commands))
+                encoder = pool.get_encoder()
+                payload = encode_repeated(("XREADGROUP", "GROUP", spec.group, self.name, "COUNT", config.count,
+                                           "BLOCK", block, "STREAMS", spec.stream, ">"), encoder)
+                if ids:
+                    payload = encode_command(("XACK", spec.stream, spec.group, *ids), encoder) + payload
+                replies = await round_trip(pool, payload, 2 if ids else 1)
                 entries = entries_with_fields(replies[-1])
             elif ids:
                 pipe = self.client.pipeline(transaction=False)
@@ -267,22 +269,20 @@ class StreamConsumer:
         if spec.batch:
             await self._process_batch(entries, deliveries)
             return
-        topic, name, handler, is_async = spec.stream, self.name, spec.handler, spec.is_async
-        received = time.time()
+        handler, is_async = spec.handler, spec.is_async
+        messages = received_messages(spec.stream, self.name, time.time(), entries)
         done = []
         done_append = done.append
         self._inflight = [entry[0] for entry in entries]
         self._inflight_since = time.monotonic()
         started = time.perf_counter()
         try:
-            for entry_id, fields in entries:
+            for (entry_id, fields), message in zip(entries, messages):
                 if self._stopping:
                     break
-                if fields is None:  # deleted/trimmed while pending: nothing left to handle
+                if message is None:  # deleted/trimmed while pending: nothing left to handle
                     done_append(entry_id)
                     continue
-                key = entry_id.decode() if type(entry_id) is bytes else entry_id
-                message = Message(topic, key, _sent_field(fields), received, name, (key, fields))
                 try:
                     if is_async:
                         await handler(message)
@@ -305,18 +305,8 @@ class StreamConsumer:
         """One handler call for the whole read; acks as in ``_process``."""
         if not self._stopping:
             spec = self.spec
-            topic, name = spec.stream, self.name
-            received = time.time()
-            messages = []
-            append = messages.append
-            gone = 0
-            for entry_id, fields in entries:
-                if fields is None:  # deleted/trimmed while pending: acked below, whatever the handler does
-                    gone += 1
-                    continue
-                key = entry_id.decode() if type(entry_id) is bytes else entry_id
-                append(Message(topic, key, _sent_field(fields), received, name, (key, fields)))
-            if gone:
+            messages = [m for m in received_messages(spec.stream, self.name, time.time(), entries) if m is not None]
+            if len(messages) < len(entries):  # some were deleted while pending: ack those whatever the handler does
                 self._to_ack += [i for i, f in entries if f is None]
                 ids = [i for i, f in entries if f is not None]
             else:

@@ -56,6 +56,20 @@ def encode_commands(commands: Sequence[Sequence], encoder) -> bytes:
     return b"".join([encode_command(args, encoder) for args in commands])
 
 
+_encoded: dict = {}
+
+
+def encode_repeated(args: tuple, encoder) -> bytes:
+    """``encode_command`` for a command sent again and again (a consumer's XREADGROUP), memoised."""
+    key = (args, encoder.encoding, encoder.encoding_errors)
+    encoded = _encoded.get(key)
+    if encoded is None:
+        if len(_encoded) >= 1024:
+            _encoded.clear()
+        encoded = _encoded[key] = encode_command(args, encoder)
+    return encoded
+
+
 async def round_trip(pool, payload: bytes, replies: int) -> List:
     """Write ``payload`` (encoded commands) in one go and read ``replies`` raw replies; raise the first error reply."""
     connection = await _take_connection(pool)

@@ -118,3 +118,29 @@ async def test_send_batch_returns_ids_in_order_and_survives_an_error_reply(app_f
     assert entries[6999][1] == {b"i": b"6999", b"f": b"1.5", b"b": b"\x00\xff", b"s": "é".encode(),
                                 b"j": b'{"k":[1,2]}'}
     raw.close()
+
+
+def test_received_messages_match_the_dataclass_field_for_field():
+    """received_messages skips the dataclass __init__: every field must still be exactly what Message(...) sets."""
+    import dataclasses
+
+    from streammachine import Message
+    from streammachine.message import _sent_field, received_messages
+
+    entries = [
+        (b"1700000000000-0", {b"price": b"1.5"}),
+        (b"1700000000001-7", {b"sent": b"1700000000.25", b"v": b"\xff"}),
+        (b"1700000000002-0", {b"sent": b"not a number"}),
+        (b"1700000000003-0", None),  # deleted while pending
+        ("1700000000004-0", {"sent": "12.5", "k": "v"}),  # a client with decode_responses=True
+    ]
+    got = list(received_messages("topic", "c-0", 42.0, entries))
+    assert got[3] is None
+    for (entry_id, fields), message in zip(entries, got):
+        if fields is None:
+            continue
+        key = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        expected = Message("topic", key, _sent_field(fields), 42.0, "c-0", (key, fields))
+        for field in dataclasses.fields(Message):
+            assert getattr(message, field.name) == getattr(expected, field.name), field.name
+        assert message.message == expected.message and message.timer == expected.timer
