@@ -20,7 +20,7 @@ from libc.string cimport memmove
 import numpy as np
 
 from streammachine.ohlc.ticks import (
-    coerce_symbol, coerce_tick, normalise_intervals, parse_field_number, prepare_tick_arrays, symbol_keys,
+    coerce_symbol, coerce_tick, normalise_intervals, parse_field_number, prepare_tick_arrays, both_spellings,
 )
 from streammachine.stream_entries import iter_stream_batches, parse_stream_id_timestamp
 
@@ -387,9 +387,9 @@ cdef class OHLCCore:
         cdef int64_t t
         cdef Py_ssize_t taken = 0
         cdef _Symbol sym
-        price_str, price_bytes = symbol_keys(price_field)
-        volume_str, volume_bytes = symbol_keys(volume_field)
-        symbol_str, symbol_bytes = symbol_keys(symbol_field)
+        price_str, price_bytes = both_spellings(price_field)
+        volume_str, volume_bytes = both_spellings(volume_field)
+        symbol_str, symbol_bytes = both_spellings(symbol_field)
         for _, batch in iter_stream_batches(entries):
             for entry in batch:
                 if not isinstance(entry, (tuple, list)) or len(entry) != 2:
@@ -541,7 +541,7 @@ cdef class OHLCCore:
         cdef _Symbol sym = self._states.get(name)
         if sym is None:
             sym = _Symbol(name, self._intervals)
-            for key in symbol_keys(name):
+            for key in both_spellings(name):
                 self._states[key] = sym
             self._names.append(name)
         return sym

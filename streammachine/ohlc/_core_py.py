@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from ..stream_entries import iter_stream_batches, parse_stream_id_timestamp
-from .ticks import coerce_symbol, coerce_tick, normalise_intervals, prepare_tick_arrays, symbol_keys
+from .ticks import coerce_symbol, coerce_tick, normalise_intervals, prepare_tick_arrays, both_spellings
 
 CHUNK = 32768  # pending ticks per symbol before they are aggregated anyway
 _PENDING_LIMIT = 3 * CHUNK  # pending lists are flat: price, volume, timestamp, price, ...
@@ -138,9 +138,9 @@ class OHLCCore:
 
         Bad rows are skipped and counted in ``rejected``; returns the number taken.
         """
-        price_str, price_bytes = symbol_keys(price_field)
-        volume_str, volume_bytes = symbol_keys(volume_field)
-        symbol_str, symbol_bytes = symbol_keys(symbol_field)
+        price_str, price_bytes = both_spellings(price_field)
+        volume_str, volume_bytes = both_spellings(volume_field)
+        symbol_str, symbol_bytes = both_spellings(symbol_field)
         taken = rejected = 0
         known, find = self._symbols.get, self._find_or_create
         for _, batch in iter_stream_batches(entries):
@@ -280,7 +280,7 @@ class OHLCCore:
         state = self._symbols.get(name)
         if state is None:
             state = _Symbol(name, len(self._intervals))
-            for key in symbol_keys(name):
+            for key in both_spellings(name):
                 self._symbols[key] = state
                 self._pending[key] = state.pending
             self._names.append(name)

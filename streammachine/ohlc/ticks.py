@@ -57,8 +57,8 @@ def coerce_symbol(symbol: Any) -> str:
     return name
 
 
-def symbol_keys(name: str) -> Tuple[str, bytes]:
-    """Both spellings a symbol may arrive in; the cores map each to the same state."""
+def both_spellings(name: str) -> Tuple[str, bytes]:
+    """A name as str and as UTF-8 bytes: symbols and field names arrive in either spelling."""
     return name, name.encode("utf-8")
 
 
