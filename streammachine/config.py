@@ -94,6 +94,7 @@ class Settings:
     mcp_read_only: bool = False
     log_level: str = "INFO"
     gc_freeze: bool = True
+    pure_python: bool = False
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "Settings":
@@ -123,6 +124,7 @@ class Settings:
             mcp_read_only=_parse(env, "STREAMMACHINE_MCP_READ_ONLY", False, _bool, "0 or 1"),
             log_level=(env.get("STREAMMACHINE_LOG_LEVEL") or "INFO").upper(),
             gc_freeze=_parse(env, "STREAMMACHINE_GC_FREEZE", True, _bool, "0 or 1"),
+            pure_python=_parse(env, "STREAMMACHINE_PURE_PYTHON", False, _bool, "0 or 1"),
         )
 
     def __repr__(self) -> str:  # credentials never in logs or tracebacks: URL password redacted, key hidden
