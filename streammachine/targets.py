@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import re
-import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -298,23 +297,15 @@ def _cell_app(namespace: dict, where: str) -> App:
 
 
 def _register_streammachine_cell(source: str, namespace: dict, where: str, filename: str) -> None:
-    """``%%streammachine agent|timer ...``: the body becomes a handler, as the notebook magic does."""
-    from .notebook.cells import handler_from_cell
-    from .notebook.magics import _cell_parser
+    """``%%streammachine agent|timer ...``: the body becomes a handler, exactly as the notebook magic does it."""
+    from .notebook.registration import MagicArgumentError, cell_registration
 
     first, _, body = source.partition("\n")
-    try:
-        args = _cell_parser().parse_args(shlex.split(first[len("%%streammachine"):]))
-    except Exception as exc:  # the magic's parser raises IPython's UsageError
-        raise TargetError(f"{where}: {first.strip()!r}: {exc}") from None
     app = _cell_app(namespace, where)
-    body = translate_cell(body) or "pass"
-    if args.kind == "agent":
-        group = args.group or app.config.default_group
-        name = args.name or f"cell_agent:{args.stream}:{group}"
-        handler = handler_from_cell(body, ["messages" if args.batch else "message"], name, namespace, filename)
-        app.agent(args.stream, group=group, concurrency=args.concurrency, batch=args.batch, name=name)(handler)
-    else:
-        name = args.name or f"cell_timer:{args.seconds:g}s"
-        app.timer(args.seconds, name=name)(handler_from_cell(body, [], name, namespace, filename))
-    log.info("%s: registered %s %r", where, args.kind, name)
+    try:
+        registration = cell_registration(app, first[len("%%streammachine"):].strip(), translate_cell(body) or "pass",
+                                         namespace, filename)
+        registration.register()
+    except (MagicArgumentError, TypeError, ValueError) as exc:
+        raise TargetError(f"{where}: {exc}") from None
+    log.info("%s: registered %s", where, registration.description)

@@ -282,12 +282,17 @@ def test_run_metrics_single_process_counts_failures_and_dead_letters(redis_url, 
     ("two.py:c", "no attribute 'c'"),
     ("no_such_module_xyz:app", "no module named 'no_such_module_xyz'"),
     ("broken.ipynb", "cell 1 raised ZeroDivisionError"),
+    ("badmagic.ipynb", "cell 2: %%streammachine agent --group g"),
+    ("badmagic.ipynb", "the following arguments are required: stream"),
 ])
 def test_run_bad_targets_exit_2_with_a_clear_error(tmp_path, target, expected):
     (tmp_path / "empty.py").write_text("x = 1\n")
     (tmp_path / "two.py").write_text("from streammachine import App\na = App('a')\nb = App('b')\n")
     (tmp_path / "broken.ipynb").write_text(json.dumps({"cells": [
         {"cell_type": "code", "metadata": {}, "source": "1 / 0", "outputs": []}], "nbformat": 4}))
+    (tmp_path / "badmagic.ipynb").write_text(json.dumps({"cells": [
+        {"cell_type": "code", "metadata": {}, "source": "from streammachine import App\napp = App('x')"},
+        {"cell_type": "code", "metadata": {}, "source": "%%streammachine agent --group g\npass"}], "nbformat": 4}))
     done = subprocess.run([sys.executable, "-m", "streammachine", "run", target], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
