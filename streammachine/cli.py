@@ -295,8 +295,8 @@ def cmd_mcp(args, settings: Settings) -> int:
         raise CommandError(f"the MCP server needs the 'mcp' package (v2): pip install 'streammachine[mcp]' ({exc})") \
             from None
 
-    serve(dataclasses.replace(settings, log_level=args.log_level), transport=args.transport, host=args.host, port=args.port, redis_url=args.redis_url,
-          read_only=args.read_only)
+    serve(dataclasses.replace(settings, log_level=args.log_level), transport=args.transport, host=args.host,
+          port=args.port, redis_url=args.redis_url, read_only=args.read_only)
     return 0
 
 

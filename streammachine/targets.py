@@ -303,8 +303,8 @@ def _register_streammachine_cell(source: str, namespace: dict, where: str, filen
     first, _, body = source.partition("\n")
     app = _cell_app(namespace, where)
     try:
-        registration = cell_registration(app, first[len("%%streammachine"):].strip(), translate_cell(body) or "pass",
-                                         namespace, filename)
+        line = first[len("%%streammachine"):].strip()
+        registration = cell_registration(app, line, translate_cell(body) or "pass", namespace, filename)
         registration.register()
     except (MagicArgumentError, TypeError, ValueError) as exc:
         raise TargetError(f"{where}: {exc}") from None
