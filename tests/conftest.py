@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 
 import pytest
 import redis
@@ -75,10 +74,3 @@ async def app_factory(redis_url):
     for app in apps:
         await app.shutdown()
 
-
-def port_is_free(port: int, host: str = "localhost") -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.2):
-            return False
-    except OSError:
-        return True

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import socket
 import time
 from typing import Any, Callable
 
@@ -30,3 +31,11 @@ def wait_until_sync(predicate: Callable[[], Any], timeout: float = 10.0, interva
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+def port_is_free(port: int, host: str = "localhost") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return False
+    except OSError:
+        return True

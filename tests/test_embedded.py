@@ -10,8 +10,7 @@ from streammachine.config import Settings
 from streammachine.embedded import (EmbeddedServer, read_runtime_file, redact_url, shared_server_status,
                                      shared_server_url, stop_shared_server)
 
-from conftest import port_is_free
-from helpers import wait_until
+from helpers import port_is_free, wait_until
 
 
 @pytest.fixture
