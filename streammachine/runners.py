@@ -22,8 +22,8 @@ from .consumer import StreamConsumer
 
 log = logging.getLogger("streammachine.runners")
 
-# Counters a worker process publishes for its parent: processed, failed, dead_lettered, retried.
-_SHARED_FIELDS = ("processed", "failed", "dead_lettered", "retried")
+# What a worker process publishes for its parent (AgentStats fields).
+_SHARED_FIELDS = ("processed", "failed", "dead_lettered", "retried", "skipped", "reconnects", "handler_seconds")
 
 
 def consumer_base(override: Optional[str] = None) -> str:
@@ -128,7 +128,7 @@ class ProcessRunner:
     def _publish_stats(self) -> None:
         totals = [sum(c[i] for c in self._counters) for i in range(len(_SHARED_FIELDS))]
         for name, value in zip(_SHARED_FIELDS, totals):
-            setattr(self.stats, name, int(value))
+            setattr(self.stats, name, value if name == "handler_seconds" else int(value))
 
     @property
     def pids(self) -> list[int]:

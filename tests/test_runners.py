@@ -34,6 +34,7 @@ async def test_two_worker_processes_split_a_stream(app_factory, redis_url):
     assert sorted(entry for _, entry in rows) == sorted(ids)
     assert {int(pid) for pid, _ in rows} <= set(runner.pids)
     await wait_until(lambda: app.stats("proc").processed == 400, what="worker counters published")
+    assert app.stats("proc").handler_seconds > 0
 
 
 async def test_sigkilled_worker_is_restarted_and_loses_nothing(app_factory, redis_url, sync_redis):
