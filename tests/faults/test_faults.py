@@ -45,6 +45,23 @@ async def drain(ledger: Ledger, producer: Producer, timeout: float, what: str) -
 
 # -- worker processes killed ---------------------------------------------------
 
+async def kill_under_load(ledger: Ledger, sending: asyncio.Future, rng: random.Random, kill_one, max_kills: int,
+                          min_kills: int = 2) -> int:
+    """Kill (``await kill_one()``) at random moments while ``sending`` runs: after a random amount of progress."""
+    kills = 0
+    while not sending.done() and kills < max_kills:
+        before = ledger.path.stat().st_size
+        await wait_until(lambda: ledger.path.stat().st_size > before + rng.randint(500, 3000) or sending.done(),
+                         15, what="progress before the next kill")
+        if sending.done():
+            break
+        await kill_one()
+        kills += 1
+    await sending
+    assert kills >= min_kills, f"only {kills} kills landed while producing"
+    return kills
+
+
 async def test_sigkill_worker_processes_under_load(redis_url, tmp_path):
     """processes=2: SIGKILL workers at random moments; the supervisor restarts them under the same names."""
     started = time.monotonic()
@@ -123,21 +140,15 @@ async def test_sigkill_headless_app_processes(redis_url, tmp_path):
             await _ready(proc)
         producer = Producer(producer_app, "orders", batch=20, interval=0.01)
         sending = asyncio.ensure_future(producer.send(3000))
-        kills = 0
-        while not sending.done() and kills < 3:
-            before = ledger.path.stat().st_size
-            await wait_until(lambda: ledger.path.stat().st_size > before + rng.randint(500, 3000) or sending.done(),
-                             15, what="progress before the next kill")
-            if sending.done():
-                break
+
+        async def kill_one():
             victim = procs.pop(rng.randrange(len(procs)))
             victim.kill()
             victim.wait(5)
-            kills += 1
             procs.append(_spawn_app(redis_url, ledger, "orders", FAULT_SLOW_MS="1"))
             await _ready(procs[-1])
-        await sending
-        assert kills >= 2, f"only {kills} kills landed while producing"
+
+        kills = await kill_under_load(ledger, sending, rng, kill_one, max_kills=3)
         await drain(ledger, producer, 40, "after app process kills")
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -182,18 +193,12 @@ async def test_sigkill_workers_of_streammachine_run_supervisor(redis_url, tmp_pa
                          len(client.xinfo_consumers("payments", "faults")) >= 2, 60, what="2 workers consuming")
         producer = Producer(producer_app, "payments", batch=20, interval=0.01)
         sending = asyncio.ensure_future(producer.send(3000))
-        kills = 0
-        while not sending.done() and kills < 3:
-            before = ledger.path.stat().st_size
-            await wait_until(lambda: ledger.path.stat().st_size > before + rng.randint(500, 3000) or sending.done(),
-                             15, what="progress before the next kill")
-            if sending.done():
-                break
+
+        async def kill_one():
             rng.choice(workers()).kill()
-            kills += 1
             await wait_until(lambda: len(workers()) == 2, 30, what="supervisor restarted the worker")
-        await sending
-        assert kills >= 2, f"only {kills} kills landed while producing"
+
+        kills = await kill_under_load(ledger, sending, rng, kill_one, max_kills=3)
         await drain(ledger, producer, 40, "after killing run --workers workers")
         supervisor.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(supervisor.wait, 30)
