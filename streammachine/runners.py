@@ -31,6 +31,12 @@ def consumer_base(override: Optional[str] = None) -> str:
     return override or f"{socket.gethostname()}-{os.getpid()}"
 
 
+def consumer_client_options(spec: AgentSpec) -> dict:
+    """A read timeout above the BLOCK time: redis-py's default (5 s) would fail every longer blocking read,
+    while no timeout at all would hang forever on a half-open connection."""
+    return {"socket_timeout": spec.config.block_ms / 1000 + 10}
+
+
 def consumer_name(base: str, spec: AgentSpec, slot: str) -> str:
     return f"{base}:{spec.name.rsplit('.', 1)[-1]}:{slot}"
 
@@ -67,7 +73,7 @@ class InProcessRunner:
     async def start(self) -> None:
         await prepare(self.spec, self.connection)
         for slot in range(self.spec.concurrency):
-            client = self.connection.new_client(max_connections=2)
+            client = self.connection.new_client(max_connections=2, **consumer_client_options(self.spec))
             self._clients.append(client)
             consumer = StreamConsumer(client, self.spec, consumer_name(self.base, self.spec, str(slot)), self.stats)
             consumer.start()
@@ -179,7 +185,7 @@ async def _worker_async(spec, url, cluster, base, index, counters, grace) -> Non
     loop.add_signal_handler(signal.SIGTERM, stopped.set)
     clients, consumers = [], []
     for slot in range(spec.concurrency):
-        client = make_client(url, max_connections=2, cluster=cluster)
+        client = make_client(url, max_connections=2, cluster=cluster, **consumer_client_options(spec))
         clients.append(client)
         consumer = StreamConsumer(client, spec, consumer_name(base, spec, f"w{index}.{slot}"), stats)
         consumer.start()

@@ -113,3 +113,24 @@ async def test_resp3_client_works_end_to_end(redis_url):
     consumer.stop()
     await consumer.task
     await client.aclose()
+
+
+
+async def test_block_longer_than_the_default_socket_timeout(app_factory, sync_redis):
+    """redis-py's default 5 s socket timeout must not cut a 6 s BLOCK into a reconnect loop."""
+    app = app_factory()
+    seen = []
+
+    @app.agent("longblock", group="g", block_ms=6000, name="longblock")
+    async def handle(record):
+        seen.append(record.key)
+
+    await app.startup()
+
+    def blocked_read_outlived_5s():
+        return any(c.get("cmd") == "xreadgroup" and int(c["idle"]) >= 5 for c in sync_redis.client_list())
+
+    await wait_until(blocked_read_outlived_5s, timeout=8, interval=0.2, what="a blocking read alive past 5 s")
+    entry = await app.send("longblock", {"x": 1})
+    await wait_until(lambda: seen == [entry], timeout=10)
+    assert app.stats("longblock").reconnects == 0
