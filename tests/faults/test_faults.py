@@ -405,3 +405,56 @@ async def test_slow_blocking_handlers_misconfigured_claim_idle(redis_url, tmp_pa
     # no in-flight bound here: every record may be re-delivered once per consumer
     await _slow_case(redis_url, tmp_path, "KNOWN LIMIT: blocking handlers 400ms > claim_idle 300ms, 3 processes",
                      "sync", claim_idle_ms=300, bound=36 * 3)
+
+
+# -- a cluster node under fault -----------------------------------------------------
+
+async def test_cluster_master_restart_midstream(tmp_path):
+    """A 3-master cluster, one stream per master: restart one master (AOF + nodes.conf) mid-stream. Its
+    stream stalls and resumes; the others never stop; nothing is lost."""
+    from redis.crc import key_slot
+
+    from streammachine.embedded import LocalCluster
+
+    started = time.monotonic()
+    streams = []
+    for n in range(64):  # one hash-tagged stream per master (slots split evenly by LocalCluster)
+        name = "{f%d}" % n
+        if key_slot(name.encode()) * 3 // 16384 == len(streams):
+            streams.append(name)
+        if len(streams) == 3:
+            break
+    ledger = Ledger(tmp_path / "handled")
+    with LocalCluster(tmp_path / "cluster", masters=3) as cluster:
+        app = fault_app(cluster.url, "cluster-fault")
+        for stream in streams:
+            @app.agent(stream, group="g", name=f"w{stream}")
+            async def work(message):
+                ledger.record(seq_of(message))
+
+        await app.startup()
+        try:
+            producers = [Producer(app, stream, batch=20, interval=0.005) for stream in streams]
+            for offset, producer in enumerate(producers):  # disjoint seqs per stream
+                producer.next_seq = offset * 1_000_000
+            sending = asyncio.gather(*(p.send(600, deadline=90) for p in producers))
+            await wait_until(lambda: ledger.unique() > 300, 20, what="flow before the restart")
+            victim = cluster.nodes[1]  # owns streams[1]
+            await asyncio.to_thread(victim.stop)
+            others_before = sum(1 for s in ledger.counts() if s < 1_000_000 or s >= 2_000_000)
+            # the cluster client retries a lost node for a while: keep it down until clients see it
+            await wait_until(lambda: producers[1].failures > 0 and app.stats(f"w{streams[1]}").reconnects > 0,
+                             30, what="the outage seen by the producer and the agent of the stopped master")
+            await wait_until(lambda: sum(1 for s in ledger.counts() if s < 1_000_000 or s >= 2_000_000)
+                             > others_before + 100, 20, what="the other masters' streams keep flowing")
+            await asyncio.to_thread(victim.start)
+            await sending
+            confirmed = set().union(*(p.confirmed for p in producers))
+            await wait_until(lambda: confirmed <= set(ledger.counts()), 60, interval=0.1,
+                             what="every confirmed record handled after the master came back")
+            ambiguous = sum(p.ambiguous for p in producers)
+        finally:
+            await app.shutdown()
+    result = tally("cluster: one of 3 masters stopped and restarted mid-stream", confirmed, ledger.counts(),
+                   bound=3 * KNOBS.count + ambiguous, started=started)
+    check(result)
