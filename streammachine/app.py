@@ -216,7 +216,8 @@ class App:
             started = time.perf_counter()
             old = self._runners.pop(name, None)
             if old is not None:
-                await old.stop(self.config.grace_seconds)
+                # the successor takes the rest of the old read back from the pending list at once
+                await old.stop(self.config.grace_seconds, finish_read=False)
             if spec is not None and self._agents.get(name) is spec:
                 self._runners[name] = await self._start_runner(spec)
             self.last_swap_ms = (time.perf_counter() - started) * 1000

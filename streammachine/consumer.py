@@ -70,6 +70,7 @@ class StreamConsumer:
         self.stats = stats or AgentStats()
         self.config = spec.config
         self._stopping = False
+        self._drop_rest = False
         self._in_read = False
         self._task: Optional[asyncio.Task] = None
         self._to_ack: list = []
@@ -86,9 +87,16 @@ class StreamConsumer:
         self._task = asyncio.get_running_loop().create_task(self.run(), name=f"streammachine:{self.name}")
         return self._task
 
-    def stop(self) -> None:
-        """Stop after the entry in hand; a blocked read is interrupted at once."""
+    def stop(self, finish_read: bool = True) -> None:
+        """Stop reading; a blocked read is interrupted at once.
+
+        ``finish_read``: handle the rest of the entries already read (a
+        shutdown: the runner cancels after its grace period) rather than stop
+        after the entry in hand (a hot swap: the successor, under the same
+        consumer name, takes the rest back from the pending list at once).
+        """
         self._stopping = True
+        self._drop_rest = self._drop_rest or not finish_read
         if self._in_read and self._task is not None and not self._task.done():
             self._task.cancel()
 
@@ -278,7 +286,7 @@ class StreamConsumer:
         started = time.perf_counter()
         try:
             for (entry_id, fields), message in zip(entries, messages):
-                if self._stopping:
+                if self._drop_rest:
                     break
                 if message is None:  # deleted/trimmed while pending: nothing left to handle
                     done_append(entry_id)
@@ -303,7 +311,7 @@ class StreamConsumer:
 
     async def _process_batch(self, entries: list, deliveries: Optional[dict]) -> None:
         """One handler call for the whole read; acks as in ``_process``."""
-        if not self._stopping:
+        if not self._drop_rest:
             spec = self.spec
             messages = [m for m in received_messages(spec.stream, self.name, time.time(), entries) if m is not None]
             if len(messages) < len(entries):  # some were deleted while pending: ack those whatever the handler does

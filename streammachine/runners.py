@@ -41,10 +41,10 @@ def consumer_name(base: str, spec: AgentSpec, slot: str) -> str:
     return f"{base}:{spec.name.rsplit('.', 1)[-1]}:{slot}"
 
 
-async def stop_consumers(consumers: list, grace: float) -> None:
-    """Stop reading, let handlers in hand finish within ``grace`` seconds, then cancel."""
+async def stop_consumers(consumers: list, grace: float, finish_read: bool = True) -> None:
+    """Stop reading, let the handlers of the read in hand finish within ``grace`` seconds, then cancel."""
     for consumer in consumers:
-        consumer.stop()
+        consumer.stop(finish_read)
     tasks = [c.task for c in consumers if c.task is not None]
     if not tasks:
         return
@@ -83,8 +83,8 @@ class InProcessRunner:
     def active(self) -> int:
         return sum(1 for c in self.consumers if c.task is not None and not c.task.done())
 
-    async def stop(self, grace: float) -> None:
-        await stop_consumers(self.consumers, grace)
+    async def stop(self, grace: float, finish_read: bool = True) -> None:
+        await stop_consumers(self.consumers, grace, finish_read)
         for client in self._clients:
             await client.aclose()
         self.consumers, self._clients = [], []
@@ -144,7 +144,8 @@ class ProcessRunner:
     def active(self) -> int:
         return len(self.pids) * self.spec.concurrency
 
-    async def stop(self, grace: float) -> None:
+    async def stop(self, grace: float, finish_read: bool = True) -> None:
+        """SIGTERM the workers: each finishes its read in hand within ``grace`` (``finish_read`` is moot here)."""
         self._stopping = True
         if self._supervisor is not None:
             self._supervisor.cancel()

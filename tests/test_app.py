@@ -343,3 +343,23 @@ def test_rate_is_shared_by_observers():
     first = stats.rate()
     stats.processed += 50
     assert stats.rate() == first  # a second observer within the window sees the same figure
+
+
+async def test_shutdown_finishes_the_read_in_hand(app_factory, sync_redis):
+    """Entries already read are handled and acked on shutdown, not left pending for a claim 30 s later."""
+    app = app_factory(grace_seconds=5)
+    started, handled = asyncio.Event(), []
+
+    @app.agent("readbatch", group="g", count=20, start_id="0")
+    async def handle(record):
+        started.set()
+        await asyncio.sleep(0.01)
+        handled.append(record.key)
+
+    await app.redis.get_client()
+    ids = await app.send_batch("readbatch", [{"i": i} for i in range(20)])
+    await app.startup()
+    await asyncio.wait_for(started.wait(), 5)
+    await app.shutdown()
+    assert handled == ids
+    assert sync_redis.xpending("readbatch", "g")["pending"] == 0
