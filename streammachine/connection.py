@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, AsyncIterator, List, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, List, Mapping, Optional, Sequence
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
@@ -12,6 +12,9 @@ from .config import Settings
 from .embedded import default_url, redact_url
 from .encoding import encode_record, find_unencodable
 from .resp import direct_pool, encode_commands, round_trip
+
+if TYPE_CHECKING:
+    from .message import Message
 
 log = logging.getLogger("streammachine.connection")
 

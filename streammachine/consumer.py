@@ -15,7 +15,7 @@ import asyncio
 import logging
 import random
 import time
-from typing import Iterable, Optional
+from typing import Optional
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, TimeoutError as RedisTimeoutError
@@ -408,6 +408,3 @@ class StreamConsumer:
                 self._deliveries.pop(key, None)
                 self._retry_at.pop(key, None)
 
-
-def consumer_names(base: str, count: int) -> Iterable[str]:
-    return (f"{base}-{slot}" for slot in range(count))

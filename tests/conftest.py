@@ -1,14 +1,12 @@
 """Shared fixtures: real servers started through streammachine.embedded, isolated env."""
 from __future__ import annotations
 
-import asyncio
 import os
 
 import pytest
 import redis
 
 from streammachine import App, ConsumerConfig, Storage
-from streammachine.config import Settings
 from streammachine.embedded import EmbeddedServer
 
 from helpers import wait_until  # noqa: F401  (re-exported for tests)

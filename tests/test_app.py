@@ -1,6 +1,5 @@
 """App end to end on a real server: produce, consume, fan-out, groups, shutdown."""
 import asyncio
-import os
 
 import pytest
 

@@ -1,7 +1,6 @@
 """StreamConsumer against real servers: restarts, reclaim, own pending first."""
 import asyncio
 
-import pytest
 import redis
 
 from streammachine import ConsumerConfig

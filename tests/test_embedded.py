@@ -1,5 +1,4 @@
 """The embedded default and the private-server helper."""
-import os
 import stat
 
 import pytest

@@ -12,6 +12,7 @@ from typing import Callable
 
 from .cells import handler_from_cell
 
+
 class MagicArgumentError(ValueError):
     """A ``%streammachine``/``%%streammachine`` line does not parse, or names a bad value."""
 
@@ -55,9 +56,10 @@ def cell_registration(app, line: str, body: str, namespace: dict, filename: str 
     ``cell_agent:<stream>:<group>`` and ``cell_timer:<seconds>s``.
     """
     try:
-        args = cell_parser().parse_args(shlex.split(line))
-    except ValueError as exc:  # shlex: unbalanced quotes
+        words = shlex.split(line)
+    except ValueError as exc:  # unbalanced quotes
         raise MagicArgumentError(f"%%streammachine {line}: {exc}") from None
+    args = cell_parser().parse_args(words)
     if args.kind == "agent":
         if args.concurrency < 1:
             raise MagicArgumentError(f"--concurrency {args.concurrency}: expected an int >= 1")
