@@ -394,6 +394,7 @@ def shared_server_url(home: Path) -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)
         info = read_runtime_file(home)
         if info and _alive(info):
+            log.info("StreamMachine: using the embedded Valkey server at %s", redact_url(info["url"]))
             return info["url"]
         server = EmbeddedServer(directory)
         subprocess.run(server.command(daemonize=True), check=True, stdin=subprocess.DEVNULL,
@@ -435,8 +436,6 @@ def stop_shared_server(home: Path, timeout: float = 10.0) -> bool:
     return True
 
 
-_announced: set[str] = set()
-
 
 def default_url(home: Path, *, embedded: bool) -> str:
     """Where to connect when nothing was configured.
@@ -454,8 +453,4 @@ def default_url(home: Path, *, embedded: bool) -> str:
             "no Redis configured (REDIS_URL/REDIS_HOST unset), nothing listens on localhost:6379, "
             "and the embedded server is off (STREAMMACHINE_EMBEDDED=0)"
         )
-    url = shared_server_url(home)
-    if url not in _announced:
-        _announced.add(url)
-        log.info("StreamMachine: using the embedded Valkey server at %s", redact_url(url))
-    return url
+    return shared_server_url(home)
