@@ -14,8 +14,8 @@ core or per host. Two setups:
 Timing: the streams are loaded once per setup; each run drains them with a
 fresh group created at ``$``, so the workers start idle; once all of them are
 up, ``XGROUP SETID ... 0`` (plus one XADD to wake blocked readers) hands them
-the whole backlog and the clock starts; it stops when the group's lag and pending are both 0 (every entry
-read and acknowledged). CPU: psutil on the server process(es) and on the
+the whole backlog and the clock starts; it stops when the group's last-delivered-id is the stream's last
+id and nothing is pending (every entry read and acknowledged); the workers' own counts are checked too. CPU: psutil on the server process(es) and on the
 workers over the same interval, and the whole machine's busy time (anything
 else running counts too); 100% = one core. A single valkey-server
 saturates at ~100% (one thread); the clients at (cores x 100%) in total.
