@@ -327,10 +327,8 @@ class StreamConsumer:
                     result = spec.handler(messages)
                     if spec.is_async:
                         await result
-                except Exception as exc:
-                    for entry_id, fields in entries:
-                        if fields is not None:
-                            await self._failed(entry_id, fields, exc, deliveries)
+                except Exception:
+                    await self._isolate(entries, messages, deliveries)
                 else:
                     self.stats.processed += len(ids)
                     self._to_ack += ids
@@ -341,6 +339,25 @@ class StreamConsumer:
             self._to_ack += [i for i, f in entries if f is None]
         if deliveries is not None and self._to_ack:
             await asyncio.shield(self._flush_acks())
+
+    async def _isolate(self, entries: list, messages: list, deliveries: Optional[dict]) -> None:
+        """A batch failed: hand each entry over alone, so one poison entry does not take the others with it.
+
+        The failed call may have done part of its work, so the entries it
+        covered can be seen twice: at-least-once, as everywhere.
+        """
+        live = [entry for entry in entries if entry[1] is not None]
+        handler, is_async = self.spec.handler, self.spec.is_async
+        for (entry_id, fields), message in zip(live, messages):
+            try:
+                result = handler([message])
+                if is_async:
+                    await result
+            except Exception as exc:
+                await self._failed(entry_id, fields, exc, deliveries)
+            else:
+                self.stats.processed += 1
+                self._to_ack.append(entry_id)
 
     async def _failed(self, entry_id, fields: dict, exc: Exception, deliveries: Optional[dict]) -> None:
         key = _as_str(entry_id)

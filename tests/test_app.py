@@ -362,3 +362,22 @@ async def test_shutdown_finishes_the_read_in_hand(app_factory, sync_redis):
     await app.shutdown()
     assert handled == ids
     assert sync_redis.xpending("readbatch", "g")["pending"] == 0
+
+
+async def test_one_poison_entry_does_not_sink_its_batch(app_factory, sync_redis):
+    app = app_factory()
+    good = []
+
+    @app.agent("mixed", group="g", batch=True, count=50, on_error="dead_letter")
+    async def on_batch(messages):
+        for m in messages:
+            float(m.message["price"])  # the poison entry raises here, part-way through
+        good.extend(m.message["price"] for m in messages)
+
+    await app.startup()
+    await app.send_batch("mixed", [{"price": p} for p in ("1", "2", "bad", "4")])
+    await wait_until(lambda: sync_redis.xlen("mixed:dead") == 1, what="the poison entry dead-lettered")
+    await wait_until(lambda: sorted(good) == ["1", "2", "4"], what="the other three handled")
+    (_, fields), = sync_redis.xrange("mixed:dead")
+    assert fields["price"] == "bad" and "could not convert" in fields["_dlq_error"]
+    await wait_until(lambda: sync_redis.xpending("mixed", "g")["pending"] == 0)
