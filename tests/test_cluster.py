@@ -174,8 +174,12 @@ async def test_process_workers_on_cluster(apps, cluster_url, sync_cluster, tmp_p
     await app.send_batch("{jobs}", [{"n": i} for i in range(400)])
     await wait_until(lambda: out.exists() and len(set(out.read_text().split())) == 400, 40, what="400 handled")
     await wait_until(lambda: sync_cluster.xpending("{jobs}", "g")["pending"] == 0, 20, what="acked")
-    consumers = {c["name"] for c in sync_cluster.xinfo_consumers("{jobs}", "g")}
-    assert len(consumers) == 2, f"expected one consumer per worker process, got {consumers}"
+
+    def consumers():  # a worker joins the group with its first read, which a busy machine may delay
+        return {c["name"] for c in sync_cluster.xinfo_consumers("{jobs}", "g")}
+
+    await wait_until(lambda: len(consumers()) == 2, 20, what="one consumer per worker process")
+    assert all(":pw:w" in name for name in consumers())
 
 
 async def test_cluster_env_flag_with_plain_url(apps, cluster, cluster_url, monkeypatch):
