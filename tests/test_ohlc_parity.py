@@ -185,3 +185,81 @@ def test_long_runs_agree():
         assert flushed[0] == flushed[1] and flushed[0][0]
     assert state(compiled) == state(python)
     assert compiled.late_ticks > 0 and compiled.tick_count == count
+
+
+# -- snapshots ----------------------------------------------------------------
+
+
+def snapshot_bytes(aggregator) -> bytes:
+    """The snapshot as it is stored: orjson bytes (finite floats round-trip exactly)."""
+    import orjson
+
+    return orjson.dumps(aggregator.snapshot())
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(intervals=st.sampled_from(INTERVAL_SETS), before=operations, after=operations)
+def test_snapshots_are_identical_and_restore_across_implementations(intervals, before, after):
+    """Same ops -> the same snapshot from both cores; a snapshot of one, restored into the other, carries on alike."""
+    compiled, python = CythonFastOHLC(intervals), PythonFastOHLC(intervals)
+    for operation in before:
+        run(compiled, operation), run(python, operation)
+    assert compiled.snapshot() == python.snapshot()
+    python_from_compiled = PythonFastOHLC.from_snapshot(snapshot_bytes(compiled))
+    compiled_from_python = CythonFastOHLC.from_snapshot(snapshot_bytes(python))
+    restored_in_place = CythonFastOHLC(intervals)
+    restored_in_place.update_tick("ZZZ", 1.0, 1.0, BASE)  # restore replaces, not merges
+    restored_in_place.restore(python.snapshot())
+    everyone = (compiled, python, python_from_compiled, compiled_from_python, restored_in_place)
+    assert all(a.snapshot() == compiled.snapshot() for a in everyone)
+    for operation in after:
+        results = [run(a, operation) for a in everyone]
+        assert all(r == results[0] for r in results), operation
+    states = [state(a) for a in everyone]
+    assert all(s == states[0] for s in states)
+    snapshots = [snapshot_bytes(a) for a in everyone]  # bytes: volumes equal to the bit
+    assert all(s == snapshots[0] for s in snapshots)
+
+
+@pytest.mark.parametrize("cls", [CythonFastOHLC, PythonFastOHLC], ids=["compiled", "python"])
+def test_a_bad_snapshot_is_refused_and_leaves_the_state_alone(cls):
+    source = cls([1000])
+    for i in range(5):
+        source.update_tick("AAPL", 1.0 + i, 1.0, BASE + 600 * i)
+    good = source.snapshot()
+    target = cls([1000])
+    target.update_tick("MSFT", 2.0, 3.0, BASE)
+    kept = target.snapshot()
+
+    def broken(change):
+        snapshot = __import__("copy").deepcopy(good)
+        change(snapshot)
+        return snapshot
+
+    candles = lambda s: s["symbols"][0]["series"][0]["candles"]  # noqa: E731
+    bad = {
+        "intervals": broken(lambda s: s.update(intervals=[60_000])),
+        "format": broken(lambda s: s.update(format=99)),
+        "unsorted": broken(lambda s: candles(s).reverse()),
+        "misaligned": broken(lambda s: candles(s)[0].__setitem__(0, BASE + 1)),
+        "tick outside": broken(lambda s: candles(s)[0].__setitem__(8, BASE + 5000)),
+        "price": broken(lambda s: candles(s)[0].__setitem__(1, "1.0")),
+        "counter": broken(lambda s: s.update(tick_count=-1)),
+        "twice": broken(lambda s: s["symbols"].append(s["symbols"][0])),
+        "json": b"{not json",
+    }
+    for what, snapshot in bad.items():
+        with pytest.raises(ValueError, match="OHLC snapshot"):
+            target.restore(snapshot)
+        assert target.snapshot() == kept, what
+    target.restore(good)
+    assert target.snapshot() == good
+
+
+@pytest.mark.parametrize("cls", [CythonFastOHLC, PythonFastOHLC], ids=["compiled", "python"])
+def test_an_overflowed_volume_survives_a_snapshot(cls):
+    aggregator = cls([1000])
+    aggregator.update_tick("AAPL", 1.0, 1e308, BASE)
+    aggregator.update_tick("AAPL", 1.0, 1e308, BASE + 1)
+    restored = cls.from_snapshot(snapshot_bytes(aggregator))  # orjson would write infinity as null
+    assert restored.get_candles("AAPL", 1000)[0].volume == math.inf

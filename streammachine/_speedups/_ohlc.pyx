@@ -518,6 +518,55 @@ cdef class OHLCCore:
         _refresh_hot(&sym.c)
         return rows
 
+    # -- snapshots (the format is in streammachine/ohlc/snapshot.py) -----------
+
+    def _export(self):
+        """[(name, latest_ts or None, [(watermark or None, [row, ...]) per interval]), ...], first-seen order.
+
+        A row: (start, open, high, low, close, volume, trade_count, first_ts, last_ts).
+        """
+        cdef _Symbol sym
+        cdef SeriesC* s
+        cdef CandleC* c
+        cdef Py_ssize_t k, i
+        out = []
+        for name in self._names:
+            sym = self._states[name]
+            series = []
+            for k in range(sym.c.n_series):
+                s = &sym.c.series[k]
+                rows = []
+                for i in range(s.n):
+                    c = &s.candles[i]
+                    rows.append((c.start, c.open, c.high, c.low, c.close, c.volume, c.count, c.first_ts, c.last_ts))
+                series.append((None if s.watermark < 0 else s.watermark, rows))
+            out.append((name, None if sym.c.latest_ts < 0 else sym.c.latest_ts, series))
+        return out
+
+    def _load(self, list symbols, ticks, late, rejected):
+        """Replace the state with checked ``_export`` data (see snapshot.parse)."""
+        cdef _Symbol sym
+        cdef SeriesC* s
+        cdef CandleC* c
+        cdef Py_ssize_t k, i, n
+        self.clear()
+        for name, latest, series in symbols:
+            sym = self._state_for(name)
+            sym.c.latest_ts = -1 if latest is None else latest
+            for k in range(sym.c.n_series):
+                watermark, rows = series[k]
+                s = &sym.c.series[k]
+                s.watermark = -1 if watermark is None else watermark
+                n = len(rows)
+                while s.cap < n:
+                    _grow(s)
+                for i in range(n):
+                    c = &s.candles[i]
+                    (c.start, c.open, c.high, c.low, c.close, c.volume, c.count, c.first_ts, c.last_ts) = rows[i]
+                s.n = n
+            _refresh_hot(&sym.c)
+        self._ticks, self._late, self._rejected = ticks, late, rejected
+
     # -- state ---------------------------------------------------------------
 
     cdef _Symbol _find(self, symbol):

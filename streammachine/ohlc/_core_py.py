@@ -262,6 +262,33 @@ class OHLCCore:
             series.watermark = before
         return rows
 
+    # -- snapshots (the format is in snapshot.py) ------------------------------
+
+    def _export(self) -> list:
+        """[(name, latest_ts or None, [(watermark or None, [row, ...]) per interval]), ...], first-seen order.
+
+        A row: (start, open, high, low, close, volume, trade_count, first_ts, last_ts).
+        """
+        self._aggregate_all()
+        out = []
+        for name in self._names:
+            state = self._symbols[name]
+            # a held candle is (open, high, low, close, volume, count, first_ts, last_ts): the row's order
+            series = [(s.watermark, [(start, *s.candles[start]) for start in sorted(s.candles)]) for s in state.series]
+            out.append((name, state.latest_ts, series))
+        return out
+
+    def _load(self, symbols: list, ticks: int, late: int, rejected: int) -> None:
+        """Replace the state with checked ``_export`` data (see snapshot.parse)."""
+        self.clear()
+        for name, latest, series in symbols:
+            state = self._create(name)
+            state.latest_ts = latest
+            for held, (watermark, rows) in zip(state.series, series):
+                held.watermark = watermark
+                held.candles = {start: (o, h, lo, c, v, n, first, last) for start, o, h, lo, c, v, n, first, last in rows}
+        self._ticks, self._late, self._rejected = ticks, late, rejected
+
     # -- state ---------------------------------------------------------------
 
     def _find(self, symbol: Any) -> Optional[_Symbol]:

@@ -14,11 +14,15 @@ Semantics, identical in both cores:
   interval, so a flushed candle is never emitted twice.
 - Invalid input: ``update_tick`` raises ValueError naming the field; the
   batch paths skip such rows and count them in ``rejected``.
+- ``snapshot()`` is the whole state as plain JSON-able data, the same for
+  both cores; ``restore(snapshot)`` / ``FastOHLC.from_snapshot(snapshot)``
+  take it back (see ``snapshot.py`` for the format).
 """
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
+from . import snapshot as _snapshot
 from .candle import Candle
 from ._core_py import OHLCCore as _PythonCore
 from .ticks import completion_cut
@@ -45,6 +49,28 @@ class OHLCMethods:
 
     def get_candles_as_dicts(self, symbol: Any, interval: int) -> List[Dict[str, Any]]:
         return [candle.as_dict() for candle in self.get_candles(symbol, interval)]
+
+    def snapshot(self) -> Dict[str, Any]:
+        """The whole state (candles held, latest times, flush points, counters) as plain JSON-able data."""
+        return _snapshot.build(self)
+
+    def restore(self, snapshot: Any) -> None:
+        """Replace the whole state with ``snapshot`` (a dict or its JSON), from either implementation.
+
+        The snapshot's intervals must be this aggregator's; a bad snapshot
+        raises ValueError and leaves the state as it was.
+        """
+        self._load(*_snapshot.parse(snapshot, self.intervals))
+
+    @classmethod
+    def from_snapshot(cls, snapshot: Any):
+        """A new aggregator (of this class) holding ``snapshot``'s state, with its intervals."""
+        if isinstance(snapshot, (str, bytes, bytearray, memoryview)):
+            snapshot = _snapshot.parse_json(snapshot)
+        intervals = snapshot.get("intervals") if isinstance(snapshot, dict) else None
+        aggregator = cls(intervals)
+        aggregator.restore(snapshot)
+        return aggregator
 
     def stats(self) -> Dict[str, Any]:
         return {
