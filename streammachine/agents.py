@@ -77,6 +77,7 @@ class AgentSpec:
     processes: Optional[int] = None
     batch: bool = False
     config: ConsumerConfig = field(default_factory=ConsumerConfig)
+    threaded: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.stream, str) or not self.stream:
@@ -90,6 +91,8 @@ class AgentSpec:
         if not callable(self.handler):
             raise TypeError(f"agent {self.name!r}: handler {self.handler!r} is not callable")
         self.is_async = is_async_callable(self.handler)
+        if self.threaded and self.is_async:
+            raise ValueError(f"agent {self.name!r}: threaded=True is for sync (def) handlers; this one is async")
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+from concurrent.futures import ThreadPoolExecutor
 import gc
 import logging
 import signal
@@ -73,6 +74,7 @@ class App:
         self._stopped: Optional[asyncio.Event] = None
         self._swap_locks: Dict[str, asyncio.Lock] = {}
         self.last_swap_ms: Optional[float] = None
+        self._executor: Optional[ThreadPoolExecutor] = None
         self._base = f"{consumer_base(self.settings.consumer_name)}-{name}"
 
     # -- properties ----------------------------------------------------------
@@ -113,9 +115,13 @@ class App:
         batch: bool = False,
         name: Optional[str] = None,
         config: Optional[ConsumerConfig] = None,
+        threaded: bool = False,
         **options: Any,
     ) -> Callable:
         """Register a stream consumer. Re-registering a name replaces it (hot swap when running).
+
+        ``threaded=True`` runs a sync handler in the App's thread pool
+        (``max_threads``), so blocking code does not stall the event loop.
 
         ``options`` override fields of ``ConsumerConfig`` (count, block_ms,
         start_id, max_deliveries, on_error, retry_delay_ms, claim_idle_ms,
@@ -127,6 +133,7 @@ class App:
             spec = AgentSpec(
                 name=handler_name(fn, name), handler=fn, stream=stream, group=group or self.config.default_group,
                 concurrency=concurrency, processes=processes, batch=batch, config=consumer_config,
+                threaded=threaded,
             )
             self._check_process_budget(spec)
             self._register_agent(spec)
@@ -236,9 +243,10 @@ class App:
     async def _start_runner(self, spec: AgentSpec):
         stats = self._stats.setdefault(spec.name, AgentStats())
         if spec.processes:
-            runner = ProcessRunner(spec, self._redis, self._base, stats, self.config.grace_seconds)
+            runner = ProcessRunner(spec, self._redis, self._base, stats, self.config.grace_seconds,
+                                   self.config.max_threads)
         else:
-            runner = InProcessRunner(spec, self._redis, self._base, stats)
+            runner = InProcessRunner(spec, self._redis, self._base, stats, self._thread_pool() if spec.threaded else None)
         await runner.start()
         return runner
 
@@ -336,6 +344,11 @@ class App:
                 runner.start()
                 self._timer_runners[name] = runner
 
+    def _thread_pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.config.max_threads, thread_name_prefix=f"streammachine-{self.name}")
+        return self._executor
+
     @staticmethod
     def _on_notebook_loop() -> bool:
         import sys
@@ -366,6 +379,9 @@ class App:
         finally:
             self._runners.clear()
             self._timer_runners.clear()
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
             await self._redis.close()
             self._state = "stopped"
             if self._stopped is not None:

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import random
 import time
+from concurrent.futures import Executor
 from typing import Optional
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -60,12 +61,31 @@ def _as_str(value) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _bind_handler(spec: AgentSpec, executor: Optional[Executor]):
+    """The callable the consumer awaits or calls, and whether to await it.
+
+    A ``threaded`` sync handler runs in ``executor`` (the App's thread pool),
+    so a blocking handler neither stalls the event loop (a notebook kernel,
+    the keep-alive of slow entries) nor other agents.
+    """
+    if not spec.threaded:
+        return spec.handler, spec.is_async
+    handler = spec.handler
+
+    async def in_thread(argument):
+        return await asyncio.get_running_loop().run_in_executor(executor, handler, argument)
+
+    return in_thread, True
+
+
 class StreamConsumer:
     """Consumes one stream for one agent under one consumer name."""
 
-    def __init__(self, client, spec: AgentSpec, consumer_name: str, stats: Optional[AgentStats] = None) -> None:
+    def __init__(self, client, spec: AgentSpec, consumer_name: str, stats: Optional[AgentStats] = None,
+                 executor: Optional[Executor] = None) -> None:
         self.client = client
         self.spec = spec
+        self._handler, self._is_async = _bind_handler(spec, executor)
         self.name = consumer_name
         self.stats = stats or AgentStats()
         self.config = spec.config
@@ -277,7 +297,7 @@ class StreamConsumer:
         if spec.batch:
             await self._process_batch(entries, deliveries)
             return
-        handler, is_async = spec.handler, spec.is_async
+        handler, is_async = self._handler, self._is_async
         messages = received_messages(spec.stream, self.name, time.time(), entries)
         done = []
         done_append = done.append
@@ -324,8 +344,8 @@ class StreamConsumer:
                 self._inflight_since = time.monotonic()
                 started = time.perf_counter()
                 try:
-                    result = spec.handler(messages)
-                    if spec.is_async:
+                    result = self._handler(messages)
+                    if self._is_async:
                         await result
                 except Exception:
                     await self._isolate(entries, messages, deliveries)
@@ -347,7 +367,7 @@ class StreamConsumer:
         covered can be seen twice: at-least-once, as everywhere.
         """
         live = [entry for entry in entries if entry[1] is not None]
-        handler, is_async = self.spec.handler, self.spec.is_async
+        handler, is_async = self._handler, self._is_async
         for (entry_id, fields), message in zip(live, messages):
             try:
                 result = handler([message])

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import time
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Optional
 
 from .agents import AgentSpec, AgentStats
@@ -65,8 +66,10 @@ async def prepare(spec: AgentSpec, connection: RedisConnection) -> None:
 class InProcessRunner:
     """``concurrency`` consumers on this event loop, each on its own connection."""
 
-    def __init__(self, spec: AgentSpec, connection: RedisConnection, base: str, stats: AgentStats) -> None:
+    def __init__(self, spec: AgentSpec, connection: RedisConnection, base: str, stats: AgentStats,
+                 executor: Optional[Executor] = None) -> None:
         self.spec, self.connection, self.base, self.stats = spec, connection, base, stats
+        self.executor = executor
         self.consumers: list[StreamConsumer] = []
         self._clients: list = []
 
@@ -75,7 +78,8 @@ class InProcessRunner:
         for slot in range(self.spec.concurrency):
             client = self.connection.new_client(max_connections=2, **consumer_client_options(self.spec))
             self._clients.append(client)
-            consumer = StreamConsumer(client, self.spec, consumer_name(self.base, self.spec, str(slot)), self.stats)
+            consumer = StreamConsumer(client, self.spec, consumer_name(self.base, self.spec, str(slot)), self.stats,
+                                      self.executor)
             consumer.start()
             self.consumers.append(consumer)
 
@@ -94,8 +98,9 @@ class ProcessRunner:
     """``processes`` forked workers, supervised and restarted under the same names."""
 
     def __init__(self, spec: AgentSpec, connection: RedisConnection, base: str, stats: AgentStats,
-                 grace: float) -> None:
+                 grace: float, threads: int = 5) -> None:
         self.spec, self.connection, self.base, self.stats, self.grace = spec, connection, base, stats, grace
+        self.threads = threads
         self._context = multiprocessing.get_context("fork")
         self._workers: dict[int, multiprocessing.Process] = {}
         self._counters = [self._context.Array("d", len(_SHARED_FIELDS), lock=False) for _ in range(spec.processes)]
@@ -113,7 +118,7 @@ class ProcessRunner:
         process = self._context.Process(
             target=_worker_main,
             args=(self.spec, self.connection.url, self.connection.is_cluster, self.base, index,
-                  self._counters[index], self.grace),
+                  self._counters[index], self.grace, self.threads),
             name=f"streammachine-{self.spec.name}-w{index}",
             daemon=True,
         )
@@ -164,7 +169,8 @@ class ProcessRunner:
         self._workers = {}
 
 
-def _worker_main(spec: AgentSpec, url: str, cluster: bool, base: str, index: int, counters, grace: float) -> None:
+def _worker_main(spec: AgentSpec, url: str, cluster: bool, base: str, index: int, counters, grace: float,
+                 threads: int) -> None:
     """Entry point of a forked worker: a fresh event loop, its own connections."""
     signal.set_wakeup_fd(-1)  # the parent's loop owns the inherited wakeup pipe
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
@@ -175,12 +181,13 @@ def _worker_main(spec: AgentSpec, url: str, cluster: bool, base: str, index: int
         run = uvloop.run
     except ImportError:
         run = asyncio.run
-    run(_worker_async(spec, url, cluster, base, index, counters, grace))
+    run(_worker_async(spec, url, cluster, base, index, counters, grace, threads))
     os._exit(0)  # skip inherited atexit handlers (the parent's Manager, pools)
 
 
-async def _worker_async(spec, url, cluster, base, index, counters, grace) -> None:
+async def _worker_async(spec, url, cluster, base, index, counters, grace, threads) -> None:
     stats = AgentStats()
+    executor = ThreadPoolExecutor(threads, thread_name_prefix="streammachine-handler") if spec.threaded else None
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stopped.set)
@@ -188,7 +195,7 @@ async def _worker_async(spec, url, cluster, base, index, counters, grace) -> Non
     for slot in range(spec.concurrency):
         client = make_client(url, max_connections=2, cluster=cluster, **consumer_client_options(spec))
         clients.append(client)
-        consumer = StreamConsumer(client, spec, consumer_name(base, spec, f"w{index}.{slot}"), stats)
+        consumer = StreamConsumer(client, spec, consumer_name(base, spec, f"w{index}.{slot}"), stats, executor)
         consumer.start()
         consumers.append(consumer)
 
@@ -206,3 +213,5 @@ async def _worker_async(spec, url, cluster, base, index, counters, grace) -> Non
     publish()
     for client in clients:
         await client.aclose()
+    if executor is not None:
+        executor.shutdown(wait=False, cancel_futures=True)

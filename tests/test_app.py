@@ -381,3 +381,34 @@ async def test_one_poison_entry_does_not_sink_its_batch(app_factory, sync_redis)
     (_, fields), = sync_redis.xrange("mixed:dead")
     assert fields["price"] == "bad" and "could not convert" in fields["_dlq_error"]
     await wait_until(lambda: sync_redis.xpending("mixed", "g")["pending"] == 0)
+
+
+async def test_threaded_sync_handler_does_not_block_the_loop(app_factory):
+    import threading
+    import time as _time
+
+    app = app_factory(max_threads=2)
+    threads, ticks = [], []
+    release = threading.Event()
+
+    @app.agent("blocking", group="g", threaded=True)
+    def blocking(record):
+        threads.append(threading.current_thread().name)
+        release.wait(10)  # blocking code: would freeze the event loop if run inline
+
+    @app.timer(0.01)
+    async def heartbeat():
+        ticks.append(_time.monotonic())
+
+    await app.startup()
+    await app.send("blocking", {"x": 1})
+    await wait_until(lambda: threads, what="handler started in a thread")
+    before = len(ticks)
+    await wait_until(lambda: len(ticks) >= before + 5, what="the loop keeps running while the handler blocks")
+    release.set()
+    await wait_until(lambda: app.stats("blocking").processed == 1)
+    assert threads[0].startswith("streammachine-") and threads[0] != threading.main_thread().name
+    with pytest.raises(ValueError, match="threaded=True is for sync"):
+        @app.agent("x", threaded=True)
+        async def not_sync(record):
+            pass

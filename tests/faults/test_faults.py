@@ -373,8 +373,8 @@ async def _slow_case(url, tmp_path, fault: str, handler_kind: str, claim_idle_ms
             await asyncio.sleep(0.4)
             ledger.record(seq_of(message))
     else:
-        @app.agent("slow", group="g", processes=consumers, name="w")
-        def work(message):  # blocks its worker's event loop (and so its keep-alive) for 0.4 s
+        @app.agent("slow", group="g", processes=consumers, name="w", threaded=handler_kind == "threaded")
+        def work(message):  # inline, blocks its worker's event loop (and so its keep-alive) for 0.4 s
             time.sleep(0.4)
             ledger.record(seq_of(message))
 
@@ -408,6 +408,13 @@ async def test_slow_blocking_handlers_misconfigured_claim_idle(redis_url, tmp_pa
     # no in-flight bound here: every record may be re-delivered once per consumer
     await _slow_case(redis_url, tmp_path, "KNOWN LIMIT: blocking handlers 400ms > claim_idle 300ms, 3 processes",
                      "sync", claim_idle_ms=300, bound=36 * 3)
+
+
+async def test_slow_blocking_handlers_threaded(redis_url, tmp_path):
+    # threaded=True runs the blocking handler in a thread: the loop and its keep-alive stay live, so even
+    # claim_idle_ms below one handler's time steals nothing
+    await _slow_case(redis_url, tmp_path, "slow blocking handlers 400ms > claim_idle 300ms, threaded=True, 3 processes",
+                     "threaded", claim_idle_ms=300, bound=0)
 
 
 # -- a cluster node under fault -----------------------------------------------------
