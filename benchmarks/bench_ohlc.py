@@ -14,6 +14,10 @@ every path: one day of trades, a random walk in price):
 - process_stream_batch (compiled / Python): replies read with XREADGROUP
             COUNT 1000 from a private server (hiredis, bytes), --stream-ticks
             of them, so this row uses fewer ticks.
+- FastOHLCConsumer end to end: the same --stream-ticks ticks in a stream of
+            a private server, consumed by a FastOHLCConsumer (COUNT 1000):
+            from start() until every tick was handled and its checkpoint
+            written (read, aggregate, candles out, checkpoint, ack).
 
 The Python core's figures include aggregating what it buffered. Each figure
 is the best of --repeat runs (the machine is shared; the best run is the
@@ -26,6 +30,7 @@ pd.concat the whole frame with each row and keep the last --rows.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import tempfile
 import time
@@ -35,9 +40,11 @@ import numpy as np
 import pandas as pd
 import redis
 
+from streammachine.config import ConsumerConfig
+from streammachine.connection import RedisConnection
 from streammachine.embedded import EmbeddedServer
 from streammachine.frames import TimeSeriesBuffer
-from streammachine.ohlc import CythonFastOHLC, PythonFastOHLC
+from streammachine.ohlc import CythonFastOHLC, FastOHLCConsumer, PythonFastOHLC
 
 INTERVALS = (60_000, 300_000)
 START_MS = 1_700_000_000_000 - 1_700_000_000_000 % 86_400_000
@@ -96,20 +103,25 @@ def loop_only(lists) -> Callable[[], None]:
     return run
 
 
+def fill_stream(client, ticks, count: int) -> None:
+    """XADD the first ``count`` ticks to "ticks", ids from their timestamps (a sequence for equal ones)."""
+    symbols, prices, volumes, stamps = (column[:count] for column in ticks)
+    pipe = client.pipeline(transaction=False)
+    previous, sequence = -1, 0
+    for symbol, price, volume, stamp in zip(symbols.tolist(), prices.tolist(), volumes.tolist(), stamps.tolist()):
+        sequence = sequence + 1 if stamp == previous else 0
+        previous = stamp
+        pipe.xadd("ticks", {"symbol": symbol, "price": repr(price), "volume": repr(volume)}, id=f"{stamp}-{sequence}")
+        if len(pipe) >= 5000:
+            pipe.execute()
+    pipe.execute()
+
+
 def stream_replies(ticks, count: int) -> Tuple[list, int]:
     """XREADGROUP replies (RESP2, bytes, hiredis) for the first ``count`` ticks, from a private server."""
-    symbols, prices, volumes, stamps = (column[:count] for column in ticks)
     with tempfile.TemporaryDirectory() as home, EmbeddedServer(home) as server:
         client = redis.Redis.from_url(server.url)
-        pipe = client.pipeline(transaction=False)
-        previous, sequence = -1, 0
-        for symbol, price, volume, stamp in zip(symbols.tolist(), prices.tolist(), volumes.tolist(), stamps.tolist()):
-            sequence = sequence + 1 if stamp == previous else 0
-            previous = stamp
-            pipe.xadd("ticks", {"symbol": symbol, "price": repr(price), "volume": repr(volume)}, id=f"{stamp}-{sequence}")
-            if len(pipe) >= 5000:
-                pipe.execute()
-        pipe.execute()
+        fill_stream(client, ticks, count)
         client.xgroup_create("ticks", "ohlc", id="0")
         replies = []
         while True:
@@ -119,6 +131,33 @@ def stream_replies(ticks, count: int) -> Tuple[list, int]:
             replies.append(reply)
         client.close()
     return replies, sum(len(r[0][1]) for r in replies)
+
+
+def consumer_rates(ticks, count: int, repeat: int) -> float:
+    """Ticks/s of a FastOHLCConsumer (COUNT 1000) over ``count`` ticks already in the stream, best of ``repeat``."""
+
+    async def once(url: str, run: int) -> float:
+        async with RedisConnection(url=url) as connection:
+            consumer = FastOHLCConsumer("ticks", f"bars{run}", intervals=INTERVALS, group=f"ohlc{run}",
+                                        connection=connection, flush_every=3600, grace_ms=0,
+                                        consumer_config=ConsumerConfig(count=1000, block_ms=50, start_id="0"))
+            started = time.perf_counter()
+            await consumer.start()
+            while consumer.stats.processed < count:
+                await asyncio.sleep(0.0005)
+            elapsed = time.perf_counter() - started
+            await consumer.stop()
+            return elapsed
+
+    with tempfile.TemporaryDirectory() as home, EmbeddedServer(home) as server:
+        client = redis.Redis.from_url(server.url)
+        fill_stream(client, ticks, count)
+        client.close()
+        best = float("inf")
+        for run in range(repeat):
+            gc.collect()
+            best = min(best, asyncio.run(once(server.url, run)))
+    return count / best
 
 
 def process_batches(cls, replies) -> Callable[[], None]:
@@ -151,6 +190,8 @@ def ohlc_table(args) -> List[tuple]:
         for label, cls in implementations:
             rows.append((symbols, f"process_stream_batch, {label}", count,
                          best_rate(count, process_batches(cls, replies), args.repeat), pandas_rate))
+        rows.append((symbols, "FastOHLCConsumer end to end, COUNT 1000", count,
+                     consumer_rates(ticks, count, args.repeat), pandas_rate))
         del lists, replies
     return rows
 
