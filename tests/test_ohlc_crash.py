@@ -151,7 +151,7 @@ def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(redis_url, sync_re
 async def test_a_failed_write_is_retried_without_loss_or_double_count(redis_url, sync_redis):
     """The write fails (an output key of the wrong type): ticks stay pending, nothing half-written; then it heals."""
     ticks = make_ticks(1500, seed=5)
-    first, second = ticks[:700], ticks[700:]
+    first, second = ticks[:700], ticks[700:]  # 1 min candles complete in both parts
     config = ConsumerConfig(count=50, block_ms=50, retry_delay_ms=20, claim_idle_ms=1000, max_deliveries=10_000)
     async with RedisConnection(url=redis_url) as connection:
         consumer = FastOHLCConsumer("ticks", "bars", intervals=list(INTERVALS), group="ohlc", connection=connection,
@@ -160,32 +160,34 @@ async def test_a_failed_write_is_retried_without_loss_or_double_count(redis_url,
         try:
             send(sync_redis, first)
             await wait_until(lambda: drained(sync_redis, f"{first[-1][3]}-0"), what="the first ticks written")
-            saved_1s = sync_redis.xrange("bars_1s")
-            sync_redis.delete("bars_1s")
-            sync_redis.set("bars_1s", "not a stream")  # every write now fails
-            written = {stream: sync_redis.xlen(stream) for stream in ("bars_5s", "bars_1m")}
-            saved = checkpoint(sync_redis)
+            saved_1m = sync_redis.xrange("bars_1m")
+            sync_redis.delete("bars_1m")
+            # the 1 min candles come last in a write: the others before them must not be written either
+            sync_redis.set("bars_1m", "not a stream")  # every write that has a 1 min candle now fails
 
             send(sync_redis, second)
             await wait_until(lambda: sync_redis.xinfo_groups("ticks")[0]["last-delivered-id"] == f"{ticks[-1][3]}-0",
                              what="every tick delivered")
+            await wait_until(lambda: consumer.stats.retried >= 10, what="retries of the failing ticks")
+            saved = checkpoint(sync_redis)
+            written = {stream: sync_redis.xlen(stream) for stream in ("bars_1s", "bars_5s")}
             retried = consumer.stats.retried
-            await wait_until(lambda: consumer.stats.retried >= retried + 20, what="more retries of the failing ticks")
-            assert sync_redis.xpending("ticks", "ohlc")["pending"] == len(second)  # none acknowledged
-            assert checkpoint(sync_redis) == saved  # nothing written: not the checkpoint...
-            assert {s: sync_redis.xlen(s) for s in written} == written  # ...nor any candle
+            await wait_until(lambda: consumer.stats.retried >= retried + 20, what="more retries")
+            assert sync_redis.xpending("ticks", "ohlc")["pending"] > 0  # the failed ones are not acknowledged
+            assert checkpoint(sync_redis) == saved  # a failing write writes nothing: not the checkpoint...
+            assert {s: sync_redis.xlen(s) for s in written} == written  # ...nor any of the candles before the bad one
             assert consumer.aggregator.tick_count == len(ticks)  # applied once, however often re-delivered
 
-            sync_redis.delete("bars_1s")  # healed: the next retry writes
+            sync_redis.delete("bars_1m")  # healed: the next retry writes
             await wait_until(lambda: drained(sync_redis, f"{ticks[-1][3]}-0"), what="all written after healing")
             ends = sentinels(ticks)
             send(sync_redis, ends)
             await wait_until(lambda: drained(sync_redis, f"{ends[-1][3]}-0"), what="the sentinels")
         finally:
             await consumer.stop()
-    healed_1s = sync_redis.xrange("bars_1s")
-    sync_redis.delete("bars_1s")
-    for _, fields in saved_1s + healed_1s:  # put the 1 s candles back together, in order
-        sync_redis.xadd("bars_1s", fields)
+    healed_1m = sync_redis.xrange("bars_1m")
+    sync_redis.delete("bars_1m")
+    for _, fields in saved_1m + healed_1m:  # put the 1 min candles back together, in order
+        sync_redis.xadd("bars_1m", fields)
     check_candles(sync_redis, ticks)
     assert checkpoint(sync_redis)["aggregator"]["tick_count"] == len(ticks) + len(ends)
