@@ -21,7 +21,9 @@ class RaisingParser(argparse.ArgumentParser):
     """argparse that raises instead of printing and exiting (a kernel must not exit)."""
 
     def error(self, message: str):
-        raise MagicArgumentError(f"{self.prog}: {message}")
+        error = MagicArgumentError(f"{self.prog}: {message}")
+        error.reason = message
+        raise error
 
 
 def cell_parser() -> argparse.ArgumentParser:
@@ -56,10 +58,9 @@ def cell_registration(app, line: str, body: str, namespace: dict, filename: str 
     ``cell_agent:<stream>:<group>`` and ``cell_timer:<seconds>s``.
     """
     try:
-        words = shlex.split(line)
-    except ValueError as exc:  # unbalanced quotes
-        raise MagicArgumentError(f"%%streammachine {line}: {exc}") from None
-    args = cell_parser().parse_args(words)
+        args = cell_parser().parse_args(shlex.split(line))
+    except ValueError as exc:  # argparse's complaint (said once, after the whole line) or unbalanced quotes
+        raise MagicArgumentError(f"%%streammachine {line}: {getattr(exc, 'reason', exc)}") from None
     if args.kind == "agent":
         if args.concurrency < 1:
             raise MagicArgumentError(f"--concurrency {args.concurrency}: expected an int >= 1")
