@@ -194,6 +194,9 @@ class RedisConnection:
     async def xadd(self, topic: str, record: Mapping[str, Any], *, maxlen: Optional[int] = None) -> str:
         fields = encode_record(topic, record)
         client = await self.get_client()
+        pool = direct_pool(client)
+        if pool is not None:
+            return (await _xadd_chunks(pool, topic, [fields], maxlen))[0]
         try:
             new_id = await client.xadd(topic, fields, maxlen=maxlen, approximate=True)
         except UnicodeEncodeError:  # raised while packing the command: nothing was sent
