@@ -394,7 +394,7 @@ def shared_server_url(home: Path) -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)
         info = read_runtime_file(home)
         if info and _alive(info):
-            log.info("StreamMachine: using the embedded Valkey server at %s", redact_url(info["url"]))
+            log.debug("StreamMachine: using the embedded Valkey server at %s", redact_url(info["url"]))
             return info["url"]
         server = EmbeddedServer(directory)
         subprocess.run(server.command(daemonize=True), check=True, stdin=subprocess.DEVNULL,
