@@ -60,3 +60,16 @@ def test_assigned_names_skip_nested_scopes():
     body = ast.parse("a = 1\nfor b in c: pass\nclass K:\n    d = 1\nlambda e: e\n{f: 1 for f in g}\n"
                      "try:\n    pass\nexcept E as h:\n    pass\nwith w as (i, j): pass").body
     assert assigned_names(body) == {"a", "b", "K", "h", "i", "j"}
+
+
+def test_threaded_flag_registers_a_threaded_agent():
+    from streammachine import App
+    from streammachine.notebook.registration import MagicArgumentError, cell_registration
+
+    app = App("cells")
+    cell_registration(app, "agent orders --threaded --name blocking", "done = message", {}).register()
+    assert app.agents["blocking"].threaded
+    with pytest.raises(ValueError, match="threaded=True is for sync"):
+        cell_registration(app, "agent orders --threaded", "await asyncio.sleep(0)", {}).register()
+    with pytest.raises(MagicArgumentError, match="--concurrency 0"):
+        cell_registration(app, "agent orders --concurrency 0", "pass", {})

@@ -11,7 +11,7 @@ Line magic (the App is found in the notebook's namespace, or chosen with ``use``
 
 Cell magic (the cell body is the handler; ``await`` works in it)::
 
-    %%streammachine agent STREAM [--group G] [--concurrency N] [--batch] [--name NAME]
+    %%streammachine agent STREAM [--group G] [--concurrency N] [--batch] [--threaded] [--name NAME]
     %%streammachine timer SECONDS [--name NAME]
 
 Re-running an agent or timer cell replaces the running handler (hot swap).

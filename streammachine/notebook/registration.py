@@ -34,6 +34,7 @@ def cell_parser() -> argparse.ArgumentParser:
     agent.add_argument("--group")
     agent.add_argument("--concurrency", type=int, default=1)
     agent.add_argument("--batch", action="store_true")
+    agent.add_argument("--threaded", action="store_true")
     agent.add_argument("--name")
     timer = kinds.add_parser("timer", add_help=False)
     timer.add_argument("seconds", type=float)
@@ -69,7 +70,8 @@ def cell_registration(app, line: str, body: str, namespace: dict, filename: str 
         handler = handler_from_cell(body, ["messages" if args.batch else "message"], name, namespace, filename)
 
         def register() -> None:
-            app.agent(args.stream, group=group, concurrency=args.concurrency, batch=args.batch, name=name)(handler)
+            app.agent(args.stream, group=group, concurrency=args.concurrency, batch=args.batch, name=name,
+                      threaded=args.threaded)(handler)
 
         return CellRegistration("agent", name, f"agent {name!r} on stream {args.stream!r} (group {group!r})",
                                 register)
