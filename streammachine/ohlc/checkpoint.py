@@ -10,11 +10,14 @@ input stream id whose tick the snapshot includes.
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Any, List, Optional, Tuple
 
 import orjson
+from redis.exceptions import NoScriptError
 
 from ..connection import same_slot
+from ..resp import direct_pool, encode_command, round_trip
 from .candle import FIELDS as CANDLE_FIELDS
 
 FORMAT = 1
@@ -52,6 +55,7 @@ end
 redis.call('SET', KEYS[1], ARGV[1])
 return 1
 """
+_SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
 
 
 def checkpoint_key(input_stream: str, group: str) -> str:
@@ -99,7 +103,6 @@ class CheckpointWriter:
 
     def __init__(self, key: str, maxlen: Optional[int]) -> None:
         self.key, self.maxlen = key, maxlen
-        self._script = None
 
     def atomic(self, client, streams: List[str]) -> bool:
         """True on a single server, or on a cluster when ``streams`` share the checkpoint key's slot."""
@@ -123,9 +126,20 @@ class CheckpointWriter:
         for stream, record in candles:
             args.append(index[stream])
             args.extend(record.values())  # format_candle_for_redis writes them in RECORD_FIELDS order
-        if self._script is None:
-            self._script = client.register_script(_SCRIPT)
-        await self._script(keys=[self.key, *streams], args=args, client=client)
+        command = ("EVALSHA", _SCRIPT_SHA, len(streams) + 1, self.key, *streams, *args)
+        try:
+            await self._run(client, command)
+        except NoScriptError:  # a new or flushed server: load the script, once
+            await client.script_load(_SCRIPT)
+            await self._run(client, command)
+
+    @staticmethod
+    async def _run(client, command: tuple) -> None:
+        pool = direct_pool(client)
+        if pool is None:  # a cluster client: it routes by the first key
+            await client.execute_command(*command)
+        else:  # the usual case: encoded in one go, a per-batch cost that matters
+            await round_trip(pool, encode_command(command, pool.get_encoder()), 1)
 
     async def read(self, client) -> Optional[Tuple[int, Optional[StreamId], dict]]:
         raw = await client.get(self.key)

@@ -35,19 +35,21 @@ def build(core: Any) -> dict:
     """The snapshot of ``core`` (a FastOHLC): see the module docstring."""
     symbols = [
         {"name": name, "latest_ts": latest,
-         "series": [{"watermark": watermark, "candles": [_json_row(row) for row in rows]} for watermark, rows in series]}
+         "series": [{"watermark": watermark, "candles": _json_rows(rows)} for watermark, rows in series]}
         for name, latest, series in core._export()
     ]
     return {"format": FORMAT, "intervals": list(core.intervals), "tick_count": core.tick_count,
             "late_ticks": core.late_ticks, "rejected": core.rejected, "symbols": symbols}
 
 
-def _json_row(row: Row) -> list:
-    row = list(row)
-    volume = row[5]
-    if not volume - volume == 0.0:  # an overflowed sum: JSON has no infinity
-        row[5] = repr(volume)
-    return row
+def _json_rows(rows: List[Row]) -> list:
+    """The rows as they are (JSON writers take tuples as arrays); an overflowed volume sum spelled "inf"."""
+    if _INF in [row[5] for row in rows]:  # JSON has no infinity (orjson would write null)
+        return [(*row[:5], repr(row[5]) if row[5] == _INF else row[5], *row[6:]) for row in rows]
+    return rows
+
+
+_INF = float("inf")
 
 
 def parse(snapshot: Any, intervals: tuple) -> Tuple[list, int, int, int]:
