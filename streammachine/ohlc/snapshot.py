@@ -13,7 +13,8 @@ them to it)::
             ...]},
         ...]}
 
-Candles are sorted by start. Numbers are JSON numbers; a volume sum that
+Candles are sorted by start; in the dict ``snapshot()`` returns each is a
+tuple (an array in JSON; ``restore`` takes either). Numbers are JSON numbers; a volume sum that
 overflowed to infinity is written as the string "inf" (JSON has no
 infinity). ``parse`` checks a snapshot before a core takes it, so a bad
 one is refused whole with a ValueError naming what is wrong.
