@@ -1,25 +1,19 @@
 """Waiting on conditions with a deadline (never bare sleeps)."""
 from __future__ import annotations
 
-import asyncio
-import inspect
 import socket
 import time
 from typing import Any, Callable
 
+from streammachine.notebook.waiting import until  # the one polling loop, shared with notebooks
+
 
 async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> Any:
-    """Poll ``predicate`` (sync or async) until truthy; fail with ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        await asyncio.sleep(interval)
+    """Poll ``predicate`` (sync or async) until truthy; fail the test naming ``what`` after ``timeout`` s."""
+    try:
+        return await until(predicate, timeout, interval, what)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 def wait_until_sync(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> Any:
