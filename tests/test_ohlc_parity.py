@@ -257,6 +257,7 @@ def test_a_bad_snapshot_is_refused_and_leaves_the_state_alone(cls):
     assert target.snapshot() == good
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the overflow is the point
 @pytest.mark.parametrize("cls", [CythonFastOHLC, PythonFastOHLC], ids=["compiled", "python"])
 def test_an_overflowed_volume_survives_a_snapshot(cls):
     aggregator = cls([1000])
