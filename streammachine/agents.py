@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import inspect
+import os
+import re
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -14,6 +17,33 @@ def handler_name(fn: Callable, name: Optional[str] = None) -> str:
     if name:
         return name
     return f"{getattr(fn, '__module__', None) or '__main__'}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def consumer_base(override: Optional[str] = None) -> str:
+    """Stable per host and process: ``host-pid``, or STREAMMACHINE_CONSUMER_NAME."""
+    return override or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def dead_local_owner(consumer: str) -> bool:
+    """True when ``consumer`` was named by a process of this host (``host-pid...``) that no longer runs.
+
+    Only default names carry a pid; a host name shared by two machines would
+    make a live remote consumer look dead here: its entries are then taken
+    over early (duplicates, never a loss).
+    """
+    match = re.match(re.escape(socket.gethostname()) + r"-(\d+)-", consumer)
+    if not match:
+        return False
+    pid = int(match.group(1))
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
 
 
 def is_async_callable(fn: Callable) -> bool:

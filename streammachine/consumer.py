@@ -21,7 +21,7 @@ from typing import Optional
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, TimeoutError as RedisTimeoutError
 
-from .agents import AgentSpec, AgentStats
+from .agents import AgentSpec, AgentStats, dead_local_owner
 from .connection import ensure_group, same_slot
 from .message import received_messages
 from .resp import direct_pool, encode_command, encode_repeated, entries_with_fields, round_trip
@@ -133,6 +133,7 @@ class StreamConsumer:
                 try:
                     await ensure_group(self.client, self.spec.stream, self.spec.group, self.config.start_id)
                     await self._flush_acks()
+                    await self._adopt_dead_local_consumers()
                     await self._recover_own_pending()
                     if outage_logged:
                         log.warning("agent %s: reconnected to Redis", self.spec.name)
@@ -232,6 +233,31 @@ class StreamConsumer:
             last = _as_str(rows[-1]["message_id"])
             ms, seq = last.split("-")
             start = f"{ms}-{int(seq) + 1}"
+
+    async def _adopt_dead_local_consumers(self) -> None:
+        """Take over what a crashed predecessor on this host left pending, without waiting claim_idle_ms.
+
+        A restarted process has a new pid, so a new consumer name: its old
+        name's pending entries would otherwise wait for XAUTOCLAIM. The dead
+        name is then removed from the group, once it holds nothing.
+        """
+        stream, group = self.spec.stream, self.spec.group
+        for info in await self.client.xinfo_consumers(stream, group):
+            name = _as_str(info["name"])
+            if name == self.name or not dead_local_owner(name):
+                continue
+            while True:
+                rows = await self.client.xpending_range(stream, group, min="-", max="+", count=self.config.count,
+                                                        consumername=name)
+                if not rows:
+                    break
+                log.info("agent %s: taking over %d entries left by %s (its process is gone)",
+                         self.spec.name, len(rows), name)
+                await self._reclaim({row["message_id"]: row["times_delivered"] for row in rows})
+                if self._stopping:
+                    return
+            if not (await self.client.xpending_range(stream, group, min="-", max="+", count=1, consumername=name)):
+                await self.client.xgroup_delconsumer(stream, group, name)  # holds nothing: no entry is dropped
 
     async def _reclaim(self, deliveries: dict) -> None:
         """XCLAIM to self (Redis counts one more delivery), then handle or dead-letter."""

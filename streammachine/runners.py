@@ -12,12 +12,11 @@ import logging
 import multiprocessing
 import os
 import signal
-import socket
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Optional
 
-from .agents import AgentSpec, AgentStats
+from .agents import AgentSpec, AgentStats, consumer_base  # noqa: F401  (consumer_base: re-exported)
 from .connection import RedisConnection, ensure_group, make_client
 from .consumer import StreamConsumer
 
@@ -25,11 +24,6 @@ log = logging.getLogger("streammachine.runners")
 
 # What a worker process publishes for its parent (AgentStats fields).
 _SHARED_FIELDS = ("processed", "failed", "dead_lettered", "retried", "skipped", "reconnects", "handler_seconds")
-
-
-def consumer_base(override: Optional[str] = None) -> str:
-    """Stable per host and process: ``host-pid``, or STREAMMACHINE_CONSUMER_NAME."""
-    return override or f"{socket.gethostname()}-{os.getpid()}"
 
 
 def consumer_client_options(spec: AgentSpec) -> dict:
@@ -203,12 +197,16 @@ async def _worker_async(spec, url, cluster, base, index, counters, grace, thread
         for i, name in enumerate(_SHARED_FIELDS):
             counters[i] = getattr(stats, name)
 
+    parent = os.getppid()
     while not stopped.is_set():
         try:
             await asyncio.wait_for(stopped.wait(), timeout=0.2)
         except asyncio.TimeoutError:
             pass
         publish()
+        if os.getppid() != parent:  # the parent was killed (no SIGTERM came): do not run on as an orphan
+            log.warning("worker %s: parent %d is gone; stopping", os.getpid(), parent)
+            stopped.set()
     await stop_consumers(consumers, grace)
     publish()
     for client in clients:

@@ -4,7 +4,7 @@ import signal
 
 import redis
 
-from helpers import wait_until
+from helpers import wait_until, wait_until_sync
 
 
 def _handled(url, key="handled"):
@@ -61,3 +61,83 @@ async def test_sigkilled_worker_is_restarted_and_loses_nothing(app_factory, redi
     sync_redis.set("go", 1)
     await wait_until(lambda: set(ids) <= set(_handled(redis_url)), timeout=20, what="all 100 handled")
     await wait_until(lambda: sync_redis.xpending("crashy", "g")["pending"] == 0, what="nothing pending")
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+async def test_a_crashed_local_predecessor_is_taken_over_at_once(app_factory, sync_redis):
+    """A restarted process has a new pid (a new consumer name): it adopts the old name's pending entries
+    without waiting claim_idle_ms, and removes the dead name from the group."""
+    import socket
+
+    sync_redis.xgroup_create("takeover", "g", id="0", mkstream=True)
+    ids = [sync_redis.xadd("takeover", {"i": i}) for i in range(5)]
+    dead = f"{socket.gethostname()}-{_dead_pid()}-old:handle:0"
+    sync_redis.xreadgroup("g", dead, {"takeover": ">"}, count=10)  # read, never acked: the process "died"
+    remote = "other-host-1-old:handle:0"  # another host's consumer: left to XAUTOCLAIM
+    sync_redis.xadd("takeover", {"i": 5})
+    sync_redis.xreadgroup("g", remote, {"takeover": ">"}, count=10)
+
+    app = app_factory()
+    handled = []
+
+    @app.agent("takeover", group="g", claim_idle_ms=60_000)
+    async def handle(record):
+        handled.append(record.key)
+
+    await app.startup()
+    await wait_until(lambda: sorted(handled) == sorted(ids), what="the dead consumer's entries handled")
+    names = {c["name"] for c in sync_redis.xinfo_consumers("takeover", "g")}
+    assert dead not in names and remote in names
+    assert sync_redis.xpending_range("takeover", "g", "-", "+", 10, consumername=remote)  # untouched
+
+
+def test_workers_exit_when_their_parent_is_killed(redis_url, tmp_path):
+    """A SIGKILLed app cannot stop its workers: they notice on their own and exit instead of running on."""
+    import subprocess
+    import sys
+    import textwrap
+
+    pid_file = tmp_path / "worker.pid"
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent(f"""
+        from streammachine import App
+        app = App("orphans", redis_url={redis_url!r})
+
+        @app.agent("orph", group="g", processes=1, name="orph", block_ms=100)
+        async def handle(record):
+            pass
+
+        @app.timer(0.05, name="report")
+        async def report():
+            runner = app._runners.get("orph")
+            if runner is not None and runner.pids:
+                open({str(pid_file)!r}, "w").write(str(runner.pids[0]))
+
+        app.start()
+    """))
+    parent = subprocess.Popen([sys.executable, str(script)])
+    try:
+        worker = int(wait_until_sync(lambda: pid_file.exists() and pid_file.read_text(), timeout=20,
+                                     what="the worker pid"))
+        parent.kill()
+        parent.wait(10)
+
+        def worker_gone():
+            try:
+                os.kill(worker, 0)
+            except ProcessLookupError:
+                return True
+            with open(f"/proc/{worker}/stat") as stat:  # a zombie waiting for its reaper counts as gone
+                return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+        wait_until_sync(worker_gone, timeout=10, what="the orphaned worker to exit")
+    finally:
+        parent.kill()
