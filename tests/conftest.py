@@ -7,7 +7,7 @@ import pytest
 import redis
 
 from streammachine import App, ConsumerConfig, Storage
-from streammachine.embedded import EmbeddedServer
+from streammachine.embedded import EmbeddedServer, stop_shared_server
 
 from helpers import wait_until  # noqa: F401  (re-exported for tests)
 
@@ -24,6 +24,7 @@ def isolated_env(tmp_path, monkeypatch):
     monkeypatch.setenv("STREAMMACHINE_HOME", str(tmp_path / "smhome"))
     yield
     Storage.reset_instance()
+    stop_shared_server(tmp_path / "smhome")  # a test (or a CLI it ran) may have fallen back to the embedded server
 
 
 @pytest.fixture(scope="session")
