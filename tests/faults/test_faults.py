@@ -375,7 +375,7 @@ async def _slow_case(url, tmp_path, fault: str, handler_kind: str, claim_idle_ms
     else:
         @app.agent("slow", group="g", processes=consumers, name="w", threaded=handler_kind == "threaded")
         def work(message):  # inline, blocks its worker's event loop (and so its keep-alive) for 0.4 s
-            time.sleep(0.4)
+            time.sleep(0.4)  # the simulated blocking work itself, not a wait
             ledger.record(seq_of(message))
 
     await app.startup()
