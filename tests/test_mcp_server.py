@@ -312,3 +312,13 @@ async def test_object_tools_return_only_signed_objects(redis_url, sync_redis, mo
     async with connected(redis_url, settings=Settings.from_env()) as client:
         text = await call(client, "obj_get", {"key": "other"}, error=True)
         assert "fails its signature check" in text, "signed with another key: refused, not unpickled"
+
+
+async def test_streammachine_records_caps_what_one_read_returns(redis_url, sync_redis):
+    from streammachine.config import Settings
+
+    sync_redis.xadd("capped", {"a": 1})
+    async with connected(redis_url, settings=Settings.from_env({"STREAMMACHINE_RECORDS": "5"})) as client:
+        assert (await call(client, "stream_read", {"stream": "capped", "count": 5}))["count"] == 1
+        text = await call(client, "stream_read", {"stream": "capped", "count": 6}, error=True)
+        assert "count=6" in text and "STREAMMACHINE_RECORDS=5" in text

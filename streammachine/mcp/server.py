@@ -169,6 +169,11 @@ async def _groups(client, stream: str, with_consumers: bool) -> List[GroupInfo]:
 
 
 def _stream_tools(tool: Callable, state: StreamMachineMCP) -> None:
+    def within_records(count: int) -> None:
+        """STREAMMACHINE_RECORDS: the most entries one read tool returns."""
+        if count > state.settings.records:
+            raise ToolError(f"count={count}: at most STREAMMACHINE_RECORDS={state.settings.records} entries per call")
+
     @tool
     async def stream_send(
         stream: StreamName,
@@ -197,6 +202,7 @@ def _stream_tools(tool: Callable, state: StreamMachineMCP) -> None:
         latest: Annotated[bool, Field(description="the newest `count` entries instead of the oldest")] = False,
     ) -> ReadResult:
         """Read messages from a stream (XRANGE), oldest first; `latest` gives the newest ones."""
+        within_records(count)
         client = await state.client()
         await _require_stream(client, stream)
         if latest:
@@ -249,6 +255,7 @@ def _stream_tools(tool: Callable, state: StreamMachineMCP) -> None:
         consumer: Annotated[Optional[str], Field(description="only this consumer's entries")] = None,
     ) -> PendingResult:
         """Entries delivered to a consumer group but not acknowledged (XPENDING): who holds them, for how long."""
+        within_records(count)
         client = await state.client()
         await _require_stream(client, stream)
         names = [g.name for g in await _groups(client, stream, False)]
@@ -272,6 +279,7 @@ def _stream_tools(tool: Callable, state: StreamMachineMCP) -> None:
             description="override when the agent set ConsumerConfig.dead_letter_stream")] = None,
     ) -> DeadLetters:
         """Read the dead-letter stream ('{stream}:dead'): entries that failed max_deliveries times, with the error."""
+        within_records(count)
         client = await state.client()
         dead = dead_letter_stream or state.dead_letter_pattern.format(stream=stream)
         entries = []
