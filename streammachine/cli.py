@@ -26,13 +26,14 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, List, Optional
+from typing import List, Optional
 
 from ._speedups import decode_dict_bytes_to_utf8
 from .config import ConfigError, ConsumerConfig, Settings
 from .connection import resolve_url
 from .embedded import EmbeddedServerError, redact_url, shared_server_status, shared_server_url, stop_shared_server
 from .encoding import encode_record, find_unencodable
+from .stream_entries import as_text
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -157,9 +158,6 @@ def _client(args, settings: Settings):
         raise CommandError(f"cannot reach the cluster at {redact_url(url)}: {exc}") from None
 
 
-def _text(value: Any) -> Any:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
 
 def cmd_run(args, settings: Settings) -> int:
     from .runner import RunOptions, run
@@ -185,15 +183,15 @@ def cmd_send(args, settings: Settings) -> int:
     if unencodable is not None:
         raise argparse.ArgumentTypeError(str(unencodable))
     new_id = _client(args, settings).xadd(args.stream, fields, maxlen=settings.stream_maxlen, approximate=True)
-    print(_text(new_id))
+    print(as_text(new_id))
     return 0
 
 
 def _format_entry(entry_id, fields: dict, as_json: bool) -> str:
     decoded = decode_dict_bytes_to_utf8(fields or {})
     if as_json:
-        return json.dumps({"id": _text(entry_id), "fields": decoded}, ensure_ascii=False)
-    return f"{_text(entry_id)} " + " ".join(f"{k}={v}" for k, v in decoded.items())
+        return json.dumps({"id": as_text(entry_id), "fields": decoded}, ensure_ascii=False)
+    return f"{as_text(entry_id)} " + " ".join(f"{k}={v}" for k, v in decoded.items())
 
 
 def cmd_tail(args, settings: Settings) -> int:
@@ -204,10 +202,10 @@ def cmd_tail(args, settings: Settings) -> int:
     if args.no_follow:
         return 0
     if entries:
-        cursor = _text(entries[-1][0])
+        cursor = as_text(entries[-1][0])
     else:  # only what arrives from now on; "$" would miss entries added between two reads
         try:
-            cursor = _text(client.xinfo_stream(args.stream)["last-generated-id"])
+            cursor = as_text(client.xinfo_stream(args.stream)["last-generated-id"])
         except Exception:
             cursor = "0-0"
     stopping = []
@@ -223,7 +221,7 @@ def cmd_tail(args, settings: Settings) -> int:
             for _stream, batch in reply or []:
                 for entry_id, fields in batch:
                     print(_format_entry(entry_id, fields, args.json), flush=True)
-                    cursor = _text(entry_id)
+                    cursor = as_text(entry_id)
     except KeyboardInterrupt:
         return 0
     finally:
@@ -236,7 +234,7 @@ def stream_details(client, stream: str, dead_letter_stream: Optional[str] = None
 
     details = info(client, stream)  # raises KeyError when the stream does not exist
     for group in details["groups"]:
-        group["consumers"] = [{_text(k): _text(v) for k, v in c.items()}
+        group["consumers"] = [{as_text(k): as_text(v) for k, v in c.items()}
                               for c in client.xinfo_consumers(stream, group["name"])]
     dead = dead_letter_stream or ConsumerConfig().dead_letter_for(stream)
     details["dead_letter"] = {"stream": dead, "length": client.xlen(dead)}

@@ -12,6 +12,7 @@ from .config import Settings
 from .embedded import default_url, redact_url
 from .encoding import encode_record, find_unencodable
 from .resp import direct_pool, encode_commands, round_trip
+from .stream_entries import single_stream_entries
 
 if TYPE_CHECKING:
     from .message import Message
@@ -226,7 +227,7 @@ class RedisConnection:
         cursor = "0"
         while True:
             reply = await client.xreadgroup(group, consumer_name, {stream: cursor}, count=count, block=None if cursor == "0" else block_ms)
-            entries = reply[0][1] if reply else []
+            entries = single_stream_entries(reply)
             if cursor == "0" and not entries:
                 cursor = ">"
                 continue

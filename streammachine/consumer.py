@@ -25,6 +25,7 @@ from .agents import AgentSpec, AgentStats, dead_local_owner
 from .connection import ensure_group, same_slot
 from .message import received_messages
 from .resp import direct_pool, encode_command, encode_repeated, entries_with_fields, round_trip
+from .stream_entries import as_text, single_stream_entries
 
 log = logging.getLogger("streammachine.consumer")
 
@@ -45,20 +46,6 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
-
-
-def _entries_of(reply) -> list:
-    """XREADGROUP reply (RESP2 list or RESP3 dict) -> [(id, fields), ...] for our single stream."""
-    if not reply:
-        return []
-    if isinstance(reply, dict):
-        value = next(iter(reply.values()))
-        return value[0] if value and isinstance(value[0], list) else value
-    return reply[0][1]
-
-
-def _as_str(value) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _bind_handler(spec: AgentSpec, executor: Optional[Executor]):
@@ -207,9 +194,9 @@ class StreamConsumer:
                 pipe = self.client.pipeline(transaction=False)
                 pipe.xack(spec.stream, spec.group, *ids)
                 pipe.xreadgroup(spec.group, self.name, {spec.stream: ">"}, count=config.count, block=block)
-                entries = _entries_of((await pipe.execute())[1])
+                entries = single_stream_entries((await pipe.execute())[1])
             else:
-                entries = _entries_of(await self.client.xreadgroup(spec.group, self.name, {spec.stream: ">"},
+                entries = single_stream_entries(await self.client.xreadgroup(spec.group, self.name, {spec.stream: ">"},
                                                                    count=config.count, block=block))
         except BaseException:
             self._to_ack = ids + self._to_ack
@@ -230,7 +217,7 @@ class StreamConsumer:
             if not rows:
                 return
             await self._reclaim({row["message_id"]: row["times_delivered"] for row in rows})
-            last = _as_str(rows[-1]["message_id"])
+            last = as_text(rows[-1]["message_id"])
             ms, seq = last.split("-")
             start = f"{ms}-{int(seq) + 1}"
 
@@ -243,7 +230,7 @@ class StreamConsumer:
         """
         stream, group = self.spec.stream, self.spec.group
         for info in await self.client.xinfo_consumers(stream, group):
-            name = _as_str(info["name"])
+            name = as_text(info["name"])
             if name == self.name or not dead_local_owner(name):
                 continue
             while True:
@@ -264,7 +251,7 @@ class StreamConsumer:
         claimed = await self.client.xclaim(
             self.spec.stream, self.spec.group, self.name, min_idle_time=0, message_ids=list(deliveries)
         )
-        counts = {_as_str(k): v + 1 for k, v in deliveries.items()}
+        counts = {as_text(k): v + 1 for k, v in deliveries.items()}
         for entry_id in deliveries:
             self._retry_at.pop(entry_id, None)
         await self._process(claimed, counts)
@@ -285,7 +272,7 @@ class StreamConsumer:
             self.spec.stream, self.spec.group, self.name, min_idle_time=self.config.claim_idle_ms,
             start_id=self._claim_cursor, count=self.config.count,
         )
-        self._claim_cursor = _as_str(reply[0]) if reply else "0-0"
+        self._claim_cursor = as_text(reply[0]) if reply else "0-0"
         claimed = [e for e in (reply[1] if reply else []) if e[1] is not None]
         if not claimed:
             return
@@ -293,7 +280,7 @@ class StreamConsumer:
             self.spec.stream, self.spec.group, min=claimed[0][0], max=claimed[-1][0],
             count=len(claimed) * 2 + 10, consumername=self.name,
         )
-        counts = {_as_str(r["message_id"]): r["times_delivered"] for r in rows}
+        counts = {as_text(r["message_id"]): r["times_delivered"] for r in rows}
         log.info("agent %s: reclaimed %d idle entries from other consumers", self.spec.name, len(claimed))
         await self._process(claimed, counts)
 
@@ -406,7 +393,7 @@ class StreamConsumer:
                 self._to_ack.append(entry_id)
 
     async def _failed(self, entry_id, fields: dict, exc: Exception, deliveries: Optional[dict]) -> None:
-        key = _as_str(entry_id)
+        key = as_text(entry_id)
         delivered = (deliveries or {}).get(key, 1)
         self.stats.record_error(exc)
         policy = self.config.on_error
@@ -424,7 +411,7 @@ class StreamConsumer:
         self._retry_at[key] = time.monotonic() + self.config.retry_delay_ms / 1000.0
 
     async def _dead_letter(self, entry_id, fields: dict, exc: Exception, delivered: int) -> None:
-        key = _as_str(entry_id)
+        key = as_text(entry_id)
         target = self.config.dead_letter_for(self.spec.stream)
         record = dict(fields)
         record.update({
@@ -467,7 +454,7 @@ class StreamConsumer:
         """Drop the retry bookkeeping of entries that are now acknowledged."""
         if self._deliveries or self._retry_at:
             for entry_id in acked:
-                key = _as_str(entry_id)
+                key = as_text(entry_id)
                 self._deliveries.pop(key, None)
                 self._retry_at.pop(key, None)
 

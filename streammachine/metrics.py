@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, List
 
+from .stream_entries import as_text
+
 log = logging.getLogger("streammachine.metrics")
 
 SNAPSHOT_INTERVAL = 0.5
@@ -44,8 +46,9 @@ _COUNTERS = (
 _AGENT_LABELS = ["app", "agent", "stream", "group", "worker"]
 
 
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+
+def _label(value) -> str:
+    return str(as_text(value))
 
 
 async def group_states(client, pairs: Iterable[tuple]) -> List[dict]:
@@ -60,7 +63,7 @@ async def group_states(client, pairs: Iterable[tuple]) -> List[dict]:
         except Exception:  # the stream does not exist yet
             continue
         for info in infos:
-            name = _text(info["name"])
+            name = _label(info["name"])
             if name in groups:
                 rows.append({"stream": stream, "group": name, "pending": info.get("pending"),
                              "lag": info.get("lag"), "consumers": info.get("consumers")})

@@ -113,6 +113,11 @@ def iter_stream_batches(streams: Any) -> Iterator[Tuple[StreamName, Sequence]]:
         yield item[0], _entry_list(item[1], item[0])
 
 
+def single_stream_entries(reply: Any) -> Sequence:
+    """The entries of a one-stream read reply (XREADGROUP of one stream, in any shape above)."""
+    return next((entries for _, entries in iter_stream_batches(reply)), [])
+
+
 def as_text(value: Optional[Union[str, bytes]]) -> Optional[str]:
     """A stream or field name as str (bytes decoded as UTF-8, undecodable bytes replaced)."""
     if type(value) is bytes:

@@ -47,3 +47,15 @@ def test_arguments_win_over_the_environment(monkeypatch):
 def test_password_never_in_repr():
     redis = RedisConnection(url="redis://:hunter2@h:1/0")
     assert "hunter2" not in repr(redis) and "hunter2" not in redis.safe_url
+
+
+async def test_consumer_iterator_reads_resp3_replies(redis_url, sync_redis):
+    """redis-py's RESP3 read reply is a dict; the iterator used to index it like a RESP2 list."""
+    redis = RedisConnection(url=redis_url + "?protocol=3")
+    sync_redis.xgroup_create("r3it", "g", id="0", mkstream=True)
+    entry = sync_redis.xadd("r3it", {"k": "v"})
+    consumer = redis.consumer("r3it", "g", "c1", block_ms=100)
+    message = await consumer.__anext__()
+    assert (message.key, message.message) == (entry, {"k": "v"})
+    await consumer.aclose()
+    await redis.close()

@@ -5,7 +5,8 @@ import redis
 
 from streammachine import ConsumerConfig
 from streammachine.agents import AgentSpec
-from streammachine.consumer import StreamConsumer, _entries_of
+from streammachine.consumer import StreamConsumer
+from streammachine.stream_entries import single_stream_entries
 
 from helpers import wait_until
 
@@ -93,11 +94,11 @@ async def test_slow_live_work_is_not_stolen(redis_url):
     assert len(calls) == 1
 
 
-def test_entries_of_accepts_resp2_and_resp3_shapes():
+def test_single_stream_entries_accepts_resp2_and_resp3_shapes():
     entries = [(b"1-0", {b"a": b"1"})]
-    assert _entries_of([[b"s", entries]]) == entries
-    assert _entries_of({b"s": [entries]}) == entries
-    assert _entries_of([]) == [] and _entries_of(None) == []
+    assert single_stream_entries([[b"s", entries]]) == entries
+    assert single_stream_entries({b"s": [entries]}) == entries
+    assert single_stream_entries([]) == [] and single_stream_entries(None) == []
 
 
 async def test_resp3_client_works_end_to_end(redis_url):

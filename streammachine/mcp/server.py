@@ -40,6 +40,7 @@ from ..config import ConsumerConfig, Settings
 from ..connection import RedisConnection
 from ..embedded import redact_url
 from ..storage import RedisBackend
+from ..stream_entries import as_text
 from . import guide, objects, ohlc
 from .models import (
     Cleared, ConsumerInfo, DeadLetter, DeadLetters, Entry, GroupInfo, Health, PendingEntry, PendingResult, Ping,
@@ -69,9 +70,6 @@ def _url_secrets(url: Optional[str]) -> List[str]:
     found += [v for k, v in parse_qsl(parts.query) if "pass" in k.lower() and v]
     return found
 
-
-def _text(value: Any) -> Any:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 class StreamMachineMCP:
@@ -142,11 +140,11 @@ def build_server(settings: Optional[Settings] = None, *, redis_url: Optional[str
 # --- streams -------------------------------------------------------------------
 
 def _entries(raw) -> List[Entry]:
-    return [Entry(id=_text(i), fields=decode_dict_bytes_to_utf8(f or {})) for i, f in raw]
+    return [Entry(id=as_text(i), fields=decode_dict_bytes_to_utf8(f or {})) for i, f in raw]
 
 
 async def _require_stream(client, stream: str) -> None:
-    kind = _text(await client.type(stream))
+    kind = as_text(await client.type(stream))
     if kind == "none":
         raise ToolError(f"stream {stream!r} does not exist")
     if kind != "stream":
@@ -156,10 +154,10 @@ async def _require_stream(client, stream: str) -> None:
 async def _groups(client, stream: str, with_consumers: bool) -> List[GroupInfo]:
     out = []
     for raw in await client.xinfo_groups(stream):
-        group = {_text(k): _text(v) for k, v in raw.items()}
+        group = {as_text(k): as_text(v) for k, v in raw.items()}
         details = None
         if with_consumers:
-            details = [ConsumerInfo(name=_text(c["name"]), pending=c["pending"], idle_ms=c["idle"],
+            details = [ConsumerInfo(name=as_text(c["name"]), pending=c["pending"], idle_ms=c["idle"],
                                     inactive_ms=c.get("inactive"))
                        for c in await client.xinfo_consumers(stream, group["name"])]
         out.append(GroupInfo(name=group["name"], consumers=group["consumers"], pending=group["pending"],
@@ -220,8 +218,8 @@ def _stream_tools(tool: Callable, state: StreamMachineMCP) -> None:
         raw = await client.xinfo_stream(stream)
         first, last = raw.get("first-entry"), raw.get("last-entry")
         dead = state.dead_letter_pattern.format(stream=stream)
-        return StreamInfo(stream=stream, length=raw["length"], first_id=_text(first[0]) if first else None,
-                          last_id=_text(last[0]) if last else None, groups=await _groups(client, stream, False),
+        return StreamInfo(stream=stream, length=raw["length"], first_id=as_text(first[0]) if first else None,
+                          last_id=as_text(last[0]) if last else None, groups=await _groups(client, stream, False),
                           dead_letter_stream=dead, dead_letter_length=await client.xlen(dead))
 
     @tool
@@ -237,7 +235,7 @@ def _stream_tools(tool: Callable, state: StreamMachineMCP) -> None:
             if len(names) >= limit:
                 truncated = True
                 break
-            names.add(_text(key))
+            names.add(as_text(key))
         return StreamList(pattern=pattern, streams=sorted(names), truncated=truncated)
 
     @tool
@@ -264,10 +262,10 @@ def _stream_tools(tool: Callable, state: StreamMachineMCP) -> None:
         summary = await client.xpending(stream, group)
         rows = await client.xpending_range(stream, group, min="-", max="+", count=count, consumername=consumer)
         return PendingResult(
-            stream=stream, group=group, pending=summary["pending"], min_id=_text(summary.get("min")),
-            max_id=_text(summary.get("max")),
-            per_consumer={_text(c["name"]): int(c["pending"]) for c in summary.get("consumers") or []},
-            entries=[PendingEntry(id=_text(r["message_id"]), consumer=_text(r["consumer"]),
+            stream=stream, group=group, pending=summary["pending"], min_id=as_text(summary.get("min")),
+            max_id=as_text(summary.get("max")),
+            per_consumer={as_text(c["name"]): int(c["pending"]) for c in summary.get("consumers") or []},
+            entries=[PendingEntry(id=as_text(r["message_id"]), consumer=as_text(r["consumer"]),
                                   idle_ms=r["time_since_delivered"], deliveries=r["times_delivered"]) for r in rows],
         )
 

@@ -15,6 +15,7 @@ import redis
 from ..connection import resolve_url
 from ..embedded import read_runtime_file, redact_url
 from ..encoding import encode_record
+from ..stream_entries import as_text
 
 
 def server_url(app) -> str:
@@ -58,7 +59,7 @@ def tail(client, stream: str, count: int):
     entries = list(reversed(client.xrevrange(stream, count=count)))
     # fields only (any field name is fine, even "id"), indexed by entry id
     frame = streams_to_dataframe(entries, stream_name_column=None, id_column=None, timestamp_column=None)
-    frame.index = pd.Index([_text(entry_id) for entry_id, _ in entries], name="id")
+    frame.index = pd.Index([as_text(entry_id) for entry_id, _ in entries], name="id")
     return frame
 
 
@@ -69,13 +70,13 @@ def info(client, stream: str) -> dict:
     raw = client.xinfo_stream(stream)
     groups = []
     for group in client.xinfo_groups(stream):
-        groups.append({_text(k): _text(v) for k, v in group.items()})
+        groups.append({as_text(k): as_text(v) for k, v in group.items()})
     first, last = raw.get("first-entry"), raw.get("last-entry")
     return {
         "stream": stream,
         "length": raw.get("length"),
-        "first_id": _text(first[0]) if first else None,
-        "last_id": _text(last[0]) if last else None,
+        "first_id": as_text(first[0]) if first else None,
+        "last_id": as_text(last[0]) if last else None,
         "groups": groups,
     }
 
@@ -103,9 +104,6 @@ def split_args(line: str) -> List[str]:
     except ValueError as exc:
         raise ValueError(f"cannot parse {line!r}: {exc}") from None
 
-
-def _text(value):
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def describe_server(details: dict) -> str:

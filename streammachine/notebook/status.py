@@ -12,6 +12,8 @@ import time
 from collections import deque
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from ..stream_entries import as_text
+
 GroupKey = Tuple[str, str]  # (stream, group)
 GroupInfo = Dict[GroupKey, Tuple[Optional[int], Optional[int]]]  # -> (pending, lag)
 
@@ -38,12 +40,9 @@ class RateMeter:
         return max(processed - first_count, 0) / (now - first_time)
 
 
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
 
 def groups_from_xinfo(stream: str, reply: Iterable[dict]) -> GroupInfo:
-    return {(stream, _text(g["name"])): (g.get("pending"), g.get("lag")) for g in reply}
+    return {(stream, as_text(g["name"])): (g.get("pending"), g.get("lag")) for g in reply}
 
 
 def fetch_groups_sync(client, streams: Iterable[str]) -> GroupInfo:
