@@ -18,6 +18,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Union
 from .agents import AgentSpec, AgentStats, TimerSpec, handler_name
 from .config import AppConfig, ConsumerConfig, Settings, TimerConfig
 from .connection import RedisConnection, ensure_group
+from .groups import fetch_groups
 from .runners import InProcessRunner, ProcessRunner, consumer_base
 from .storage import Storage
 from .timers import TimerRunner
@@ -428,20 +429,15 @@ class App:
     async def status(self) -> List[dict]:
         """Per agent: counters, rate, and (from Redis) pending and lag of its group."""
         rows = []
-        client = await self._redis.get_client() if self._state == "running" else None
+        groups = {}
+        if self._state == "running":
+            groups = await fetch_groups(await self._redis.get_client(), [s.stream for s in self._agents.values()])
         for name, spec in self._agents.items():
             stats = self._stats.setdefault(name, AgentStats())
-            row = {"agent": name, "stream": spec.stream, "group": spec.group, "rate": round(stats.rate(), 1),
-                   "running": name in self._runners, **stats.as_dict(), "pending": None, "lag": None}
-            if client is not None:
-                try:
-                    for group in await client.xinfo_groups(spec.stream):
-                        group_name = group["name"].decode() if isinstance(group["name"], bytes) else group["name"]
-                        if group_name == spec.group:
-                            row["pending"], row["lag"] = group.get("pending"), group.get("lag")
-                except Exception:  # stream not created yet
-                    pass
-            rows.append(row)
+            group = groups.get((spec.stream, spec.group), {})
+            rows.append({"agent": name, "stream": spec.stream, "group": spec.group, "rate": round(stats.rate(), 1),
+                         "running": name in self._runners, **stats.as_dict(), "pending": group.get("pending"),
+                         "lag": group.get("lag")})
         for name, spec in self._timers.items():
             rows.append({"timer": name, "interval": spec.config.interval, "runs": spec.runs,
                          "failures": spec.failures, "last_error": spec.last_error,

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, List
 
-from .stream_entries import as_text
+from .groups import fetch_groups
 
 log = logging.getLogger("streammachine.metrics")
 
@@ -47,27 +47,12 @@ _AGENT_LABELS = ["app", "agent", "stream", "group", "worker"]
 
 
 
-def _label(value) -> str:
-    return str(as_text(value))
-
-
 async def group_states(client, pairs: Iterable[tuple]) -> List[dict]:
     """Pending, lag and consumer count of each (stream, group) as XINFO GROUPS reports them."""
-    by_stream: dict = {}
-    for stream, group in pairs:
-        by_stream.setdefault(stream, set()).add(group)
-    rows = []
-    for stream, groups in sorted(by_stream.items()):
-        try:
-            infos = await client.xinfo_groups(stream)
-        except Exception:  # the stream does not exist yet
-            continue
-        for info in infos:
-            name = _label(info["name"])
-            if name in groups:
-                rows.append({"stream": stream, "group": name, "pending": info.get("pending"),
-                             "lag": info.get("lag"), "consumers": info.get("consumers")})
-    return rows
+    wanted = set(pairs)
+    groups = await fetch_groups(client, (stream for stream, _ in wanted))
+    return [{"stream": stream, "group": group, **state} for (stream, group), state in groups.items()
+            if (stream, group) in wanted]
 
 
 async def snapshot(app, worker: str = "0") -> dict:

@@ -16,7 +16,8 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 
 from .refresh import LiveView, check_positive
-from .status import RateMeter, fetch_groups, status_frame, status_rows
+from ..groups import fetch_groups
+from .status import status_frame, status_rows
 
 
 class Dashboard(LiveView):
@@ -34,7 +35,6 @@ class Dashboard(LiveView):
         ))
         super().__init__(widgets.VBox([self.header, self.table, self.chart]), fps)
         self.rows: List[dict] = []
-        self._meter = RateMeter()
         self._rates: Dict[str, Deque[Tuple[dt.datetime, float]]] = {}
         self._polls = 0
         self._render_rows()  # something to show before the first poll
@@ -45,7 +45,7 @@ class Dashboard(LiveView):
         if self.app.is_running:
             client = await self.app.redis.get_client()
             groups = await fetch_groups(client, [s.stream for s in self.app.agents.values()])
-        self.rows = status_rows(self.app, groups, self._meter)
+        self.rows = status_rows(self.app, groups)
         self._polls += 1
         now = dt.datetime.now()
         for row in self.rows:

@@ -30,7 +30,8 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from ..app import App
 from . import commands
 from .registration import MagicArgumentError, RaisingParser, cell_parser, cell_registration
-from .status import RateMeter, fetch_groups_sync, status_frame, status_rows
+from ..groups import fetch_groups_sync
+from .status import status_frame, status_rows
 
 USAGE = __doc__.split("\n\n", 1)[1].rsplit("\n\n", 1)[0]
 
@@ -61,7 +62,6 @@ class StreamMachineMagics(Magics):
         super().__init__(shell)
         self._app_variable: Optional[str] = None
         self._clients: Dict[str, object] = {}
-        self._meter = RateMeter()
         self._line = _line_parser()
 
     # -- finding the App -----------------------------------------------------
@@ -146,7 +146,7 @@ class StreamMachineMagics(Magics):
         if app.redis.url is not None:  # never start a server just to show a table
             streams = [spec.stream for spec in app.agents.values()]
             groups = fetch_groups_sync(self._client(app), streams)
-        return status_frame(status_rows(app, groups, self._meter))
+        return status_frame(status_rows(app, groups))
 
     def _cmd_dashboard(self, args):
         return self.app().dashboard()  # shown as the cell's result; `d = %streammachine dashboard` keeps it
