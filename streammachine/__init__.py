@@ -4,8 +4,7 @@ The names below are the reference API. The pandas/OHLC/object-storage names
 are imported on first use, so ``import streammachine`` stays light (and
 never needs IPython).
 """
-from importlib import import_module
-
+from ._lazy import lazy_getattr
 from ._speedups import _has_cython_decode, decode_dict_bytes_to_utf8
 from .app import App
 from .config import AppConfig, ConsumerConfig, Settings, TimerConfig
@@ -36,13 +35,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'streammachine' has no attribute {name!r}")
-    value = getattr(import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 def load_ipython_extension(ipython):

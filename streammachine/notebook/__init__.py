@@ -3,7 +3,7 @@
 Nothing here is imported by ``import streammachine``; the names below load
 their module (and plotly/ipywidgets/IPython) on first use.
 """
-from importlib import import_module
+from .._lazy import lazy_getattr
 
 _LAZY = {
     "LiveView": "refresh",
@@ -19,10 +19,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'streammachine.notebook' has no attribute {name!r}")
-    value = getattr(import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
