@@ -13,6 +13,14 @@ from helpers import wait_until
 FAST = dict(block_ms=100, retry_delay_ms=50, claim_idle_ms=300)
 
 
+async def left_pending(client, stream: str, consumer: str, count: int) -> None:
+    """Group "g" on ``stream`` with ``count`` entries that ``consumer`` read and never acknowledged."""
+    await client.xgroup_create(stream, "g", id="0", mkstream=True)
+    for i in range(count):
+        await client.xadd(stream, {"i": i})
+    await client.xreadgroup("g", consumer, {stream: ">"}, count=count)
+
+
 async def test_server_restart_mid_stream_consumption_resumes(app_factory, private_server):
     app = app_factory(url=private_server.url)
     seen = set()
@@ -34,11 +42,7 @@ async def test_server_restart_mid_stream_consumption_resumes(app_factory, privat
 
 async def test_own_pending_entries_come_first_after_restart(redis_url):
     client = redis.asyncio.Redis.from_url(redis_url)
-    await client.xgroup_create("own", "g", id="0", mkstream=True)
-    for i in range(5):
-        await client.xadd("own", {"i": i})
-    # a previous life of "c1" read everything and died before acking
-    await client.xreadgroup("g", "c1", {"own": ">"}, count=10)
+    await left_pending(client, "own", "c1", 5)  # a previous life of "c1" read everything and died before acking
     await client.xadd("own", {"i": 5})
     order = []
     spec = AgentSpec(name="own", handler=lambda m: order.append(m.message["i"]), stream="own", group="g",
@@ -55,10 +59,7 @@ async def test_own_pending_entries_come_first_after_restart(redis_url):
 
 async def test_orphans_of_a_dead_consumer_are_reclaimed(redis_url):
     client = redis.asyncio.Redis.from_url(redis_url)
-    await client.xgroup_create("orphans", "g", id="0", mkstream=True)
-    for i in range(3):
-        await client.xadd("orphans", {"i": i})
-    await client.xreadgroup("g", "dead-consumer", {"orphans": ">"}, count=10)
+    await left_pending(client, "orphans", "dead-consumer", 3)
     got = []
     spec = AgentSpec(name="o", handler=lambda m: got.append(m.key), stream="orphans", group="g",
                      config=ConsumerConfig(**FAST))
