@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any, AsyncIterator, List, Mapping, Optional, Sequence
 
 import redis.asyncio as aioredis
@@ -220,7 +221,7 @@ class RedisConnection:
         consumer picks up where it stopped. An exception in the loop body
         leaves the current entry pending (at-least-once).
         """
-        from .message import message_from_entry
+        from .message import received_messages
 
         client = await self.get_client()
         await ensure_group(client, stream, group, start_id)
@@ -231,8 +232,9 @@ class RedisConnection:
             if cursor == "0" and not entries:
                 cursor = ">"
                 continue
-            for entry_id, fields in entries:
-                yield message_from_entry(stream, entry_id, fields, consumer_name)
+            for (entry_id, _), message in zip(entries, received_messages(stream, consumer_name, time.time(), entries)):
+                if message is not None:  # None: deleted while pending, nothing to hand over
+                    yield message
                 await client.xack(stream, group, entry_id)
 
     async def health_check(self) -> bool:

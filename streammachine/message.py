@@ -124,6 +124,6 @@ def received_messages(topic: str, consumer_id: Optional[str], received: float, e
 
 
 def message_from_entry(topic: str, entry_id, fields: dict, consumer_id: Optional[str], received: Optional[float] = None) -> Message:
-    key = entry_id.decode() if type(entry_id) is bytes else entry_id
-    return Message(topic, key, _sent_field(fields) if fields else None,
-                   time.time() if received is None else received, consumer_id, (key, fields))
+    """One Message from one ``(id, fields)`` entry (the agents' path, ``received_messages``, for a single entry)."""
+    entry = (entry_id, {} if fields is None else fields)
+    return next(received_messages(topic, consumer_id, time.time() if received is None else received, [entry]))
