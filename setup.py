@@ -3,6 +3,7 @@
 Each extension under streammachine/_speedups has a pure-Python twin, so a
 failed build only costs speed: the failure is reported and install goes on.
 """
+
 import os
 import sys
 

@@ -26,6 +26,7 @@ client-side cost, steady even when other work on the machine disturbs the
 wall clock. On a shared machine, ``nice -n -10`` (the server inherits it)
 and more --rounds steady the msgs/s figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,6 +83,7 @@ async def preload(url: str, entries: int) -> None:
 
 # -- draining ------------------------------------------------------------------
 
+
 async def drain_raw(url: str, group: str, count: int, entries: int) -> tuple:
     client = raw_client(url)
     await client.xgroup_create(STREAM, group, id="0")
@@ -100,13 +102,18 @@ async def drain_raw(url: str, group: str, count: int, entries: int) -> tuple:
 
 
 async def drain_agent(url: str, group: str, count: int, entries: int, batch: bool) -> tuple:
-    app = App(f"bench-{group}", redis_url=url, grace_seconds=5,
-              consumer_config=ConsumerConfig(count=count, block_ms=1000, start_id="0"))
+    app = App(
+        f"bench-{group}",
+        redis_url=url,
+        grace_seconds=5,
+        consumer_config=ConsumerConfig(count=count, block_ms=1000, start_id="0"),
+    )
     done = asyncio.Event()
     seen = 0
     finished = None
 
     if batch:
+
         @app.agent(STREAM, group=group, batch=True, name=f"batch-{group}")
         async def handle_batch(messages):
             nonlocal seen, finished
@@ -115,6 +122,7 @@ async def drain_agent(url: str, group: str, count: int, entries: int, batch: boo
                 finished = clock()
                 done.set()
     else:
+
         @app.agent(STREAM, group=group, name=f"agent-{group}")
         async def handle(message):
             nonlocal seen, finished
@@ -136,6 +144,7 @@ async def drain_agent(url: str, group: str, count: int, entries: int, batch: boo
 
 
 # -- producing -----------------------------------------------------------------
+
 
 async def timed_send(url: str, stream: str, app_side: bool, send, data: list) -> tuple:
     """Time ``send(app or client, stream, data)`` into an empty ``stream``; the stream is dropped afterwards."""
@@ -175,6 +184,7 @@ async def app_singles(app, stream: str, records: list) -> None:
 
 # -- driver --------------------------------------------------------------------
 
+
 def rotate(items: list, by: int) -> list:
     by %= len(items)
     return items[by:] + items[:by]
@@ -184,20 +194,27 @@ async def run(args: argparse.Namespace, url: str) -> list:
     entries = args.entries
     await preload(url, entries)
     records = [tick(i) for i in range(args.send_entries)]
-    chunks = [records[i:i + args.batch_size] for i in range(0, len(records), args.batch_size)]
+    chunks = [records[i : i + args.batch_size] for i in range(0, len(records), args.batch_size)]
     singles = records[: args.single]
 
     variants = {}
     for count in args.counts:
         variants[f"drain raw       COUNT {count}"] = (entries, lambda g, c=count: drain_raw(url, g, c, entries))
-        variants[f"drain agent     COUNT {count}"] = (entries, lambda g, c=count: drain_agent(url, g, c, entries, False))
+        variants[f"drain agent     COUNT {count}"] = (
+            entries,
+            lambda g, c=count: drain_agent(url, g, c, entries, False),
+        )
         variants[f"drain batch     COUNT {count}"] = (entries, lambda g, c=count: drain_agent(url, g, c, entries, True))
-    for name, app_side, send, data in (("send raw pipeline", False, raw_pipeline, chunks),
-                                       ("send_batch", True, app_batches, chunks),
-                                       ("send raw xadd loop", False, raw_singles, singles),
-                                       ("app.send loop", True, app_singles, singles)):
-        variants[name] = (len(records) if data is chunks else len(singles),
-                          lambda g, a=app_side, f=send, d=data: timed_send(url, f"bench:{g}", a, f, d))
+    for name, app_side, send, data in (
+        ("send raw pipeline", False, raw_pipeline, chunks),
+        ("send_batch", True, app_batches, chunks),
+        ("send raw xadd loop", False, raw_singles, singles),
+        ("app.send loop", True, app_singles, singles),
+    ):
+        variants[name] = (
+            len(records) if data is chunks else len(singles),
+            lambda g, a=app_side, f=send, d=data: timed_send(url, f"bench:{g}", a, f, d),
+        )
 
     rates: dict = {name: [] for name in variants}
     cpu: dict = {name: [] for name in variants}
@@ -208,8 +225,11 @@ async def run(args: argparse.Namespace, url: str) -> list:
             wall, cpu_seconds = await job(f"g{rnd}-{i}")
             rates[name].append(n / wall)
             cpu[name].append(cpu_seconds / n * 1e6)
-            print(f"  round {rnd + 1}: {name:<24} {n / wall:>12,.0f} msgs/s {cpu[name][-1]:>7.2f} us CPU/msg",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  round {rnd + 1}: {name:<24} {n / wall:>12,.0f} msgs/s {cpu[name][-1]:>7.2f} us CPU/msg",
+                file=sys.stderr,
+                flush=True,
+            )
     return [(name, max(rates[name]), statistics.median(rates[name]), min(cpu[name])) for name in names]
 
 
@@ -233,8 +253,11 @@ def table(results: list, args: argparse.Namespace) -> str:
     ]
     for name, *_ in results:
         base = baseline(name)
-        ratios = (f"{best[name] / best[base]:>11.2f}{median[name] / median[base]:>8.2f}{cpu[base] / cpu[name]:>6.2f}"
-                  if base else " " * 25)
+        ratios = (
+            f"{best[name] / best[base]:>11.2f}{median[name] / median[base]:>8.2f}{cpu[base] / cpu[name]:>6.2f}"
+            if base
+            else " " * 25
+        )
         goal = next((f">={g}" for prefix, g in goals.items() if name.startswith(prefix)), "")
         lines.append(f"{name:<26}{best[name]:>12,.0f}{median[name]:>10,.0f}{cpu[name]:>11.2f}{ratios}{goal:>7}")
     return "\n".join(lines)

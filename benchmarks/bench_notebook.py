@@ -26,6 +26,7 @@ At these rates the kernel's full (generation 2) garbage collections, which
 walk the whole heap (pandas, plotly, ipykernel: ~100+ ms here), are what
 delays cells; --gc-freeze shows the effect of ``gc.freeze()`` after setup.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,8 +77,10 @@ def percentile(values, q):
 
 
 def summary(values) -> str:
-    return (f"p50 {percentile(values, 0.5):6.1f}  p95 {percentile(values, 0.95):6.1f}  "
-            f"max {max(values):6.1f}  (n={len(values)})")
+    return (
+        f"p50 {percentile(values, 0.5):6.1f}  p95 {percentile(values, 0.95):6.1f}  "
+        f"max {max(values):6.1f}  (n={len(values)})"
+    )
 
 
 def preload(url: str, entries: int) -> None:
@@ -183,14 +186,23 @@ def paced_producer(url: str, rate: float, stop) -> None:
 
 
 def measure_under_load(frontend: Frontend, probe, seconds: float) -> dict:
-    acked0, frames0, updates0, start = acked(probe), frontend.value("view.frames"), len(frontend.updates), time.monotonic()
+    acked0, frames0, updates0, start = (
+        acked(probe),
+        frontend.value("view.frames"),
+        len(frontend.updates),
+        time.monotonic(),
+    )
     latencies = trivial_cells(frontend, seconds)
     elapsed = time.monotonic() - start
     acked1, frames1, updates1 = acked(probe), frontend.value("view.frames"), len(frontend.updates)
     return {
-        "rate": (acked1 - acked0) / elapsed, "fps_iopub": (updates1 - updates0) / elapsed,
-        "fps_kernel": (frames1 - frames0) / elapsed, "latencies": latencies, "elapsed": elapsed,
-        "queued": probe.xlen(STREAM) - acked1, "render_ms": frontend.value("view.last_render_ms"),
+        "rate": (acked1 - acked0) / elapsed,
+        "fps_iopub": (updates1 - updates0) / elapsed,
+        "fps_kernel": (frames1 - frames0) / elapsed,
+        "latencies": latencies,
+        "elapsed": elapsed,
+        "queued": probe.xlen(STREAM) - acked1,
+        "render_ms": frontend.value("view.last_render_ms"),
     }
 
 
@@ -198,8 +210,10 @@ def report(label: str, result: dict, fps_cap: float) -> None:
     print(f"\n{label} ({result['elapsed']:.1f}s window; {result['queued']:,} entries queued at its end)")
     print(f"  consumed            {result['rate']:12,.0f} msg/s   (goal >= 50,000)")
     print(f"  chart refresh       {result['fps_iopub']:12.1f} fps     on IOPub (cap {fps_cap:g}; goal >= 10)")
-    print(f"                      {result['fps_kernel']:12.1f} fps     redrawn in the kernel; last redraw "
-          f"{result['render_ms']:.1f} ms")
+    print(
+        f"                      {result['fps_kernel']:12.1f} fps     redrawn in the kernel; last redraw "
+        f"{result['render_ms']:.1f} ms"
+    )
     print(f"  trivial cell (ms)   {summary(result['latencies'])}   (goal < 100)")
 
 
@@ -220,8 +234,10 @@ def main(argv=None) -> int:
     try:
         t0 = time.monotonic()
         preload(server.url, args.entries)
-        print(f"preloaded {args.entries:,} entries in {time.monotonic() - t0:.1f}s; load average "
-              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other work on the machine skews these figures)")
+        print(
+            f"preloaded {args.entries:,} entries in {time.monotonic() - t0:.1f}s; load average "
+            f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other work on the machine skews these figures)"
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "STREAMMACHINE_"))}
         env.update(REDIS_URL=server.url, STREAMMACHINE_HOME=os.path.join(data_dir, "home"))
         frontend = Frontend(env)

@@ -27,6 +27,7 @@ TimeSeriesBuffer: single-row appends into a buffer holding --rows rows
 (max_rows), as 1-row DataFrames and as dicts, against the naive way:
 pd.concat the whole frame with each row and keep the last --rows.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,10 +42,10 @@ import pandas as pd
 import redis
 
 from streammachine.config import ConsumerConfig
-from streammachine.connection import RedisConnection
+from streammachine.data.frames import TimeSeriesBuffer
 from streammachine.embedded import EmbeddedServer
-from streammachine.frames import TimeSeriesBuffer
 from streammachine.ohlc import CythonFastOHLC, FastOHLCConsumer, PythonFastOHLC
+from streammachine.redis.connection import RedisConnection
 
 INTERVALS = (60_000, 300_000)
 START_MS = 1_700_000_000_000 - 1_700_000_000_000 % 86_400_000
@@ -87,12 +88,14 @@ def per_tick(cls, lists) -> Callable[[], None]:
         for symbol, price, volume, stamp in zip(*lists):
             update(symbol, price, volume, stamp)
         aggregator.tick_count  # the Python core aggregates what it buffered
+
     return run
 
 
 def arrays(cls, ticks) -> Callable[[], None]:
     def run() -> None:
         cls(INTERVALS).update_arrays(*ticks)
+
     return run
 
 
@@ -100,6 +103,7 @@ def loop_only(lists) -> Callable[[], None]:
     def run() -> None:
         for symbol, price, volume, stamp in zip(*lists):
             pass
+
     return run
 
 
@@ -138,9 +142,16 @@ def consumer_rates(ticks, count: int, repeat: int) -> float:
 
     async def once(url: str, run: int) -> float:
         async with RedisConnection(url=url) as connection:
-            consumer = FastOHLCConsumer("ticks", f"bars{run}", intervals=INTERVALS, group=f"ohlc{run}",
-                                        connection=connection, flush_every=3600, grace_ms=0,
-                                        consumer_config=ConsumerConfig(count=1000, block_ms=50, start_id="0"))
+            consumer = FastOHLCConsumer(
+                "ticks",
+                f"bars{run}",
+                intervals=INTERVALS,
+                group=f"ohlc{run}",
+                connection=connection,
+                flush_every=3600,
+                grace_ms=0,
+                consumer_config=ConsumerConfig(count=1000, block_ms=50, start_id="0"),
+            )
             started = time.perf_counter()
             await consumer.start()
             while consumer.stats.processed < count:
@@ -166,6 +177,7 @@ def process_batches(cls, replies) -> Callable[[], None]:
         for reply in replies:
             aggregator.process_stream_batch(reply)
         aggregator.tick_count
+
     return run
 
 
@@ -178,20 +190,55 @@ def ohlc_table(args) -> List[tuple]:
         lists = tuple(column.tolist() for column in ticks)
         pandas_rate = best_rate(args.ticks, lambda: pandas_ohlc(*ticks), args.repeat)
         rows.append((symbols, "pandas groupby+resample().agg", args.ticks, pandas_rate, pandas_rate))
-        rows.append((symbols, "  (Python loop over the ticks alone)", args.ticks,
-                     best_rate(args.ticks, loop_only(lists), args.repeat), pandas_rate))
+        rows.append(
+            (
+                symbols,
+                "  (Python loop over the ticks alone)",
+                args.ticks,
+                best_rate(args.ticks, loop_only(lists), args.repeat),
+                pandas_rate,
+            )
+        )
         for label, cls in implementations:
-            rows.append((symbols, f"update_tick, {label}", args.ticks,
-                         best_rate(args.ticks, per_tick(cls, lists), args.repeat), pandas_rate))
+            rows.append(
+                (
+                    symbols,
+                    f"update_tick, {label}",
+                    args.ticks,
+                    best_rate(args.ticks, per_tick(cls, lists), args.repeat),
+                    pandas_rate,
+                )
+            )
         for label, cls in implementations:
-            rows.append((symbols, f"update_arrays, {label}", args.ticks,
-                         best_rate(args.ticks, arrays(cls, ticks), args.repeat), pandas_rate))
+            rows.append(
+                (
+                    symbols,
+                    f"update_arrays, {label}",
+                    args.ticks,
+                    best_rate(args.ticks, arrays(cls, ticks), args.repeat),
+                    pandas_rate,
+                )
+            )
         replies, count = stream_replies(ticks, args.stream_ticks)
         for label, cls in implementations:
-            rows.append((symbols, f"process_stream_batch, {label}", count,
-                         best_rate(count, process_batches(cls, replies), args.repeat), pandas_rate))
-        rows.append((symbols, "FastOHLCConsumer end to end, COUNT 1000", count,
-                     consumer_rates(ticks, count, args.repeat), pandas_rate))
+            rows.append(
+                (
+                    symbols,
+                    f"process_stream_batch, {label}",
+                    count,
+                    best_rate(count, process_batches(cls, replies), args.repeat),
+                    pandas_rate,
+                )
+            )
+        rows.append(
+            (
+                symbols,
+                "FastOHLCConsumer end to end, COUNT 1000",
+                count,
+                consumer_rates(ticks, count, args.repeat),
+                pandas_rate,
+            )
+        )
         del lists, replies
     return rows
 
@@ -199,12 +246,13 @@ def ohlc_table(args) -> List[tuple]:
 def buffer_table(args) -> List[tuple]:
     held = args.rows
     stamps = START_MS + np.arange(held + 2 * held, dtype=np.int64)
-    prefill = pd.DataFrame({"timestamp_ms": stamps[:held], "price": np.linspace(1, 2, held),
-                            "symbol": ["AAPL"] * held})
+    prefill = pd.DataFrame({"timestamp_ms": stamps[:held], "price": np.linspace(1, 2, held), "symbol": ["AAPL"] * held})
     frame_rows = min(held, 20_000)  # building 1-row DataFrames is slow in itself: done before timing
-    as_frames = [pd.DataFrame({"timestamp_ms": [t], "price": [1.5], "symbol": ["AAPL"]})
-                 for t in stamps[held:held + frame_rows].tolist()]
-    as_dicts = [{"timestamp_ms": t, "price": 1.5, "symbol": "AAPL"} for t in stamps[held:held + held].tolist()]
+    as_frames = [
+        pd.DataFrame({"timestamp_ms": [t], "price": [1.5], "symbol": ["AAPL"]})
+        for t in stamps[held : held + frame_rows].tolist()
+    ]
+    as_dicts = [{"timestamp_ms": t, "price": 1.5, "symbol": "AAPL"} for t in stamps[held : held + held].tolist()]
 
     def ours(rows_in) -> Callable[[], float]:
         def run() -> float:
@@ -216,6 +264,7 @@ def buffer_table(args) -> List[tuple]:
             elapsed = time.perf_counter() - started
             assert len(buffer) == held
             return elapsed
+
         return run
 
     naive_rows = as_frames[: max(200, frame_rows // 50)]  # it is slow: fewer rows
@@ -226,25 +275,45 @@ def buffer_table(args) -> List[tuple]:
             frame = pd.concat([frame, row], ignore_index=True).iloc[-held:]
 
     return [
-        (held, "naive: pd.concat the frame + row, keep the last rows", len(naive_rows),
-         best_rate(len(naive_rows), naive, args.repeat)),
-        (held, "TimeSeriesBuffer.append(1-row DataFrame)", frame_rows, best_rate(frame_rows, ours(as_frames), args.repeat)),
-        (held, "TimeSeriesBuffer.append(dict row)", len(as_dicts), best_rate(len(as_dicts), ours(as_dicts), args.repeat)),
+        (
+            held,
+            "naive: pd.concat the frame + row, keep the last rows",
+            len(naive_rows),
+            best_rate(len(naive_rows), naive, args.repeat),
+        ),
+        (
+            held,
+            "TimeSeriesBuffer.append(1-row DataFrame)",
+            frame_rows,
+            best_rate(frame_rows, ours(as_frames), args.repeat),
+        ),
+        (
+            held,
+            "TimeSeriesBuffer.append(dict row)",
+            len(as_dicts),
+            best_rate(len(as_dicts), ours(as_dicts), args.repeat),
+        ),
     ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ticks", type=int, default=5_000_000, help="ticks per OHLC case (default 5,000,000)")
-    parser.add_argument("--stream-ticks", type=int, default=200_000,
-                        help="ticks read back from a real server for process_stream_batch (default 200,000)")
+    parser.add_argument(
+        "--stream-ticks",
+        type=int,
+        default=200_000,
+        help="ticks read back from a real server for process_stream_batch (default 200,000)",
+    )
     parser.add_argument("--rows", type=int, default=100_000, help="rows the TimeSeriesBuffer holds (default 100,000)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the best is shown (default 3)")
     args = parser.parse_args()
     args.stream_ticks = min(args.stream_ticks, args.ticks)
 
-    print(f"OHLC: intervals {[f'{i // 60_000}m' for i in INTERVALS]}, best of {args.repeat}; "
-          f"compiled core {'built' if CythonFastOHLC is not None else 'NOT built'}")
+    print(
+        f"OHLC: intervals {[f'{i // 60_000}m' for i in INTERVALS]}, best of {args.repeat}; "
+        f"compiled core {'built' if CythonFastOHLC is not None else 'NOT built'}"
+    )
     print(f"{'symbols':>7}  {'path':<40} {'ticks':>10} {'ticks/s':>12} {'vs pandas':>10}")
     for symbols, path, count, rate, pandas_rate in ohlc_table(args):
         print(f"{symbols:>7}  {path:<40} {count:>10,} {rate:>12,.0f} {rate / pandas_rate:>9.2f}x", flush=True)

@@ -20,6 +20,7 @@ workers over the same interval, and the whole machine's busy time (anything
 else running counts too); 100% = one core. A single valkey-server
 saturates at ~100% (one thread); the clients at (cores x 100%) in total.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,15 +38,19 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from streammachine import App, ConsumerConfig
-from streammachine.embedded import EmbeddedServer, LocalCluster
+from streammachine.testing import EmbeddedServer, LocalCluster
 
 GROUP = "scaleout"  # each run uses a fresh group scaleout-N
 SYMBOLS = ("AAPL", "MSFT", "GOOG", "AMZN", "NVDA", "TSLA", "META", "NFLX")
 
 
 def tick(i: int) -> dict:
-    return {"symbol": SYMBOLS[i % 8], "price": f"{100 + (i % 997) * 0.01:.2f}", "size": str(1 + i % 500),
-            "ts": str(1_700_000_000_000 + i)}
+    return {
+        "symbol": SYMBOLS[i % 8],
+        "price": f"{100 + (i % 997) * 0.01:.2f}",
+        "size": str(1 + i % 500),
+        "ts": str(1_700_000_000_000 + i),
+    }
 
 
 def tagged_streams(masters: int) -> list:
@@ -81,17 +86,24 @@ def preload(url: str, cluster: bool, streams: list, entries: int) -> None:
 
 def worker(url: str, streams: list, group: str, count: int, batch: bool, ready, stop, handled) -> None:
     async def main() -> None:
-        app = App(f"scale-{os.getpid()}", redis_url=url, grace_seconds=5,
-                  consumer_config=ConsumerConfig(count=count, block_ms=100, claim_idle_ms=60000))
+        app = App(
+            f"scale-{os.getpid()}",
+            redis_url=url,
+            grace_seconds=5,
+            consumer_config=ConsumerConfig(count=count, block_ms=100, claim_idle_ms=60000),
+        )
         for stream in streams:
             if batch:
+
                 @app.agent(stream, group=group, batch=True, name=f"h{stream}")
                 async def handle(messages):
                     handled.value += len(messages)
             else:
+
                 @app.agent(stream, group=group, name=f"h{stream}")
                 async def handle(message):
                     handled.value += 1
+
         await app.startup()
         ready.set()
         while not stop.is_set():
@@ -134,8 +146,7 @@ def cpu(processes: list) -> float:
 _runs = [0]
 
 
-def run_once(url: str, cluster: bool, server_pids: list, streams: list, workers: int, count: int,
-             batch: bool) -> dict:
+def run_once(url: str, cluster: bool, server_pids: list, streams: list, workers: int, count: int, batch: bool) -> dict:
     """One drain of the pre-loaded streams by a fresh group (``scaleout-N``) and ``workers`` processes."""
     _runs[0] += 1
     group = f"{GROUP}-{_runs[0]}"
@@ -149,8 +160,9 @@ def run_once(url: str, cluster: bool, server_pids: list, streams: list, workers:
     for _ in range(workers):
         ready = context.Event()
         counters.append(context.Value("q", 0, lock=False))
-        proc = context.Process(target=worker, args=(url, streams, group, count, batch, ready, stop, counters[-1]),
-                               daemon=True)
+        proc = context.Process(
+            target=worker, args=(url, streams, group, count, batch, ready, stop, counters[-1]), daemon=True
+        )
         proc.start()
         readies.append(ready)
         procs.append(proc)
@@ -174,7 +186,9 @@ def run_once(url: str, cluster: bool, server_pids: list, streams: list, workers:
     server_cpu = [cpu([s]) - c0 for s, c0 in zip(servers, server_cpu0)]
     client_cpu = cpu(clients) - client_cpu0
     machine1 = psutil.cpu_times()
-    machine_busy = sum(getattr(machine1, f) - getattr(machine0, f) for f in ("user", "system", "nice", "irq", "softirq"))
+    machine_busy = sum(
+        getattr(machine1, f) - getattr(machine0, f) for f in ("user", "system", "nice", "irq", "softirq")
+    )
     stop.set()
     for proc in procs:
         proc.join(15)
@@ -190,9 +204,16 @@ def run_once(url: str, cluster: bool, server_pids: list, streams: list, workers:
     for stream in streams:
         client.xgroup_destroy(stream, group)
     client.close()
-    return {"workers": workers, "entries": total, "seconds": elapsed, "rate": total / elapsed,
-            "server_cpu": max(server_cpu) / elapsed * 100, "server_cpu_all": sum(server_cpu) / elapsed * 100,
-            "client_cpu": client_cpu / elapsed * 100, "machine_cpu": machine_busy / elapsed * 100}
+    return {
+        "workers": workers,
+        "entries": total,
+        "seconds": elapsed,
+        "rate": total / elapsed,
+        "server_cpu": max(server_cpu) / elapsed * 100,
+        "server_cpu_all": sum(server_cpu) / elapsed * 100,
+        "client_cpu": client_cpu / elapsed * 100,
+        "machine_cpu": machine_busy / elapsed * 100,
+    }
 
 
 def verdict(row: dict, cores: int) -> str:
@@ -207,14 +228,19 @@ def verdict(row: dict, cores: int) -> str:
 
 def table(title: str, rows: list, cores: int) -> str:
     base = rows[0]["rate"] if rows else 1
-    lines = [f"### {title}", "",
-             "| workers | entries | seconds | msgs/s (best) | msgs/s (median) | speedup vs 1 | server CPU (max node) "
-             "| server CPU (all) | workers' CPU | machine CPU | limit |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines = [
+        f"### {title}",
+        "",
+        "| workers | entries | seconds | msgs/s (best) | msgs/s (median) | speedup vs 1 | server CPU (max node) "
+        "| server CPU (all) | workers' CPU | machine CPU | limit |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
     for row in rows:
-        lines.append(f"| {row['workers']} | {row['entries']} | {row['seconds']:.2f} | {row['rate']:,.0f} | "
-                     f"{row['median']:,.0f} | {row['rate'] / base:.2f}x | {row['server_cpu']:.0f}% | {row['server_cpu_all']:.0f}% | "
-                     f"{row['client_cpu']:.0f}% | {row['machine_cpu']:.0f}% of {cores * 100}% | {verdict(row, cores)} |")
+        lines.append(
+            f"| {row['workers']} | {row['entries']} | {row['seconds']:.2f} | {row['rate']:,.0f} | "
+            f"{row['median']:,.0f} | {row['rate'] / base:.2f}x | {row['server_cpu']:.0f}% | {row['server_cpu_all']:.0f}% | "
+            f"{row['client_cpu']:.0f}% | {row['machine_cpu']:.0f}% of {cores * 100}% | {verdict(row, cores)} |"
+        )
     return "\n".join(lines)
 
 
@@ -244,22 +270,30 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="also write the tables (markdown) here")
     args = parser.parse_args(argv)
     cores = os.cpu_count() or 1
-    out = [f"Scale-out: {args.entries:,} entries, XREADGROUP COUNT {args.count}, "
-           f"{'batch' if args.batch else 'per-message'} handlers, best of {args.rounds}, {cores} cores, "
-           f"Python {sys.version.split()[0]}", ""]
+    out = [
+        f"Scale-out: {args.entries:,} entries, XREADGROUP COUNT {args.count}, "
+        f"{'batch' if args.batch else 'per-message'} handlers, best of {args.rounds}, {cores} cores, "
+        f"Python {sys.version.split()[0]}",
+        "",
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         with EmbeddedServer(os.path.join(tmp, "single"), appendonly=False) as server:
             preload(server.url, False, ["ticks"], args.entries)
-            rows = best_of(args, lambda w: run_once(server.url, False, [server.pid], ["ticks"], w, args.count,
-                                                    args.batch))
+            rows = best_of(
+                args, lambda w: run_once(server.url, False, [server.pid], ["ticks"], w, args.count, args.batch)
+            )
         out += [table("Single server, one stream", rows, cores), ""]
         print(out[-2], flush=True)
         if not args.no_cluster:
             with LocalCluster(os.path.join(tmp, "cluster"), masters=3, appendonly=False) as cluster:
                 streams = tagged_streams(3)
                 preload(cluster.url, True, streams, args.entries)
-                rows = best_of(args, lambda w: run_once(cluster.url, True, [n.pid for n in cluster.nodes], streams,
-                                                        w, args.count, args.batch))
+                rows = best_of(
+                    args,
+                    lambda w: run_once(
+                        cluster.url, True, [n.pid for n in cluster.nodes], streams, w, args.count, args.batch
+                    ),
+                )
             out += [table(f"Cluster of 3 masters, streams {', '.join(streams)}", rows, cores), ""]
             print(out[-2], flush=True)
     if args.out:

@@ -7,6 +7,7 @@
 With no Redis configured (REDIS_URL unset, nothing on localhost:6379) it uses
 StreamMachine's embedded Valkey server, started on first use.
 """
+
 import random
 import time
 
@@ -20,8 +21,9 @@ app = App(name="quickstart", stream_maxlen=10_000)
 @app.timer(0.5)
 async def produce_orders():
     """Two orders a second into the 'quickstart:orders' stream."""
-    await app.send("quickstart:orders", {"item": random.choice(list(PRICES)), "qty": random.randint(1, 5),
-                                         "sent": time.time()})
+    await app.send(
+        "quickstart:orders", {"item": random.choice(list(PRICES)), "qty": random.randint(1, 5), "sent": time.time()}
+    )
 
 
 @app.agent("quickstart:orders", group="billing")
@@ -37,8 +39,7 @@ async def report():
     """What the agent did so far (this process's counters)."""
     stats = app.stats("bill")
     average = stats.handler_seconds / stats.processed * 1000 if stats.processed else 0.0
-    print(f"quickstart: {stats.processed} orders billed, {stats.failed} failed, "
-          f"{average:.2f} ms per order", flush=True)
+    print(f"quickstart: {stats.processed} orders billed, {stats.failed} failed, {average:.2f} ms per order", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,23 @@
-"""``python -m streammachine``.
+"""``python -m streammachine``: the ``streammachine`` command.
 
-With no arguments it serves the MCP tools over stdio (as the reference
-documents, the same as ``streammachine-mcp``); with arguments it is the
-``streammachine`` command (``python -m streammachine run app.py``).
+With no arguments it serves MCP over stdio (the reference documents
+``python -m streammachine`` as an MCP server command), but only for a client
+that launched it on a pipe: typed at a terminal it shows the commands
+instead of waiting silently for JSON-RPC.
 """
+
 import sys
 
+from streammachine.cli import main, mcp_main
 
-def main() -> int:
+
+def entry() -> int:
     if len(sys.argv) > 1:
-        from .cli import main as cli_main
-
-        return cli_main(sys.argv[1:])
-    from .mcp.server import main as mcp_main
-
+        return main(sys.argv[1:])
+    if sys.stdin.isatty():
+        return main(["--help"])
     return mcp_main([])
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

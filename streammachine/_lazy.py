@@ -1,4 +1,5 @@
 """Package attributes imported on first use (PEP 562), so importing a package stays light."""
+
 from __future__ import annotations
 
 from importlib import import_module

@@ -4,24 +4,25 @@ Work is done by collaborators: ``RedisConnection`` (where and how to talk to
 Redis), ``InProcessRunner``/``ProcessRunner`` (an agent's consumers),
 ``TimerRunner`` (a timer), ``Storage`` (shared state).
 """
+
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from concurrent.futures import ThreadPoolExecutor
 import gc
 import logging
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Union
 
-from .agents import AgentSpec, AgentStats, TimerSpec, handler_name
-from .config import AppConfig, ConsumerConfig, Settings, TimerConfig
-from .connection import RedisConnection, ensure_group
-from .groups import fetch_groups
-from .runners import InProcessRunner, ProcessRunner, consumer_base
-from .storage import Storage
-from .timers import TimerRunner
+from streammachine.config import AppConfig, ConsumerConfig, Settings, TimerConfig
+from streammachine.engine.executors import InProcessRunner, ProcessRunner, consumer_base
+from streammachine.engine.specs import AgentSpec, AgentStats, TimerSpec, handler_name
+from streammachine.engine.timers import TimerRunner
+from streammachine.redis.connection import RedisConnection, ensure_group
+from streammachine.redis.inspect import fetch_groups
+from streammachine.state.storage import Storage
 
 log = logging.getLogger("streammachine.app")
 
@@ -57,8 +58,13 @@ class App:
         self.name = name
         self.to_scan = to_scan  # decorators register at once; kept for API compatibility
         self.config = AppConfig.from_settings(
-            self.settings, name=name, max_processes=max_processes, max_threads=max_threads,
-            stream_maxlen=stream_maxlen, grace_seconds=grace_seconds, consumer=consumer_config,
+            self.settings,
+            name=name,
+            max_processes=max_processes,
+            max_threads=max_threads,
+            stream_maxlen=stream_maxlen,
+            grace_seconds=grace_seconds,
+            consumer=consumer_config,
         )
         self.dashboard_enabled = dashboard_enabled
         self._storage_backend = storage_backend or self.settings.storage_backend
@@ -132,8 +138,14 @@ class App:
 
         def decorate(fn: Callable) -> Callable:
             spec = AgentSpec(
-                name=handler_name(fn, name), handler=fn, stream=stream, group=group or self.config.default_group,
-                concurrency=concurrency, processes=processes, batch=batch, config=consumer_config,
+                name=handler_name(fn, name),
+                handler=fn,
+                stream=stream,
+                group=group or self.config.default_group,
+                concurrency=concurrency,
+                processes=processes,
+                batch=batch,
+                config=consumer_config,
                 threaded=threaded,
             )
             self._check_process_budget(spec)
@@ -186,7 +198,9 @@ class App:
         matches = [k for k in known if k.rsplit(".", 1)[-1] == name]
         if len(matches) == 1:
             return matches[0]
-        raise KeyError(f"no agent or timer named {name!r}" + (f" (ambiguous: {matches})" if matches else f"; registered: {known}"))
+        raise KeyError(
+            f"no agent or timer named {name!r}" + (f" (ambiguous: {matches})" if matches else f"; registered: {known}")
+        )
 
     def _check_process_budget(self, spec: AgentSpec) -> None:
         used = sum(s.processes or 0 for n, s in self._agents.items() if n != spec.name)
@@ -203,7 +217,9 @@ class App:
         if self._state == "running" or spec.name in self._runners:
             self._in_loop(self._swap_agent(spec.name, spec))
             if replaced:
-                print(f"streammachine: agent {spec.name!r} replaced; its consumers hand over (pending entries carry over)")
+                print(
+                    f"streammachine: agent {spec.name!r} replaced; its consumers hand over (pending entries carry over)"
+                )
         # while "starting", startup() picks it up when it finishes; while "stopping", the next start does
 
     def _in_loop(self, coro: Awaitable) -> None:
@@ -244,10 +260,13 @@ class App:
     async def _start_runner(self, spec: AgentSpec):
         stats = self._stats.setdefault(spec.name, AgentStats())
         if spec.processes:
-            runner = ProcessRunner(spec, self._redis, self._base, stats, self.config.grace_seconds,
-                                   self.config.max_threads)
+            runner = ProcessRunner(
+                spec, self._redis, self._base, stats, self.config.grace_seconds, self.config.max_threads
+            )
         else:
-            runner = InProcessRunner(spec, self._redis, self._base, stats, self._thread_pool() if spec.threaded else None)
+            runner = InProcessRunner(
+                spec, self._redis, self._base, stats, self._thread_pool() if spec.threaded else None
+            )
         await runner.start()
         return runner
 
@@ -332,8 +351,13 @@ class App:
             # Objects alive now (imports, notebook state) leave the cyclic GC's generations:
             # full collections over them otherwise stall the kernel for 100+ ms under load.
             gc.freeze()
-        log.info("app %s running: %d agents, %d timers on %s", self.name, len(self._agents), len(self._timers),
-                 self._redis.safe_url)
+        log.info(
+            "app %s running: %d agents, %d timers on %s",
+            self.name,
+            len(self._agents),
+            len(self._timers),
+            self._redis.safe_url,
+        )
 
     async def _start_registered(self) -> None:
         for name, spec in list(self._agents.items()):
@@ -347,7 +371,9 @@ class App:
 
     def _thread_pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(self.config.max_threads, thread_name_prefix=f"streammachine-{self.name}")
+            self._executor = ThreadPoolExecutor(
+                self.config.max_threads, thread_name_prefix=f"streammachine-{self.name}"
+            )
         return self._executor
 
     @staticmethod
@@ -415,7 +441,8 @@ class App:
     async def health_check(self) -> dict:
         redis_ok = await self._redis.health_check()
         active = sum(r.active for r in self._runners.values()) + sum(
-            1 for r in self._timer_runners.values() if r.task is not None and not r.task.done())
+            1 for r in self._timer_runners.values() if r.task is not None and not r.task.done()
+        )
         return {
             "status": "healthy" if redis_ok and self._state in ("running", "idle") else "degraded",
             "redis": "connected" if redis_ok else "disconnected",
@@ -435,13 +462,29 @@ class App:
         for name, spec in self._agents.items():
             stats = self._stats.setdefault(name, AgentStats())
             group = groups.get((spec.stream, spec.group), {})
-            rows.append({"agent": name, "stream": spec.stream, "group": spec.group, "rate": round(stats.rate(), 1),
-                         "running": name in self._runners, **stats.as_dict(), "pending": group.get("pending"),
-                         "lag": group.get("lag")})
+            rows.append(
+                {
+                    "agent": name,
+                    "stream": spec.stream,
+                    "group": spec.group,
+                    "rate": round(stats.rate(), 1),
+                    "running": name in self._runners,
+                    **stats.as_dict(),
+                    "pending": group.get("pending"),
+                    "lag": group.get("lag"),
+                }
+            )
         for name, spec in self._timers.items():
-            rows.append({"timer": name, "interval": spec.config.interval, "runs": spec.runs,
-                         "failures": spec.failures, "last_error": spec.last_error,
-                         "running": name in self._timer_runners})
+            rows.append(
+                {
+                    "timer": name,
+                    "interval": spec.config.interval,
+                    "runs": spec.runs,
+                    "failures": spec.failures,
+                    "last_error": spec.last_error,
+                    "running": name in self._timer_runners,
+                }
+            )
         return rows
 
     def stats(self, name: str) -> AgentStats:
@@ -449,7 +492,7 @@ class App:
 
     def dashboard(self):
         """An ipywidgets panel of agents, rates, pending, lag and errors (needs the notebook extras)."""
-        from .notebook.dashboard import Dashboard
+        from streammachine.notebook.dashboard import Dashboard
 
         return Dashboard(self)
 

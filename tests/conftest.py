@@ -1,15 +1,15 @@
 """Shared fixtures: real servers started through streammachine.embedded, isolated env."""
+
 from __future__ import annotations
 
 import os
 
 import pytest
 import redis
+from helpers import wait_until  # noqa: F401  (re-exported for tests)
 
 from streammachine import App, ConsumerConfig, Storage
 from streammachine.embedded import EmbeddedServer, stop_shared_server
-
-from helpers import wait_until  # noqa: F401  (re-exported for tests)
 
 # Fast knobs so tests observe retries, claims and stops in well under a second.
 FAST = ConsumerConfig(count=100, block_ms=100, retry_delay_ms=50, claim_idle_ms=1000, max_deliveries=3)
@@ -72,4 +72,3 @@ async def app_factory(redis_url):
     yield make
     for app in apps:
         await app.shutdown()
-

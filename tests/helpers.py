@@ -1,4 +1,5 @@
 """Waiting on conditions with a deadline (never bare sleeps)."""
+
 from __future__ import annotations
 
 import socket
@@ -8,7 +9,9 @@ from typing import Any, Callable
 from streammachine.notebook.waiting import until  # the one polling loop, shared with notebooks
 
 
-async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> Any:
+async def wait_until(
+    predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = ""
+) -> Any:
     """Poll ``predicate`` (sync or async) until truthy; fail the test naming ``what`` after ``timeout`` s."""
     try:
         return await until(predicate, timeout, interval, what)

@@ -7,6 +7,7 @@ SIGTERM (a clean stop). ``--crash-before N`` / ``--crash-after N`` SIGKILL
 the process itself just before / just after its N-th write of candles and
 checkpoint succeeded (after: before the ticks are acknowledged).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,16 @@ async def main(url: str) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with RedisConnection(url=url) as connection:
-        consumer = FastOHLCConsumer("ticks", "bars", intervals=INTERVALS, group="ohlc", connection=connection,
-                                    flush_every=0.05, grace_ms=10**9, consumer_config=CONFIG)
+        consumer = FastOHLCConsumer(
+            "ticks",
+            "bars",
+            intervals=INTERVALS,
+            group="ohlc",
+            connection=connection,
+            flush_every=0.05,
+            grace_ms=10**9,
+            consumer_config=CONFIG,
+        )
         await consumer.start()
         await stop.wait()
         await consumer.stop()

@@ -1,12 +1,12 @@
 """App end to end on a real server: produce, consume, fan-out, groups, shutdown."""
+
 import asyncio
 
 import pytest
+from helpers import wait_until
 
 from streammachine import App, Message
 from streammachine.app import AppStateError
-
-from helpers import wait_until
 
 
 async def test_produce_and_consume(app_factory):
@@ -52,6 +52,7 @@ async def test_consumers_in_one_group_share_work_exactly_once(app_factory):
     app_a, app_b = app_factory("a"), app_factory("b")
     handled = {"a": [], "b": []}
     for app, label in ((app_a, "a"), (app_b, "b")):
+
         @app.agent("jobs", group="pool", concurrency=2, name="worker", count=5)
         async def work(record, label=label):
             handled[label].append(record.key)
@@ -84,7 +85,7 @@ async def test_failing_handler_is_retried_then_dead_lettered(app_factory, sync_r
     good = await app.send_batch("payments", [{"amount": 10}, {"amount": 20}])
     await wait_until(lambda: sync_redis.xlen("payments:dead") == 1, what="dead letter")
     assert attempts[bad] == 3 and all(attempts[g] == 1 for g in good)
-    (_, fields), = sync_redis.xrange("payments:dead")
+    ((_, fields),) = sync_redis.xrange("payments:dead")
     assert fields["amount"] == "oops" and fields["user"] == "u1"
     assert fields["_dlq_id"] == bad and fields["_dlq_deliveries"] == "3"
     assert "ValueError" in fields["_dlq_error"] and "oops" in fields["_dlq_error"]
@@ -292,7 +293,8 @@ def test_start_blocks_headless_until_sigterm(redis_url, tmp_path):
     import textwrap
 
     script = tmp_path / "headless.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import os, signal
         from streammachine import App
         app = App("headless", redis_url={redis_url!r})
@@ -304,7 +306,8 @@ def test_start_blocks_headless_until_sigterm(redis_url, tmp_path):
             await app.send("hl", {{"i": 7}})
         app.start()
         print("stopped cleanly", flush=True)
-    """))
+    """)
+    )
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
         ready, _, _ = select.select([proc.stdout], [], [], 20)
@@ -336,7 +339,7 @@ async def test_agent_registered_while_starting_is_started(app_factory):
 
 
 def test_rate_is_shared_by_observers():
-    from streammachine.agents import AgentStats
+    from streammachine.engine.specs import AgentStats
 
     stats = AgentStats(processed=100)
     first = stats.rate()
@@ -378,7 +381,7 @@ async def test_one_poison_entry_does_not_sink_its_batch(app_factory, sync_redis)
     await app.send_batch("mixed", [{"price": p} for p in ("1", "2", "bad", "4")])
     await wait_until(lambda: sync_redis.xlen("mixed:dead") == 1, what="the poison entry dead-lettered")
     await wait_until(lambda: sorted(good) == ["1", "2", "4"], what="the other three handled")
-    (_, fields), = sync_redis.xrange("mixed:dead")
+    ((_, fields),) = sync_redis.xrange("mixed:dead")
     assert fields["price"] == "bad" and "could not convert" in fields["_dlq_error"]
     await wait_until(lambda: sync_redis.xpending("mixed", "g")["pending"] == 0)
 
@@ -409,6 +412,7 @@ async def test_threaded_sync_handler_does_not_block_the_loop(app_factory):
     await wait_until(lambda: app.stats("blocking").processed == 1)
     assert threads[0].startswith("streammachine-") and threads[0] != threading.main_thread().name
     with pytest.raises(ValueError, match="threaded=True is for sync"):
+
         @app.agent("x", threaded=True)
         async def not_sync(record):
             pass

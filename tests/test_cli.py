@@ -1,4 +1,5 @@
 """The `streammachine` subcommands: send, tail, info, server, mcp arguments, validation."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ import sys
 import threading
 
 import pytest
-
 from helpers import wait_until_sync
+
 from streammachine.cli import main
 from streammachine.embedded import read_runtime_file
 
@@ -34,29 +35,40 @@ def test_send_fields_and_json(redis_url, sync_redis, capsys):
     first = out.strip()
     assert sync_redis.xrange("orders") == [(first, {"item": "book", "note": "two words"})]
 
-    code, out, _ = _run(capsys, "send", "orders", "--json", '{"qty": 3, "tags": ["a", "b"], "item": "pen"}',
-                        "item=lamp", "--redis-url", redis_url)
+    code, out, _ = _run(
+        capsys,
+        "send",
+        "orders",
+        "--json",
+        '{"qty": 3, "tags": ["a", "b"], "item": "pen"}',
+        "item=lamp",
+        "--redis-url",
+        redis_url,
+    )
     assert code == 0
-    (entry_id, fields), = sync_redis.xrange("orders", min=f"({first}")
+    ((entry_id, fields),) = sync_redis.xrange("orders", min=f"({first}")
     assert entry_id == out.strip()
     assert fields == {"qty": "3", "tags": '["a","b"]', "item": "lamp"}, "FIELD=VALUE wins over --json"
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["send", "s", "novalue"], "field 'novalue': expected key=value"),
-    (["send", "s", "=v"], "field '=v': expected key=value"),
-    (["send", "s"], "no fields to send"),
-    (["send", "s", "--json", "[1, 2]"], "expected a JSON object"),
-    (["send", "s", "--json", "{oops"], "not valid JSON"),
-    (["tail", "s", "-n", "-1"], "argument -n/--lines: '-1': expected a count >= 0"),
-    (["run", "app.py", "--workers", "0"], "argument --workers: '0': expected an integer >= 1"),
-    (["run", "app.py", "--metrics-port", "70000"], "'70000': expected a TCP port number 0-65535"),
-    (["run"], "the following arguments are required: target"),
-    (["--log-level", "LOUD", "info", "s"], "'LOUD': expected one of DEBUG, INFO"),
-    (["server", "restart"], "invalid choice: 'restart'"),
-    (["mcp", "--transport", "sse"], "invalid choice: 'sse'"),
-    ([], "the following arguments are required: COMMAND"),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["send", "s", "novalue"], "field 'novalue': expected key=value"),
+        (["send", "s", "=v"], "field '=v': expected key=value"),
+        (["send", "s"], "no fields to send"),
+        (["send", "s", "--json", "[1, 2]"], "expected a JSON object"),
+        (["send", "s", "--json", "{oops"], "not valid JSON"),
+        (["tail", "s", "-n", "-1"], "argument -n/--lines: '-1': expected a count >= 0"),
+        (["run", "app.py", "--workers", "0"], "argument --workers: '0': expected an integer >= 1"),
+        (["run", "app.py", "--metrics-port", "70000"], "'70000': expected a TCP port number 0-65535"),
+        (["run"], "the following arguments are required: target"),
+        (["--log-level", "LOUD", "info", "s"], "'LOUD': expected one of DEBUG, INFO"),
+        (["server", "restart"], "invalid choice: 'restart'"),
+        (["mcp", "--transport", "sse"], "invalid choice: 'sse'"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+)
 def test_bad_arguments_exit_2_naming_the_problem(redis_url, capsys, argv, expected):
     err = _usage_error(capsys, "--redis-url", redis_url, *argv)
     assert expected in err
@@ -85,16 +97,24 @@ def _line_reader(proc):
 @pytest.mark.parametrize("existing", [True, False], ids=["existing-stream", "stream-created-later"])
 def test_tail_follows_until_sigterm(redis_url, sync_redis, existing):
     old = sync_redis.xadd("ticks", {"n": "old"}) if existing else None
-    proc = subprocess.Popen(["streammachine", "tail", "ticks", "-n", "1"], env=dict(os.environ, REDIS_URL=redis_url),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["streammachine", "tail", "ticks", "-n", "1"],
+        env=dict(os.environ, REDIS_URL=redis_url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         lines = _line_reader(proc)
         if existing:
             wait_until_sync(lambda: lines == [f"{old} n=old"], 15, what="the last entry printed first")
         else:
             # the follower is blocked in XREAD once it has a connection: wait for that connection
-            wait_until_sync(lambda: any(c.get("cmd") == "xread" for c in sync_redis.client_list()), 15,
-                            what="tail to block on XREAD")
+            wait_until_sync(
+                lambda: any(c.get("cmd") == "xread" for c in sync_redis.client_list()),
+                15,
+                what="tail to block on XREAD",
+            )
         new = [sync_redis.xadd("ticks", {"n": str(i)}) for i in range(3)]
         expected = ([f"{old} n=old"] if existing else []) + [f"{i} n={n}" for n, i in enumerate(new)]
         wait_until_sync(lambda: lines == expected, 15, what=f"followed lines {expected}, got {lines}")
@@ -155,8 +175,9 @@ def test_server_start_status_stop(capsys):
         assert password and password not in out
         code, out, _ = _run(capsys, "server", "status")
         assert code == 0 and "running at redis://:***@" in out and password not in out
-        code, out, _ = _run(capsys, "--redis-url", read_runtime_file(Settings.from_env().home)["url"],
-                            "send", "s", "a=1")
+        code, out, _ = _run(
+            capsys, "--redis-url", read_runtime_file(Settings.from_env().home)["url"], "send", "s", "a=1"
+        )
         assert code == 0
     finally:
         code, out, _ = _run(capsys, "server", "stop")
@@ -168,7 +189,8 @@ def test_server_start_status_stop(capsys):
 
 
 def test_python_dash_m_with_arguments_is_the_cli():
-    done = subprocess.run([sys.executable, "-m", "streammachine", "run", "--help"], capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "streammachine", "run", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0
     assert "--workers N" in done.stdout and "--metrics-port PORT" in done.stdout

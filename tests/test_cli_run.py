@@ -1,4 +1,5 @@
 """`streammachine run` as a real process: script, module and notebook targets, workers, metrics, signals."""
+
 from __future__ import annotations
 
 import json
@@ -11,9 +12,9 @@ import textwrap
 
 import httpx
 import pytest
-
 from helpers import wait_until_sync
 from test_metrics import samples_of
+
 from streammachine.embedded import free_port
 
 # The handler records what it does in Redis, so the test can see in-flight work and every id handled.
@@ -52,8 +53,13 @@ if __name__ == "__main__":
 
 def _notebook(tmp_path):
     def code(source, tags=()):
-        return {"cell_type": "code", "metadata": {"tags": list(tags)}, "source": source.splitlines(True),
-                "outputs": [], "execution_count": None}
+        return {
+            "cell_type": "code",
+            "metadata": {"tags": list(tags)},
+            "source": source.splitlines(True),
+            "outputs": [],
+            "execution_count": None,
+        }
 
     cells = [
         {"cell_type": "markdown", "metadata": {}, "source": ["# A pipeline prototyped in Jupyter"]},
@@ -64,8 +70,10 @@ def _notebook(tmp_path):
         code("display(app)\napp.dashboard()"),
         code("%%html\n<b>only drawn in a notebook</b>"),
         code("raise RuntimeError('a cell tagged skip-headless must not run')", tags=["skip-headless"]),
-        code("assert ready, 'top-level await ran in an earlier cell'\n"
-             "assert app.is_running, '%streammachine start started the app, as in the kernel'"),
+        code(
+            "assert ready, 'top-level await ran in an earlier cell'\n"
+            "assert app.is_running, '%streammachine start started the app, as in the kernel'"
+        ),
     ]
     path = tmp_path / "pipeline.ipynb"
     path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
@@ -81,8 +89,13 @@ def _module(tmp_path):
 
 
 def _env(redis_url, **extra):
-    env = dict(os.environ, REDIS_URL=redis_url, STREAMMACHINE_COUNT="1", STREAMMACHINE_BLOCK_MS="100",
-               STREAMMACHINE_GRACE_SECONDS="10")
+    env = dict(
+        os.environ,
+        REDIS_URL=redis_url,
+        STREAMMACHINE_COUNT="1",
+        STREAMMACHINE_BLOCK_MS="100",
+        STREAMMACHINE_GRACE_SECONDS="10",
+    )
     env.update(extra)
     return env
 
@@ -93,8 +106,9 @@ class Run:
     def __init__(self, cmd, env, cwd, log_path):
         self.log_path = log_path
         self.log = open(log_path, "w")
-        self.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            cmd, env=env, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
 
     def output(self) -> str:
         if not self.log.closed:
@@ -138,8 +152,11 @@ def _run_twice_with_sigterm(cmd, env, cwd, sync_redis, tmp_path):
     try:
         _wait_for_consumers(sync_redis, "jobs", "workers", 1, run)
         ids = [sync_redis.xadd("jobs", {"n": str(i), "sleep": "0.25"}) for i in range(6)]
-        wait_until_sync(lambda: sync_redis.llen("handled") >= 2 and sync_redis.get("inflight"), 20,
-                        what="a handler in flight after two handled")
+        wait_until_sync(
+            lambda: sync_redis.llen("handled") >= 2 and sync_redis.get("inflight"),
+            20,
+            what="a handler in flight after two handled",
+        )
         in_flight = sync_redis.get("inflight")
         code = run.stop(signal.SIGTERM)
         assert code == 0, run.output()
@@ -148,7 +165,7 @@ def _run_twice_with_sigterm(cmd, env, cwd, sync_redis, tmp_path):
     handled = sync_redis.lrange("handled", 0, -1)
     assert in_flight in handled, "the entry in flight at SIGTERM was finished before exit"
     assert _pending(sync_redis) == 0, "in-flight work was acknowledged; nothing read was left pending"
-    assert handled == ids[:len(handled)] and len(handled) < len(ids), "stopped part-way, in order, no repeats"
+    assert handled == ids[: len(handled)] and len(handled) < len(ids), "stopped part-way, in order, no repeats"
     assert sync_redis.get("inflight") is None
 
     run = Run(cmd, env, cwd, tmp_path / "run2.log")
@@ -187,16 +204,28 @@ def _scrape(port: int) -> dict:
 
 
 def _total(samples: dict, name: str, **labels) -> float:
-    return sum(v for (n, ls), v in samples.items()
-               if n == name and all(dict(ls).get(k) == val for k, val in labels.items()))
+    return sum(
+        v for (n, ls), v in samples.items() if n == name and all(dict(ls).get(k) == val for k, val in labels.items())
+    )
 
 
 def test_run_two_workers_split_the_stream_and_serve_metrics(redis_url, sync_redis, tmp_path):
     script = tmp_path / "jobs_app.py"
     script.write_text(SCRIPT)
     port = free_port()
-    cmd = [sys.executable, "-m", "streammachine", "--redis-url", redis_url, "run", str(script), "--workers", "2",
-           "--metrics-port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "streammachine",
+        "--redis-url",
+        redis_url,
+        "run",
+        str(script),
+        "--workers",
+        "2",
+        "--metrics-port",
+        str(port),
+    ]
     env = _env("redis://127.0.0.1:1/0", STREAMMACHINE_CONSUMER_NAME="box")  # --redis-url wins over REDIS_URL
     run = Run(cmd, env, tmp_path, tmp_path / "workers.log")
     try:
@@ -209,8 +238,9 @@ def test_run_two_workers_split_the_stream_and_serve_metrics(redis_url, sync_redi
         assert set(by_worker) == set(ids), "the union of both workers' entries is everything sent"
         pids = set(by_worker.values())
         assert len(pids) == 2, f"both workers handled some entries: {pids}"
-        wait_until_sync(lambda: sum(int(v) for v in sync_redis.hgetall("timer_pids").values()) >= 3, 10,
-                        what="timer runs")
+        wait_until_sync(
+            lambda: sum(int(v) for v in sync_redis.hgetall("timer_pids").values()) >= 3, 10, what="timer runs"
+        )
         timer_pids = set(sync_redis.hgetall("timer_pids"))
         assert len(timer_pids) == 1 and timer_pids <= pids, "timers run in one worker only"
 
@@ -239,7 +269,8 @@ def test_run_two_workers_split_the_stream_and_serve_metrics(redis_url, sync_redi
 
 def test_run_metrics_single_process_counts_failures_and_dead_letters(redis_url, sync_redis, tmp_path):
     script = tmp_path / "flaky.py"
-    script.write_text(textwrap.dedent("""\
+    script.write_text(
+        textwrap.dedent("""\
         from streammachine import App
 
         app = App(name="flaky")
@@ -248,11 +279,16 @@ def test_run_metrics_single_process_counts_failures_and_dead_letters(redis_url, 
         def bill(record):
             if record.message.get("bad"):
                 raise ValueError("cannot bill " + record.key)
-    """))
+    """)
+    )
     port = free_port()
     env = _env(redis_url, STREAMMACHINE_MAX_DELIVERIES="1", STREAMMACHINE_COUNT="10")
-    run = Run([sys.executable, "-m", "streammachine", "run", f"{script}:app", "--metrics-port", str(port)],
-              env, tmp_path, tmp_path / "flaky.log")
+    run = Run(
+        [sys.executable, "-m", "streammachine", "run", f"{script}:app", "--metrics-port", str(port)],
+        env,
+        tmp_path,
+        tmp_path / "flaky.log",
+    )
     try:
         _wait_for_consumers(sync_redis, "orders", "billing", 1, run)
         for i in range(5):
@@ -261,8 +297,10 @@ def test_run_metrics_single_process_counts_failures_and_dead_letters(redis_url, 
 
         def caught_up():  # a scrape may land between the dead-lettering and the batch's count of processed
             samples = _scrape(port)
-            done = (_total(samples, "streammachine_messages_dead_lettered_total") == 1
-                    and _total(samples, "streammachine_messages_processed_total", agent="flaky.bill") == 5)
+            done = (
+                _total(samples, "streammachine_messages_dead_lettered_total") == 1
+                and _total(samples, "streammachine_messages_processed_total", agent="flaky.bill") == 5
+            )
             return done and samples
 
         samples = wait_until_sync(caught_up, 15, what="5 processed and the bad entry dead-lettered")
@@ -275,48 +313,79 @@ def test_run_metrics_single_process_counts_failures_and_dead_letters(redis_url, 
         run.kill()
 
 
-@pytest.mark.parametrize("target, expected", [
-    ("missing.py", "no such file"),
-    ("empty.py", "no streammachine.App found"),
-    ("two.py", "several Apps (a, b)"),
-    ("two.py:c", "no attribute 'c'"),
-    ("no_such_module_xyz:app", "no module named 'no_such_module_xyz'"),
-    ("broken.ipynb", "cell 1 raised ZeroDivisionError"),
-    ("badmagic.ipynb", "cell 2: %%streammachine agent --group g"),
-    ("badmagic.ipynb", "the following arguments are required: stream"),
-])
+@pytest.mark.parametrize(
+    "target, expected",
+    [
+        ("missing.py", "no such file"),
+        ("empty.py", "no streammachine.App found"),
+        ("two.py", "several Apps (a, b)"),
+        ("two.py:c", "no attribute 'c'"),
+        ("no_such_module_xyz:app", "no module named 'no_such_module_xyz'"),
+        ("broken.ipynb", "cell 1 raised ZeroDivisionError"),
+        ("badmagic.ipynb", "cell 2: %%streammachine agent --group g"),
+        ("badmagic.ipynb", "the following arguments are required: stream"),
+    ],
+)
 def test_run_bad_targets_exit_2_with_a_clear_error(tmp_path, target, expected):
     (tmp_path / "empty.py").write_text("x = 1\n")
     (tmp_path / "two.py").write_text("from streammachine import App\na = App('a')\nb = App('b')\n")
-    (tmp_path / "broken.ipynb").write_text(json.dumps({"cells": [
-        {"cell_type": "code", "metadata": {}, "source": "1 / 0", "outputs": []}], "nbformat": 4}))
-    (tmp_path / "badmagic.ipynb").write_text(json.dumps({"cells": [
-        {"cell_type": "code", "metadata": {}, "source": "from streammachine import App\napp = App('x')"},
-        {"cell_type": "code", "metadata": {}, "source": "%%streammachine agent --group g\npass"}], "nbformat": 4}))
-    done = subprocess.run([sys.executable, "-m", "streammachine", "run", target], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60)
+    (tmp_path / "broken.ipynb").write_text(
+        json.dumps({"cells": [{"cell_type": "code", "metadata": {}, "source": "1 / 0", "outputs": []}], "nbformat": 4})
+    )
+    (tmp_path / "badmagic.ipynb").write_text(
+        json.dumps(
+            {
+                "cells": [
+                    {"cell_type": "code", "metadata": {}, "source": "from streammachine import App\napp = App('x')"},
+                    {"cell_type": "code", "metadata": {}, "source": "%%streammachine agent --group g\npass"},
+                ],
+                "nbformat": 4,
+            }
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "streammachine", "run", target], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 2, done.stderr
     assert expected in done.stderr
 
 
 def test_run_workers_stop_when_the_target_cannot_load(tmp_path):
     (tmp_path / "empty.py").write_text("x = 1\n")
-    done = subprocess.run([sys.executable, "-m", "streammachine", "run", "empty.py", "--workers", "2"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "streammachine", "run", "empty.py", "--workers", "2"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     assert "no streammachine.App found" in done.stderr
 
 
 def test_translate_cell_rules():
-    from streammachine.targets import translate_cell
+    from streammachine.headless.targets import translate_cell
 
     assert translate_cell("%%html\n<b>x</b>") is None
     assert translate_cell("%%bash\necho hi") is None
     assert translate_cell("%%time\nz = 3") == "z = 3"
     assert translate_cell("%%streammachine agent s\nprint(message)") == "%%streammachine agent s\nprint(message)"
-    source = ("%load_ext streammachine\n%time x = 1\nif x:\n    %streammachine use app2\n%streammachine start\n"
-              "!pip install nothing\ny = (1\n     != 2)\ndisplay(x)\napp.dashboard()\nview = live_line(b, y='v')\n"
-              "%streammachine stop")
+    source = (
+        "%load_ext streammachine\n%time x = 1\nif x:\n    %streammachine use app2\n%streammachine start\n"
+        "!pip install nothing\ny = (1\n     != 2)\ndisplay(x)\napp.dashboard()\nview = live_line(b, y='v')\n"
+        "%streammachine stop"
+    )
     assert translate_cell(source).splitlines() == [
-        "pass", "x = 1", "if x:", "    __streammachine_use__ = 'app2'", "await __streammachine_start__()",
-        "pass", "y = (1", "     != 2)", "pass", "pass", "view = live_line(b, y='v')", "pass"]
+        "pass",
+        "x = 1",
+        "if x:",
+        "    __streammachine_use__ = 'app2'",
+        "await __streammachine_start__()",
+        "pass",
+        "y = (1",
+        "     != 2)",
+        "pass",
+        "pass",
+        "view = live_line(b, y='v')",
+        "pass",
+    ]

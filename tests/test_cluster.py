@@ -4,6 +4,7 @@ Stream names are hash-tagged ("{orders}") so a stream and its dead-letter
 stream ("{orders}:dead") share a slot; untagged names work too (the
 dead-letter move is then XADD then XACK, not one MULTI).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -11,17 +12,16 @@ import logging
 
 import pytest
 import redis
+from helpers import wait_until
 from redis.cluster import RedisCluster as SyncCluster
 from redis.crc import key_slot
 
-from helpers import wait_until
-
 from streammachine import App, ConsumerConfig, RedisConnection, Storage
-from streammachine.agents import AgentSpec, AgentStats
 from streammachine.config import Settings
-from streammachine.connection import same_slot
-from streammachine.consumer import StreamConsumer
-from streammachine.embedded import LocalCluster
+from streammachine.engine.consumer import StreamConsumer
+from streammachine.engine.specs import AgentSpec, AgentStats
+from streammachine.redis.transport import same_slot
+from streammachine.testing import LocalCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
@@ -90,6 +90,7 @@ async def test_app_consumes_tagged_streams_on_every_master(apps, cluster_url, sy
     app = make_app(apps, cluster_url)
     seen: dict = {s: [] for s in TAGGED}
     for stream in TAGGED:
+
         @app.agent(stream, group="g", concurrency=2, name=f"agent{stream}")
         async def handle(message, _stream=stream):
             seen[_stream].append(message.key)
@@ -98,8 +99,7 @@ async def test_app_consumes_tagged_streams_on_every_master(apps, cluster_url, sy
     for stream in TAGGED:
         await app.send_batch(stream, [{"n": i} for i in range(300)])
     await wait_until(lambda: all(len(v) >= 300 for v in seen.values()), 20, what="300 per stream handled")
-    await wait_until(lambda: all(sync_cluster.xpending(s, "g")["pending"] == 0 for s in TAGGED), 10,
-                     what="all acked")
+    await wait_until(lambda: all(sync_cluster.xpending(s, "g")["pending"] == 0 for s in TAGGED), 10, what="all acked")
     assert all(len(set(v)) == 300 for v in seen.values())
     rows = {r["stream"]: r for r in await app.status()}
     assert all(rows[s]["processed"] == 300 and rows[s]["pending"] == 0 for s in TAGGED)
@@ -115,6 +115,7 @@ async def test_dead_letter_same_slot_and_cross_slot(apps, cluster_url, sync_clus
     app = make_app(apps, cluster_url)
     good = []
     for stream in ("{ticks}", "plain"):
+
         @app.agent(stream, group="g", name=f"dl-{stream}")
         async def handle(message):
             if message.message.get("poison"):
@@ -125,19 +126,26 @@ async def test_dead_letter_same_slot_and_cross_slot(apps, cluster_url, sync_clus
     for stream in ("{ticks}", "plain"):
         await app.send(stream, {"poison": "1"})
         await app.send_batch(stream, [{"n": i} for i in range(50)])
-    await wait_until(lambda: sync_cluster.xlen("{ticks}:dead") == 1 and sync_cluster.xlen("plain:dead") == 1, 15,
-                     what="one dead letter per stream")
+    await wait_until(
+        lambda: sync_cluster.xlen("{ticks}:dead") == 1 and sync_cluster.xlen("plain:dead") == 1,
+        15,
+        what="one dead letter per stream",
+    )
     await wait_until(lambda: len(good) == 100, 10, what="the rest processed")
     for stream in ("{ticks}", "plain"):
         assert sync_cluster.xpending(stream, "g")["pending"] == 0
         [(_, fields)] = sync_cluster.xrange(f"{stream}:dead")
-        assert fields["poison"] == "1" and fields["_dlq_stream"] == stream and fields["_dlq_error"] == "ValueError: bad record"
+        assert (
+            fields["poison"] == "1"
+            and fields["_dlq_stream"] == stream
+            and fields["_dlq_error"] == "ValueError: bad record"
+        )
     assert all(app.stats(f"dl-{s}").dead_lettered == 1 for s in ("{ticks}", "plain"))
     assert not [r for r in caplog.records if "CrossSlot" in r.getMessage() or "CROSSSLOT" in r.getMessage()]
 
 
 def _cluster_client(url):
-    from streammachine.connection import make_client
+    from streammachine.redis.connection import make_client
 
     return make_client(url, max_connections=2)
 
@@ -152,6 +160,7 @@ async def test_orphans_reclaimed_per_stream_with_xautoclaim(apps, cluster_url, s
     app = make_app(apps, cluster_url)
     handled = {s: set() for s in TAGGED}
     for stream in TAGGED:
+
         @app.agent(stream, group="g", name=f"reclaim{stream}")
         async def handle(message, _s=stream):
             handled[_s].add(message.key)
@@ -218,7 +227,7 @@ async def test_redis_storage_backend_on_cluster(cluster_url):
 async def test_consumer_survives_unexpected_errors(redis_url, caplog):
     """Regression: an exception outside TRANSIENT/ResponseError (a cluster client error, say) used to end the
     consumer task for good while health still said healthy. Now it is logged and retried with backoff."""
-    from streammachine.connection import make_client
+    from streammachine.redis.connection import make_client
 
     class Flaky(StreamConsumer):
         failures = 2
@@ -237,7 +246,7 @@ async def test_consumer_survives_unexpected_errors(redis_url, caplog):
     client = make_client(redis_url, max_connections=2)
     spec = AgentSpec("flaky", handler, "flaky", "g", config=KNOBS.replace(claim_idle_ms=100))
     consumer = Flaky(client, spec, "c0", AgentStats())
-    caplog.set_level(logging.ERROR, "streammachine.consumer")
+    caplog.set_level(logging.ERROR, "streammachine.engine.consumer")
     consumer.start()
     try:
         await wait_until(lambda: Flaky.failures == 0, 5, what="both injected failures")

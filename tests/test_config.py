@@ -1,9 +1,10 @@
 """Settings from the environment: defaults, parsing, clear errors."""
+
 import pytest
 
 from streammachine import App, ConsumerConfig
 from streammachine.config import ConfigError, Settings
-from streammachine.connection import explicit_url
+from streammachine.redis.connection import explicit_url
 
 
 def test_reference_defaults():
@@ -13,13 +14,28 @@ def test_reference_defaults():
 
 
 def test_reference_variables_are_read():
-    s = Settings.from_env({"REDIS_URL": "redis://h:1/2", "REDIS_MAX_CONNECTIONS": "3", "STREAMMACHINE_RECORDS": "5",
-                           "STREAMMACHINE_COUNT": "7", "STREAMMACHINE_DEFAULT_GROUP": "grp"})
+    s = Settings.from_env(
+        {
+            "REDIS_URL": "redis://h:1/2",
+            "REDIS_MAX_CONNECTIONS": "3",
+            "STREAMMACHINE_RECORDS": "5",
+            "STREAMMACHINE_COUNT": "7",
+            "STREAMMACHINE_DEFAULT_GROUP": "grp",
+        }
+    )
     assert (s.redis_url, s.max_connections, s.records, s.count, s.default_group) == ("redis://h:1/2", 3, 5, 7, "grp")
 
 
-@pytest.mark.parametrize("name,value", [("REDIS_PORT", "abc"), ("REDIS_DB", "-1"), ("STREAMMACHINE_COUNT", "0"),
-                                        ("STREAMMACHINE_EMBEDDED", "maybe"), ("STREAMMACHINE_STORAGE", "disk")])
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("REDIS_PORT", "abc"),
+        ("REDIS_DB", "-1"),
+        ("STREAMMACHINE_COUNT", "0"),
+        ("STREAMMACHINE_EMBEDDED", "maybe"),
+        ("STREAMMACHINE_STORAGE", "disk"),
+    ],
+)
 def test_bad_values_name_the_variable(name, value):
     with pytest.raises(ConfigError, match=f"{name}='{value}': expected"):
         Settings.from_env({name: value})

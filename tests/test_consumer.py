@@ -1,14 +1,14 @@
 """StreamConsumer against real servers: restarts, reclaim, own pending first."""
+
 import asyncio
 
 import redis
+from helpers import wait_until
 
 from streammachine import ConsumerConfig
-from streammachine.agents import AgentSpec
-from streammachine.consumer import StreamConsumer
-from streammachine.stream_entries import single_stream_entries
-
-from helpers import wait_until
+from streammachine.engine.consumer import StreamConsumer
+from streammachine.engine.specs import AgentSpec
+from streammachine.redis.entries import single_stream_entries
 
 FAST = dict(block_ms=100, retry_delay_ms=50, claim_idle_ms=300)
 
@@ -45,8 +45,13 @@ async def test_own_pending_entries_come_first_after_restart(redis_url):
     await left_pending(client, "own", "c1", 5)  # a previous life of "c1" read everything and died before acking
     await client.xadd("own", {"i": 5})
     order = []
-    spec = AgentSpec(name="own", handler=lambda m: order.append(m.message["i"]), stream="own", group="g",
-                     config=ConsumerConfig(**FAST))
+    spec = AgentSpec(
+        name="own",
+        handler=lambda m: order.append(m.message["i"]),
+        stream="own",
+        group="g",
+        config=ConsumerConfig(**FAST),
+    )
     consumer = StreamConsumer(client, spec, "c1")
     consumer.start()
     await wait_until(lambda: len(order) == 6)
@@ -61,8 +66,9 @@ async def test_orphans_of_a_dead_consumer_are_reclaimed(redis_url):
     client = redis.asyncio.Redis.from_url(redis_url)
     await left_pending(client, "orphans", "dead-consumer", 3)
     got = []
-    spec = AgentSpec(name="o", handler=lambda m: got.append(m.key), stream="orphans", group="g",
-                     config=ConsumerConfig(**FAST))
+    spec = AgentSpec(
+        name="o", handler=lambda m: got.append(m.key), stream="orphans", group="g", config=ConsumerConfig(**FAST)
+    )
     consumer = StreamConsumer(client, spec, "alive")
     consumer.start()
     await wait_until(lambda: len(got) == 3, what="reclaimed after claim_idle_ms")
@@ -105,8 +111,13 @@ def test_single_stream_entries_accepts_resp2_and_resp3_shapes():
 async def test_resp3_client_works_end_to_end(redis_url):
     client = redis.asyncio.Redis.from_url(redis_url, protocol=3)
     got = []
-    spec = AgentSpec(name="r3", handler=lambda m: got.append(m.message), stream="r3", group="g",
-                     config=ConsumerConfig(start_id="0", **FAST))
+    spec = AgentSpec(
+        name="r3",
+        handler=lambda m: got.append(m.message),
+        stream="r3",
+        group="g",
+        config=ConsumerConfig(start_id="0", **FAST),
+    )
     await client.xadd("r3", {"k": "v"})
     consumer = StreamConsumer(client, spec, "c")
     consumer.start()
@@ -114,7 +125,6 @@ async def test_resp3_client_works_end_to_end(redis_url):
     consumer.stop()
     await consumer.task
     await client.aclose()
-
 
 
 async def test_block_longer_than_the_default_socket_timeout(app_factory, sync_redis):

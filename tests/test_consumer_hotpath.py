@@ -1,16 +1,16 @@
 """The consumer's hot path: the XACK of one read rides with the next XREADGROUP, written straight on a
-pooled connection (streammachine.resp); send_batch's XADDs likewise. Real servers, no mocks."""
+pooled connection (streammachine.redis.resp); send_batch's XADDs likewise. Real servers, no mocks."""
+
 import asyncio
 
 import pytest
 import redis
+from helpers import wait_until
 from redis.exceptions import ResponseError
 
 from streammachine import ConsumerConfig
-from streammachine.agents import AgentSpec
-from streammachine.consumer import StreamConsumer
-
-from helpers import wait_until
+from streammachine.engine.consumer import StreamConsumer
+from streammachine.engine.specs import AgentSpec
 
 
 async def pending_ids(client, stream: str, group: str) -> set:
@@ -31,8 +31,9 @@ async def test_an_entry_is_acked_only_after_its_handler_returned(redis_url):
             await gate.wait()
         returned.append(message.key.encode())
 
-    spec = AgentSpec(name="hot", handler=handle, stream="hot", group="g",
-                     config=ConsumerConfig(count=10, block_ms=100, start_id="0"))
+    spec = AgentSpec(
+        name="hot", handler=handle, stream="hot", group="g", config=ConsumerConfig(count=10, block_ms=100, start_id="0")
+    )
     consumer = StreamConsumer(client, spec, "c")
     consumer.start()
     await asyncio.wait_for(blocked.wait(), 10)
@@ -64,7 +65,9 @@ async def test_failed_entries_stay_pending_while_the_rest_of_the_read_is_acked(r
             raise RuntimeError("boom")
 
     config = ConsumerConfig(count=10, block_ms=100, start_id="0", retry_delay_ms=60000, max_deliveries=5)
-    consumer = StreamConsumer(client, AgentSpec(name="m", handler=handle, stream="mixed", group="g", config=config), "c")
+    consumer = StreamConsumer(
+        client, AgentSpec(name="m", handler=handle, stream="mixed", group="g", config=config), "c"
+    )
     consumer.start()
 
     async def only_failures_pending() -> bool:
@@ -115,8 +118,13 @@ async def test_send_batch_returns_ids_in_order_and_survives_an_error_reply(app_f
     ids = await app.send_batch("ok", records)
     entries = raw.xrange("ok")
     assert ids == [entry_id.decode() for entry_id, _ in entries]
-    assert entries[6999][1] == {b"i": b"6999", b"f": b"1.5", b"b": b"\x00\xff", b"s": "é".encode(),
-                                b"j": b'{"k":[1,2]}'}
+    assert entries[6999][1] == {
+        b"i": b"6999",
+        b"f": b"1.5",
+        b"b": b"\x00\xff",
+        b"s": "é".encode(),
+        b"j": b'{"k":[1,2]}',
+    }
     raw.close()
 
 

@@ -1,4 +1,5 @@
 """decode_dict_bytes_to_utf8: the compiled twin gives exactly what the Python one gives."""
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -28,7 +29,10 @@ def test_the_package_exports_the_compiled_one_when_built():
 @pytest.mark.parametrize("decode", IMPLEMENTATIONS)
 def test_decodes_stream_fields(decode):
     assert decode({b"symbol": b"AAPL", b"price": b"1.5", "str": "kept", b"bad": b"\xff\xfe"}) == {
-        "symbol": "AAPL", "price": "1.5", "str": "kept", "bad": "\ufffd\ufffd",
+        "symbol": "AAPL",
+        "price": "1.5",
+        "str": "kept",
+        "bad": "\ufffd\ufffd",
     }
     assert decode({}) == {}
     assert decode(OrderedDict([(b"a", 1)])) == {"a": "1"}

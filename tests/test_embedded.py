@@ -1,15 +1,21 @@
 """The embedded default and the private-server helper."""
+
 import stat
 
 import pytest
 import redis
+from helpers import port_is_free, wait_until
 
 from streammachine import App
+from streammachine._redact import redact_url
 from streammachine.config import Settings
-from streammachine.embedded import (EmbeddedServer, read_runtime_file, redact_url, shared_server_status,
-                                     shared_server_url, stop_shared_server)
-
-from helpers import port_is_free, wait_until
+from streammachine.embedded import (
+    EmbeddedServer,
+    read_runtime_file,
+    shared_server_status,
+    shared_server_url,
+    stop_shared_server,
+)
 
 
 @pytest.fixture
@@ -87,6 +93,6 @@ def test_private_server_lifecycle(tmp_path):
 
 
 def test_redact_url_hides_passwords():
-    assert redact_url("redis://:s3cret@h:1/0") == "redis://:***@h:1"+"/0"
+    assert redact_url("redis://:s3cret@h:1/0") == "redis://:***@h:1" + "/0"
     assert redact_url("rediss://user:s3cret@h:1/0") == "rediss://user:***@h:1/0"
     assert redact_url("redis://h:1/0") == "redis://h:1/0"

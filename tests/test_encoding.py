@@ -1,9 +1,10 @@
 """Record encoding and Message decoding."""
+
 import numpy as np
 import pytest
 
-from streammachine.encoding import encode_record
 from streammachine.message import Message, message_from_entry
+from streammachine.redis.records import encode_record
 
 
 def test_scalars_pass_and_containers_become_json():
@@ -17,12 +18,15 @@ def test_numpy_scalars_are_numbers_not_reprs():
     assert out == {"f": 1.5, "i": 3} and type(out["f"]) is float and type(out["i"]) is int
 
 
-@pytest.mark.parametrize("record,match", [
-    ({"x": None}, r"stream 's', field 'x': cannot send a NoneType"),
-    ({"x": object()}, r"field 'x': cannot send a object"),
-    ({"x": {"k": object()}}, r"field 'x': value is not JSON-serialisable"),
-    ({1: "a"}, r"field name 1 must be str"),
-])
+@pytest.mark.parametrize(
+    "record,match",
+    [
+        ({"x": None}, r"stream 's', field 'x': cannot send a NoneType"),
+        ({"x": object()}, r"field 'x': cannot send a object"),
+        ({"x": {"k": object()}}, r"field 'x': value is not JSON-serialisable"),
+        ({1: "a"}, r"field name 1 must be str"),
+    ],
+)
 def test_bad_values_name_field_and_type(record, match):
     with pytest.raises(TypeError, match=match):
         encode_record("s", record)

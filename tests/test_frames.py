@@ -1,4 +1,5 @@
 """Read replies to DataFrames, pruning by age, and TimeSeriesBuffer."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,7 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streammachine.frames import (
+from streammachine.data.frames import (
     TimeSeriesBuffer,
     prune_old_dataframe_rows,
     streams_to_dataframe,
@@ -97,28 +98,37 @@ def test_empty_and_deleted_entries():
     assert df["v"].isna().tolist() == [True, True, False]
 
 
-@pytest.mark.parametrize("bad, message", [
-    ([[b"s", [(b"nope", {})]]], "malformed stream id b'nope'"),
-    ([[b"s", [(b"1-0",)]]], "expected an \\(id, fields\\) entry"),
-    ([[b"s", "entries"]], "expected a list of \\(id, fields\\) entries"),
-    (42, "expected a stream read reply"),
-    ([[1, 2, 3]], "expected \\[stream, entries\\]"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ([[b"s", [(b"nope", {})]]], "malformed stream id b'nope'"),
+        ([[b"s", [(b"1-0",)]]], "expected an \\(id, fields\\) entry"),
+        ([[b"s", "entries"]], "expected a list of \\(id, fields\\) entries"),
+        (42, "expected a stream read reply"),
+        ([[1, 2, 3]], "expected \\[stream, entries\\]"),
+    ],
+)
 def test_bad_input_names_the_value(bad, message):
     with pytest.raises(ValueError, match=message):
         streams_to_dataframe(bad)
 
 
 field_values = st.one_of(
-    st.integers(-10**6, 10**6).map(str), st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.integers(-(10**6), 10**6).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
     st.text(max_size=5),
 )
 replies = st.lists(
     st.tuples(
         st.sampled_from(["a", "b"]),
-        st.lists(st.tuples(st.integers(0, 10**13), st.integers(0, 9),
-                           st.dictionaries(st.sampled_from(["x", "y", "z"]), field_values, max_size=3)),
-                 max_size=6),
+        st.lists(
+            st.tuples(
+                st.integers(0, 10**13),
+                st.integers(0, 9),
+                st.dictionaries(st.sampled_from(["x", "y", "z"]), field_values, max_size=3),
+            ),
+            max_size=6,
+        ),
     ),
     max_size=3,
 )
@@ -130,8 +140,10 @@ def test_any_reply_shape_gives_the_same_frame(replies, as_bytes, resp3):
     def enc(text):
         return text.encode() if as_bytes else text
 
-    streams = [(enc(name), [(enc(f"{ms}-{seq}"), {enc(k): enc(v) for k, v in fields.items()})
-                            for ms, seq, fields in entries]) for name, entries in replies]
+    streams = [
+        (enc(name), [(enc(f"{ms}-{seq}"), {enc(k): enc(v) for k, v in fields.items()}) for ms, seq, fields in entries])
+        for name, entries in replies
+    ]
     reply = {name: [entries] for name, entries in streams} if resp3 else [[n, e] for n, e in streams]
     reference = [[n.decode() if as_bytes else n, e] for n, e in streams]
     if resp3 and len({n for n, _ in streams}) < len(streams):
@@ -174,12 +186,15 @@ def test_prune_defaults_to_the_wall_clock():
     assert len(prune_old_dataframe_rows(df, 30, timestamp_column="ts")) == 1
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(cutoff_seconds=-1), "cutoff_seconds"),
-    (dict(cutoff_seconds=float("nan")), "cutoff_seconds"),
-    (dict(cutoff_seconds=5, timestamp_column="nope"), "'nope' is not a column"),
-    (dict(cutoff_seconds=5, timestamp_column="name"), "epoch milliseconds"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(cutoff_seconds=-1), "cutoff_seconds"),
+        (dict(cutoff_seconds=float("nan")), "cutoff_seconds"),
+        (dict(cutoff_seconds=5, timestamp_column="nope"), "'nope' is not a column"),
+        (dict(cutoff_seconds=5, timestamp_column="name"), "epoch milliseconds"),
+    ],
+)
 def test_prune_bad_arguments(kwargs, message):
     df = pd.DataFrame({"timestamp_ms": [1], "name": ["x"]})
     with pytest.raises(ValueError, match=message):
@@ -195,7 +210,11 @@ def test_buffer_basics():
     buffer.append(pd.DataFrame({"timestamp_ms": [1_000, 2_000], "price": [1.0, 2.0], "symbol": ["A", "B"]}))
     buffer.append({"timestamp_ms": 3_000, "price": 3.0, "symbol": "C"})
     df = buffer.get()
-    assert df.to_dict("list") == {"timestamp_ms": [1_000, 2_000, 3_000], "price": [1.0, 2.0, 3.0], "symbol": ["A", "B", "C"]}
+    assert df.to_dict("list") == {
+        "timestamp_ms": [1_000, 2_000, 3_000],
+        "price": [1.0, 2.0, 3.0],
+        "symbol": ["A", "B", "C"],
+    }
     assert df["timestamp_ms"].dtype == np.int64 and df["symbol"].dtype == pd.DataFrame({"s": ["x"]})["s"].dtype
     assert len(buffer) == 3 and buffer.last_timestamp == 3_000
     df.loc[0, "price"] = 99.0
@@ -261,8 +280,9 @@ def test_one_row_appends_widen_columns_as_needed():
 
 def test_buffer_keeps_pandas_dtypes():
     buffer = TimeSeriesBuffer(max_age_seconds=100)
-    frame = pd.DataFrame({"timestamp_ms": [1, 2], "cat": pd.Categorical(["x", "y"]),
-                          "n": pd.array([1, None], dtype="Int64")})
+    frame = pd.DataFrame(
+        {"timestamp_ms": [1, 2], "cat": pd.Categorical(["x", "y"]), "n": pd.array([1, None], dtype="Int64")}
+    )
     buffer.append(frame)
     buffer.append(frame.assign(timestamp_ms=[3, 4]))
     df = buffer.get()
@@ -270,14 +290,17 @@ def test_buffer_keeps_pandas_dtypes():
     assert df["cat"].tolist() == ["x", "y", "x", "y"]
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"v": 1}, "no 'timestamp_ms' column"),
-    ({"timestamp_ms": "soon", "v": 1}, "epoch milliseconds"),
-    ({"timestamp_ms": float("nan")}, "NaN"),
-    ([1, 2], "expects a DataFrame"),
-    ({"timestamp_ms": [1, 2], "v": [1]}, "'v': expected 2 values"),
-    ({"timestamp_ms": [1, 2], "v": 1}, "'v': expected 2 values"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"v": 1}, "no 'timestamp_ms' column"),
+        ({"timestamp_ms": "soon", "v": 1}, "epoch milliseconds"),
+        ({"timestamp_ms": float("nan")}, "NaN"),
+        ([1, 2], "expects a DataFrame"),
+        ({"timestamp_ms": [1, 2], "v": [1]}, "'v': expected 2 values"),
+        ({"timestamp_ms": [1, 2], "v": 1}, "'v': expected 2 values"),
+    ],
+)
 def test_buffer_bad_appends(data, message):
     buffer = TimeSeriesBuffer(max_age_seconds=100)
     with pytest.raises(ValueError, match=message):
@@ -285,8 +308,15 @@ def test_buffer_bad_appends(data, message):
     assert len(buffer) == 0
 
 
-@pytest.mark.parametrize("kwargs", [dict(max_age_seconds=0), dict(max_age_seconds=float("inf")),
-                                    dict(max_age_seconds=1, max_rows=0), dict(max_age_seconds="5")])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(max_age_seconds=0),
+        dict(max_age_seconds=float("inf")),
+        dict(max_age_seconds=1, max_rows=0),
+        dict(max_age_seconds="5"),
+    ],
+)
 def test_buffer_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         TimeSeriesBuffer(**kwargs)
@@ -307,8 +337,12 @@ appends = st.lists(
 
 
 @settings(max_examples=200, deadline=None)
-@given(appends=appends, max_age=st.sampled_from([0.5, 1, 3, 10]), max_rows=st.sampled_from([None, 1, 4, 50]),
-       as_frames=st.booleans())
+@given(
+    appends=appends,
+    max_age=st.sampled_from([0.5, 1, 3, 10]),
+    max_rows=st.sampled_from([None, 1, 4, 50]),
+    as_frames=st.booleans(),
+)
 def test_buffer_matches_a_naive_reference(appends, max_age, max_rows, as_frames):
     """Same result as: concat everything, stable-sort by time, keep the window and the last max_rows."""
     buffer = TimeSeriesBuffer(max_age_seconds=max_age, max_rows=max_rows)

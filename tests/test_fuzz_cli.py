@@ -1,5 +1,6 @@
 """Fuzzing the CLI's arguments: any argv ends in a usage error (exit 2), a clear failure (exit 1) or success;
 never a traceback, and never the password of the Redis URL in what it prints."""
+
 from __future__ import annotations
 
 import contextlib
@@ -8,19 +9,22 @@ import os
 import subprocess
 import sys
 
-import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from streammachine.cli import main
 
 PASSWORD = "Cl1-S3cret-pw"
-arg_text = st.one_of(st.text(max_size=12), st.sampled_from(["-", "--", "=", "k=", "=v", "k=v", "-n", "--json", "{}",
-                                                            "[]", "{\"a\": 1}", "-1", "0", "99999999999999999999"]),
-                     # a shell passing bytes that are not UTF-8: Python turns them into lone surrogates
-                     st.binary(min_size=1, max_size=6).map(os.fsdecode))
+arg_text = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(
+        ["-", "--", "=", "k=", "=v", "k=v", "-n", "--json", "{}", "[]", '{"a": 1}', "-1", "0", "99999999999999999999"]
+    ),
+    # a shell passing bytes that are not UTF-8: Python turns them into lone surrogates
+    st.binary(min_size=1, max_size=6).map(os.fsdecode),
+)
 commands = st.sampled_from([["send"], ["info"], ["tail", "--no-follow"], ["server", "status"]])
-options = st.lists(st.sampled_from(["--json", "-n", "--lines", "--log-level", "--no-follow", "--workers"]),
-                   max_size=2)
+options = st.lists(st.sampled_from(["--json", "-n", "--lines", "--log-level", "--no-follow", "--workers"]), max_size=2)
 
 
 def run_cli(argv):
@@ -48,10 +52,26 @@ def test_cli_never_crashes_on_arguments(redis_server, command, args, opts, opt_v
 
 
 @settings(max_examples=60, deadline=None)
-@given(url=st.one_of(st.text(max_size=30), st.sampled_from([
-    "redis://", "redis://:@", "redis://h:notaport/0", "redis://127.0.0.1:1/0", f"redis://u:{PASSWORD}@127.0.0.1:1/0",
-    f"redis://127.0.0.1:1/0?password={PASSWORD}", "unix:///nonexistent.sock", "redis://127.0.0.1:1/notadb",
-    f"rediss://u:{PASSWORD}@127.0.0.1:1/0", "http://example.com", "redis+cluster://127.0.0.1:1/0"])))
+@given(
+    url=st.one_of(
+        st.text(max_size=30),
+        st.sampled_from(
+            [
+                "redis://",
+                "redis://:@",
+                "redis://h:notaport/0",
+                "redis://127.0.0.1:1/0",
+                f"redis://u:{PASSWORD}@127.0.0.1:1/0",
+                f"redis://127.0.0.1:1/0?password={PASSWORD}",
+                "unix:///nonexistent.sock",
+                "redis://127.0.0.1:1/notadb",
+                f"rediss://u:{PASSWORD}@127.0.0.1:1/0",
+                "http://example.com",
+                "redis+cluster://127.0.0.1:1/0",
+            ]
+        ),
+    )
+)
 def test_cli_bad_redis_urls_fail_cleanly(url):
     code, out, err = run_cli(["--redis-url", url, "info", "s"])
     assert code in (1, 2), (url, code, err)
@@ -66,6 +86,19 @@ def test_cli_non_utf8_field_value_is_a_clear_error(redis_url):
 
 
 def test_cli_invalid_utf8_through_a_real_shell(redis_url):
-    proc = subprocess.run([sys.executable, "-m", "streammachine.cli", "--redis-url", redis_url, "send", "s",
-                           b"k=\xff".decode("utf-8", "surrogateescape")], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streammachine.cli",
+            "--redis-url",
+            redis_url,
+            "send",
+            "s",
+            b"k=\xff".decode("utf-8", "surrogateescape"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr, proc.stderr

@@ -1,6 +1,7 @@
 """Fuzzing what agents read: entries with arbitrary binary fields (written straight to the stream, as any
 other producer could). A handler that chokes on one retries it, then dead-letters it; valid entries after it
 are still consumed, no consumer dies, nothing is lost."""
+
 from __future__ import annotations
 
 import asyncio
@@ -9,9 +10,9 @@ from collections import Counter
 
 import pytest
 import redis
-from hypothesis import HealthCheck, given, settings, strategies as st
-
 from helpers import wait_until_sync
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from streammachine import App, ConsumerConfig
 from streammachine.embedded import EmbeddedServer
@@ -20,9 +21,14 @@ KNOBS = ConsumerConfig(count=20, block_ms=50, retry_delay_ms=10, claim_idle_ms=2
 
 garbage_entry = st.dictionaries(
     st.one_of(st.binary(min_size=0, max_size=16), st.sampled_from([b"n", b"payload", b"sent", b"", b"\xff\xfe"])),
-    st.one_of(st.binary(max_size=64), st.sampled_from([b"", b"nan", b"-inf", b"1e999", b"{", b"\x00" * 8]),
-              st.integers(-10 ** 30, 10 ** 30).map(lambda n: str(n).encode())),
-    min_size=1, max_size=6)
+    st.one_of(
+        st.binary(max_size=64),
+        st.sampled_from([b"", b"nan", b"-inf", b"1e999", b"{", b"\x00" * 8]),
+        st.integers(-(10**30), 10**30).map(lambda n: str(n).encode()),
+    ),
+    min_size=1,
+    max_size=6,
+)
 
 
 class RunningApp:
@@ -50,7 +56,7 @@ class RunningApp:
     def call(self, coro, timeout: float = 30):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    def __enter__(self) -> "RunningApp":
+    def __enter__(self) -> RunningApp:
         self.thread.start()
         self.call(self.app.startup())
         return self
@@ -74,16 +80,20 @@ def dead_lettered(client) -> set:
     return {fields[b"_dlq_id"].decode() for _, fields in client.xrange("garbage:dead")}
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(entries=st.lists(garbage_entry, min_size=1, max_size=8))
 def test_garbage_entries_never_stop_an_agent(garbage_app, entries):
     running, client = garbage_app
     ids = [client.xadd("garbage", fields).decode() for fields in entries]
     marker = client.xadd("garbage", {"n": "1", "payload": "[1, 2]"}).decode()
     wait_until_sync(lambda: running.handled[marker] >= 1, 15, what="the valid entry after the garbage handled")
-    wait_until_sync(lambda: all(i in running.handled or i in dead_lettered(client) for i in ids), 15,
-                    what="every garbage entry handled or dead-lettered")
+    wait_until_sync(
+        lambda: all(i in running.handled or i in dead_lettered(client) for i in ids),
+        15,
+        what="every garbage entry handled or dead-lettered",
+    )
     dead = dead_lettered(client)
     assert not any(i in running.handled and i in dead for i in ids), "an entry was both handled and dead-lettered"
     consumers = running.app._runners["eat"].consumers

@@ -1,5 +1,6 @@
 """Fuzzing the send boundary: any Python value either encodes and round-trips through a real server, or is a
 TypeError/ValueError naming the stream and field, before anything reaches Redis."""
+
 from __future__ import annotations
 
 import asyncio
@@ -8,26 +9,49 @@ import math
 import orjson
 import pytest
 import redis
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from streammachine import RedisConnection
-from streammachine.encoding import encode_record, encode_value, find_unencodable
+from streammachine.redis.records import encode_record, encode_value, find_unencodable
 
-json_leaf = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2 ** 63), max_value=2 ** 64 - 1),
-                      st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20))
-json_like = st.recursive(json_leaf, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=12)
+json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=20),
+)
+json_like = st.recursive(
+    json_leaf,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=12,
+)
 any_text = st.text(alphabet=st.characters(exclude_categories=()))  # lone surrogates included
 anything = st.one_of(
-    st.text(), any_text, st.binary(), st.integers(), st.floats(), st.booleans(), st.none(), json_like,
-    st.sets(st.integers(), max_size=3), st.frozensets(st.text(max_size=3), max_size=3), st.complex_numbers(),
-    st.dates(), st.decimals(allow_nan=False), st.fractions(), st.builds(object), st.tuples(st.integers(), st.text()),
+    st.text(),
+    any_text,
+    st.binary(),
+    st.integers(),
+    st.floats(),
+    st.booleans(),
+    st.none(),
+    json_like,
+    st.sets(st.integers(), max_size=3),
+    st.frozensets(st.text(max_size=3), max_size=3),
+    st.complex_numbers(),
+    st.dates(),
+    st.decimals(allow_nan=False),
+    st.fractions(),
+    st.builds(object),
+    st.tuples(st.integers(), st.text()),
     st.dictionaries(st.tuples(st.integers()), st.integers(), min_size=1, max_size=2),
     st.lists(st.sets(st.integers(), min_size=1), min_size=1, max_size=2),
-    st.integers(min_value=2 ** 64).map(lambda n: [n]),
+    st.integers(min_value=2**64).map(lambda n: [n]),
 )
-field_names = st.one_of(st.text(max_size=10), st.binary(max_size=10),
-                        st.text(alphabet=st.characters(exclude_categories=()), max_size=4))
+field_names = st.one_of(
+    st.text(max_size=10), st.binary(max_size=10), st.text(alphabet=st.characters(exclude_categories=()), max_size=4)
+)
 records = st.dictionaries(field_names, anything, min_size=1, max_size=5)
 
 
@@ -69,7 +93,7 @@ def test_same_field_as_str_and_bytes_is_refused():
 async def test_batch_with_a_bad_string_past_the_first_chunk_writes_nothing(redis_url, sync_redis):
     """Regression: pipeline_xadd sends 5000-record chunks one by one; a lone surrogate in a later chunk used to
     fail after the first chunk was written (and named no field)."""
-    from streammachine.connection import PIPELINE_CHUNK
+    from streammachine.redis.connection import PIPELINE_CHUNK
 
     async with RedisConnection(url=redis_url) as conn:
         with pytest.raises(ValueError, match=r"stream 'half', field 'f': the value is not valid UTF-8"):
@@ -110,6 +134,7 @@ def sync_server(tmp_path_factory):
 @given(record=records)
 def test_send_round_trips_or_refuses_before_sending(sync_server, record):
     """Through the real send path (RedisConnection.xadd against a real server)."""
+
     async def send():
         async with RedisConnection(url=sync_server.url) as conn:
             return await conn.xadd("fuzz", record)
@@ -142,9 +167,13 @@ def test_send_round_trips_or_refuses_before_sending(sync_server, record):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(good=st.lists(st.dictionaries(st.text(max_size=5), st.text(max_size=5), min_size=1, max_size=3),
-                     min_size=1, max_size=20),
-       bad=records, position=st.integers(min_value=0, max_value=20))
+@given(
+    good=st.lists(
+        st.dictionaries(st.text(max_size=5), st.text(max_size=5), min_size=1, max_size=3), min_size=1, max_size=20
+    ),
+    bad=records,
+    position=st.integers(min_value=0, max_value=20),
+)
 def test_send_batch_is_all_or_nothing(sync_server, good, bad, position):
     batch = list(good)
     batch.insert(min(position, len(batch)), bad)

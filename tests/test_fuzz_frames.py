@@ -3,37 +3,45 @@
 Any input gives a result or a ValueError (never another exception, never a crash); well-formed replies
 in any of redis-py's shapes keep every entry; the compiled OHLC core (when built) agrees with the Python one.
 """
+
 from __future__ import annotations
 
 import math
 
 import numpy as np
 import pandas as pd
-import pytest
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from streammachine import streams_to_dataframe, streams_to_dataframe_fast
 from streammachine.ohlc import CythonFastOHLC, PythonFastOHLC
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=10),
-                    st.binary(max_size=10))
-junk = st.recursive(scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.tuples(inner, inner), st.dictionaries(st.one_of(st.text(max_size=4),
-                                                                                  st.binary(max_size=4)),
-                                                                         inner, max_size=3)), max_leaves=20)
+scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=10), st.binary(max_size=10))
+junk = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.tuples(inner, inner),
+        st.dictionaries(st.one_of(st.text(max_size=4), st.binary(max_size=4)), inner, max_size=3),
+    ),
+    max_leaves=20,
+)
 
-ids = st.builds(lambda ms, seq: f"{ms}-{seq}", st.integers(0, 2 ** 62), st.integers(0, 2 ** 40))
-numberish = st.one_of(st.integers(-10 ** 20, 10 ** 20).map(str), st.floats().map(repr),
-                      st.sampled_from(["nan", "inf", "-inf", " 7 ", "1_000", "1e5", "0x10", "", "abc", "1.5.2"]),
-                      st.text(max_size=6))
+ids = st.builds(lambda ms, seq: f"{ms}-{seq}", st.integers(0, 2**62), st.integers(0, 2**40))
+numberish = st.one_of(
+    st.integers(-(10**20), 10**20).map(str),
+    st.floats().map(repr),
+    st.sampled_from(["nan", "inf", "-inf", " 7 ", "1_000", "1e5", "0x10", "", "abc", "1.5.2"]),
+    st.text(max_size=6),
+)
 field_values = st.one_of(numberish.map(str.encode), st.binary(max_size=8))
-fields = st.dictionaries(st.sampled_from([b"price", b"volume", b"symbol", b"x", b"note"]), field_values,
-                         max_size=5)
+fields = st.dictionaries(st.sampled_from([b"price", b"volume", b"symbol", b"x", b"note"]), field_values, max_size=5)
 entries = st.lists(st.tuples(ids.map(str.encode), fields), max_size=25)
 
 
 def reply_shapes(name: bytes, batch: list) -> list:
     """The same entries as redis-py may hand them over: RESP2, RESP3, flat XRANGE, and decoded to str."""
+
     def decode(value):
         return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
@@ -113,8 +121,13 @@ def _ohlc_run(cls, reply):
     except ValueError as exc:
         return ("ValueError", str(exc))
     symbols = sorted(agg.symbols)
-    candles = {(s, i): [(c.candle_start_ms, c.open, c.high, c.low, c.close, c.volume, c.trade_count)
-                        for c in agg.get_candles(s, i)] for s in symbols for i in (60_000, 300_000)}
+    candles = {
+        (s, i): [
+            (c.candle_start_ms, c.open, c.high, c.low, c.close, c.volume, c.trade_count) for c in agg.get_candles(s, i)
+        ]
+        for s in symbols
+        for i in (60_000, 300_000)
+    }
     return taken, agg.rejected, agg.tick_count, candles
 
 
@@ -145,4 +158,3 @@ def test_process_stream_batch_counts_and_parity(batch):
         assert taken == valid
         if CythonFastOHLC is not None:
             assert _ohlc_run(CythonFastOHLC, reply) == result
-

@@ -1,23 +1,32 @@
 """Fuzzing the MCP tools' inputs through a real client session: any arguments give a result or a tool error
 (never a dead session), the server keeps answering afterwards, and the Redis password never shows."""
+
 from __future__ import annotations
 
 import asyncio
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("mcp")
-from mcp import Client  # noqa: E402
+from mcp import Client
 
-from streammachine.mcp import build_server  # noqa: E402
+from streammachine.mcp import build_server
 
 json_values = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-(2 ** 70), 2 ** 70), st.floats(allow_nan=False),
-              st.text(max_size=12), st.sampled_from(["", "*", "$", "0", "-", "+", "0-0", "{x}", "AAPL", "60000"])),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.floats(allow_nan=False),
+        st.text(max_size=12),
+        st.sampled_from(["", "*", "$", "0", "-", "+", "0-0", "{x}", "AAPL", "60000"]),
+    ),
     lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
-    max_leaves=8)
+    max_leaves=8,
+)
 
 
 async def _tool_names(url: str) -> dict:
@@ -42,8 +51,9 @@ async def _scenario(url: str, calls: list) -> list:
             for name, arguments in calls:
                 result = await client.call_tool(name, arguments)
                 text = " ".join(getattr(block, "text", "") for block in result.content)
-                transcript.append((name, arguments, result.is_error, text + json.dumps(result.structured_content,
-                                                                                       default=str)))
+                transcript.append(
+                    (name, arguments, result.is_error, text + json.dumps(result.structured_content, default=str))
+                )
             ping = await client.call_tool("redis_ping", {})
             assert not ping.is_error, "the server stopped answering after fuzzed calls"
             for uri in ("streammachine://config", "streammachine://status"):
@@ -54,16 +64,22 @@ async def _scenario(url: str, calls: list) -> list:
     return transcript
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow])
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(data=st.data())
 def test_mcp_tools_survive_any_arguments(redis_url, redis_server, tools, data):
     calls = []
     for _ in range(data.draw(st.integers(1, 4))):
         name = data.draw(st.sampled_from(sorted(tools)))
         known = sorted(tools[name].get("properties", {}))
-        keys = data.draw(st.lists(st.one_of(st.sampled_from(known), st.text(max_size=5)) if known
-                                  else st.text(max_size=5), max_size=4, unique=True))
+        keys = data.draw(
+            st.lists(
+                st.one_of(st.sampled_from(known), st.text(max_size=5)) if known else st.text(max_size=5),
+                max_size=4,
+                unique=True,
+            )
+        )
         calls.append((name, {k: data.draw(json_values) for k in keys}))
     transcript = asyncio.run(_scenario(redis_url, calls))
     for name, arguments, is_error, text in transcript:

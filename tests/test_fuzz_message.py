@@ -1,12 +1,14 @@
 """Fuzzing Message decoding: arbitrary bytes fields never crash it, and the compiled decoder (when built)
 gives exactly what its pure-Python twin gives."""
+
 from __future__ import annotations
 
 import math
 
 import orjson
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streammachine import Message
 from streammachine._speedups import _has_cython_decode, decode_dict_bytes_to_utf8
@@ -14,10 +16,12 @@ from streammachine._speedups._decode_py import decode_dict_bytes_to_utf8 as py_d
 from streammachine.message import _sent_field, message_from_entry
 
 raw_fields = st.dictionaries(st.binary(max_size=12), st.binary(max_size=40), max_size=8)
-mixed_fields = st.dictionaries(st.one_of(st.binary(max_size=8), st.text(max_size=8)),
-                               st.one_of(st.binary(max_size=20), st.text(max_size=20), st.integers(), st.floats()),
-                               max_size=6)
-entry_ids = st.builds(lambda ms, seq: f"{ms}-{seq}", st.integers(0, 2 ** 48), st.integers(0, 2 ** 32))
+mixed_fields = st.dictionaries(
+    st.one_of(st.binary(max_size=8), st.text(max_size=8)),
+    st.one_of(st.binary(max_size=20), st.text(max_size=20), st.integers(), st.floats()),
+    max_size=6,
+)
+entry_ids = st.builds(lambda ms, seq: f"{ms}-{seq}", st.integers(0, 2**48), st.integers(0, 2**32))
 
 
 @settings(deadline=None)

@@ -1,7 +1,8 @@
 """Group backlog from XINFO GROUPS, async and sync readers alike."""
+
 import redis.asyncio
 
-from streammachine.groups import fetch_groups, fetch_groups_sync
+from streammachine.redis.inspect import fetch_groups, fetch_groups_sync
 
 
 async def test_pending_lag_and_consumers_per_group(redis_url, sync_redis):

@@ -1,23 +1,43 @@
 """The MCP server through a real in-memory client session (the SDK's Client on an MCPServer)."""
+
 from __future__ import annotations
 
 import json
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
+from helpers import wait_until
 from mcp import Client
 
-from helpers import wait_until
 from streammachine.config import Settings
 from streammachine.mcp import build_server
 from streammachine.mcp.server import WRITE_TOOLS
 
 REFERENCE_TOOLS = {
-    "stream_send", "stream_send_batch", "stream_read", "stream_info", "stream_list",
-    "storage_read", "storage_write", "storage_delete", "storage_keys", "storage_clear",
-    "health_check", "redis_info", "redis_ping", "obj_get", "obj_list", "obj_delete",
-    "ohlc_create", "ohlc_update", "ohlc_get_candles", "ohlc_get_completed", "ohlc_flush", "ohlc_clear",
-    "ohlc_stats", "ohlc_list",
+    "stream_send",
+    "stream_send_batch",
+    "stream_read",
+    "stream_info",
+    "stream_list",
+    "storage_read",
+    "storage_write",
+    "storage_delete",
+    "storage_keys",
+    "storage_clear",
+    "health_check",
+    "redis_info",
+    "redis_ping",
+    "obj_get",
+    "obj_list",
+    "obj_delete",
+    "ohlc_create",
+    "ohlc_update",
+    "ohlc_get_candles",
+    "ohlc_get_completed",
+    "ohlc_flush",
+    "ohlc_clear",
+    "ohlc_stats",
+    "ohlc_list",
 }
 EXTRA_TOOLS = {"stream_groups", "stream_pending", "stream_dead_letters"}
 
@@ -60,10 +80,12 @@ async def test_every_reference_tool_resource_and_prompt_is_listed(redis_url):
 
 async def test_stream_tools_round_trip(redis_url, sync_redis):
     async with connected(redis_url) as client:
-        sent = await call(client, "stream_send", {"stream": "events", "message": {"type": "click", "n": 1,
-                                                                                  "meta": {"x": [1, 2]}}})
-        batch = await call(client, "stream_send_batch", {"stream": "events",
-                                                         "messages": [{"n": i} for i in range(2, 6)]})
+        sent = await call(
+            client, "stream_send", {"stream": "events", "message": {"type": "click", "n": 1, "meta": {"x": [1, 2]}}}
+        )
+        batch = await call(
+            client, "stream_send_batch", {"stream": "events", "messages": [{"n": i} for i in range(2, 6)]}
+        )
         assert batch["count"] == 4 and len(batch["ids"]) == 4
         assert sync_redis.xlen("events") == 5
 
@@ -72,8 +94,9 @@ async def test_stream_tools_round_trip(redis_url, sync_redis):
         assert read["entries"][0]["fields"] == {"type": "click", "n": "1", "meta": '{"x":[1,2]}'}
         latest = await call(client, "stream_read", {"stream": "events", "count": 2, "latest": True})
         assert [e["id"] for e in latest["entries"]] == batch["ids"][-2:]
-        window = await call(client, "stream_read", {"stream": "events", "start": batch["ids"][1],
-                                                    "end": batch["ids"][2]})
+        window = await call(
+            client, "stream_read", {"stream": "events", "start": batch["ids"][1], "end": batch["ids"][2]}
+        )
         assert window["count"] == 2
 
         sync_redis.set("plain-key", "not a stream")
@@ -88,8 +111,9 @@ async def test_stream_tools_round_trip(redis_url, sync_redis):
         assert info["groups"] == [] and info["dead_letter_stream"] == "events:dead"
 
         assert "does not exist" in await call(client, "stream_info", {"stream": "nope"}, error=True)
-        assert "is a Redis string, not a stream" in await call(client, "stream_read", {"stream": "plain-key"},
-                                                                error=True)
+        assert "is a Redis string, not a stream" in await call(
+            client, "stream_read", {"stream": "plain-key"}, error=True
+        )
         bad = await call(client, "stream_send", {"stream": "events", "message": {}}, error=True)
         assert "needs at least one field" in bad
         bad = await call(client, "stream_read", {"stream": "events", "count": 0}, error=True)
@@ -122,8 +146,9 @@ async def test_groups_pending_and_dead_letters_of_a_running_app(redis_url, sync_
         assert pending["pending"] == 1 and pending["per_consumer"] == {"auditor-1": 1}
         (entry,) = pending["entries"]
         assert entry["consumer"] == "auditor-1" and entry["deliveries"] == 1
-        assert (await call(client, "stream_pending", {"stream": "orders", "group": "audit",
-                                                      "consumer": "someone-else"}))["entries"] == []
+        assert (
+            await call(client, "stream_pending", {"stream": "orders", "group": "audit", "consumer": "someone-else"})
+        )["entries"] == []
         missing = await call(client, "stream_pending", {"stream": "orders", "group": "nope"}, error=True)
         assert "no consumer group 'nope'" in missing and "billing" in missing
 
@@ -141,8 +166,7 @@ async def test_storage_tools_share_state_with_an_app_on_the_redis_backend(redis_
     app = app_factory("stateful", storage_backend="redis")
     await app.storage.write("counter", 41)
     async with connected(redis_url) as client:
-        assert await call(client, "storage_read", {"key": "counter"}) == {"key": "counter", "exists": True,
-                                                                           "value": 41}
+        assert await call(client, "storage_read", {"key": "counter"}) == {"key": "counter", "exists": True, "value": 41}
         await call(client, "storage_write", {"key": "counter", "value": 42})
         await call(client, "storage_write", {"key": "config", "value": {"symbols": ["AAPL"], "live": True}})
         assert await app.storage.read("counter") == 42
@@ -180,35 +204,49 @@ async def test_ohlc_tools(redis_url):
         created = await call(client, "ohlc_create", {"name": "market", "intervals": [minute, 5 * minute]})
         assert created == {"name": "market", "intervals": [minute, 5 * minute], "replaced": False}
         for offset, price, volume in [(0, 100.0, 1), (10_000, 105.0, 2), (20_000, 99.0, 3), (minute, 101.0, 4)]:
-            await call(client, "ohlc_update", {"name": "market", "symbol": "AAPL", "price": price,
-                                               "volume": volume, "timestamp_ms": t0 + offset})
+            await call(
+                client,
+                "ohlc_update",
+                {"name": "market", "symbol": "AAPL", "price": price, "volume": volume, "timestamp_ms": t0 + offset},
+            )
         candles = await call(client, "ohlc_get_candles", {"name": "market", "symbol": "AAPL", "interval_ms": minute})
         assert candles["count"] == 2
         first = candles["candles"][0]
-        assert (first["open"], first["high"], first["low"], first["close"], first["volume"],
-                first["trade_count"], first["candle_start_ms"]) == (100.0, 105.0, 99.0, 99.0, 6.0, 3, t0)
-        completed = await call(client, "ohlc_get_completed", {"name": "market", "symbol": "AAPL",
-                                                              "interval_ms": minute})
+        assert (
+            first["open"],
+            first["high"],
+            first["low"],
+            first["close"],
+            first["volume"],
+            first["trade_count"],
+            first["candle_start_ms"],
+        ) == (100.0, 105.0, 99.0, 99.0, 6.0, 3, t0)
+        completed = await call(
+            client, "ohlc_get_completed", {"name": "market", "symbol": "AAPL", "interval_ms": minute}
+        )
         assert [c["candle_start_ms"] for c in completed["candles"]] == [t0]
         stats = await call(client, "ohlc_stats", {"name": "market"})
         assert stats["tick_count"] == 4 and stats["symbols"] == ["AAPL"]
         assert stats["candles"] == {"AAPL": {str(minute): 2, str(5 * minute): 1}}
         flushed = await call(client, "ohlc_flush", {"name": "market", "symbol": "AAPL", "interval_ms": minute})
         assert flushed["count"] == 1
-        assert (await call(client, "ohlc_get_candles", {"name": "market", "symbol": "AAPL",
-                                                        "interval_ms": minute}))["count"] == 1
+        assert (await call(client, "ohlc_get_candles", {"name": "market", "symbol": "AAPL", "interval_ms": minute}))[
+            "count"
+        ] == 1
         await call(client, "ohlc_create", {"name": "other"})
         assert [a["name"] for a in (await call(client, "ohlc_list"))["aggregators"]] == ["market", "other"]
         cleared = await call(client, "ohlc_clear", {"name": "market"})
         assert cleared["tick_count"] == 0 and cleared["symbols"] == []
 
         assert "no OHLC aggregator named 'nope'" in await call(client, "ohlc_stats", {"name": "nope"}, error=True)
-        wrong = await call(client, "ohlc_get_candles", {"name": "market", "symbol": "AAPL", "interval_ms": 1234},
-                           error=True)
+        wrong = await call(
+            client, "ohlc_get_candles", {"name": "market", "symbol": "AAPL", "interval_ms": 1234}, error=True
+        )
         assert "1234" in wrong and "60000" in wrong
         assert "interval" in await call(client, "ohlc_create", {"name": "x", "intervals": [-5]}, error=True)
-        assert "price" in await call(client, "ohlc_update", {"name": "market", "symbol": "AAPL",
-                                                             "price": float("nan")}, error=True)
+        assert "price" in await call(
+            client, "ohlc_update", {"name": "market", "symbol": "AAPL", "price": float("nan")}, error=True
+        )
 
 
 async def test_resources_and_prompts(redis_url, sync_redis):
@@ -216,8 +254,11 @@ async def test_resources_and_prompts(redis_url, sync_redis):
     async with connected(redis_url) as client:
         config = json.loads((await client.read_resource("streammachine://config")).contents[0].text)
         assert config["redis"]["url"].startswith("redis://:***@")
-        assert config["storage"] == {"backend": "redis", "hash": "streammachine:storage",
-                                     "note": "apps share this state when they run with STREAMMACHINE_STORAGE=redis"}
+        assert config["storage"] == {
+            "backend": "redis",
+            "hash": "streammachine:storage",
+            "note": "apps share this state when they run with STREAMMACHINE_STORAGE=redis",
+        }
         assert config["consumers"]["STREAMMACHINE_DEFAULT_GROUP"] == "eventengine"
         await call(client, "storage_write", {"key": "k", "value": 1})
         status = json.loads((await client.read_resource("streammachine://status")).contents[0].text)
@@ -251,8 +292,12 @@ async def test_failures_are_tool_errors_and_never_show_the_password():
     """A down server: every tool fails as a tool error naming the problem, the session goes on."""
     url = "redis://:s3cret-pass-word@127.0.0.1:1/0"  # nothing listens on port 1
     async with connected(url) as client:
-        for name, arguments in [("stream_send", {"stream": "s", "message": {"a": 1}}), ("stream_list", {}),
-                                ("storage_keys", {}), ("redis_ping", {})]:
+        for name, arguments in [
+            ("stream_send", {"stream": "s", "message": {"a": 1}}),
+            ("stream_list", {}),
+            ("storage_keys", {}),
+            ("redis_ping", {}),
+        ]:
             text = await call(client, name, arguments, error=True)
             assert "ConnectionError" in text or "connect" in text.lower()
         health = await call(client, "health_check")
@@ -274,8 +319,10 @@ async def test_no_output_contains_the_server_password(redis_url, sync_redis):
         for tool in (await client.list_tools()).tools:
             arguments = {"stream": "s"} if "stream" in tool.input_schema.get("required", []) else {}
             result = await client.call_tool(tool.name, arguments)
-            client.transcript.append(" ".join(getattr(b, "text", "") for b in result.content)
-                                     + json.dumps(result.structured_content, default=str))
+            client.transcript.append(
+                " ".join(getattr(b, "text", "") for b in result.content)
+                + json.dumps(result.structured_content, default=str)
+            )
         for uri in ("streammachine://config", "streammachine://status"):
             client.transcript.append((await client.read_resource(uri)).contents[0].text)
         assert len(client.transcript) > 25
@@ -283,7 +330,7 @@ async def test_no_output_contains_the_server_password(redis_url, sync_redis):
 
 
 async def test_object_tools_return_only_signed_objects(redis_url, sync_redis, monkeypatch):
-    from streammachine.objstore import RedisObjectStorage
+    from streammachine.state.objstore import RedisObjectStorage
 
     monkeypatch.setenv("STREAMMACHINE_SECRET_KEY", "test-signing-key")
     objects = RedisObjectStorage(url=redis_url)

@@ -1,15 +1,23 @@
 """Prometheus metrics from a running App: the collector, and a real HTTP scrape of a live app."""
+
 from __future__ import annotations
 
 import asyncio
 
 import httpx
+from helpers import wait_until
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import wait_until
 from streammachine.embedded import free_port
-from streammachine.metrics import DirectorySource, LiveSource, registry_for, serve_metrics, snapshot, write_snapshot
+from streammachine.headless.metrics import (
+    DirectorySource,
+    LiveSource,
+    registry_for,
+    serve_metrics,
+    snapshot,
+    write_snapshot,
+)
 
 
 def samples_of(text: str) -> dict:
@@ -22,7 +30,9 @@ def samples_of(text: str) -> dict:
 
 
 def _value(samples: dict, name: str, **labels) -> float:
-    matches = [v for (n, ls), v in samples.items() if n == name and all(dict(ls).get(k) == x for k, x in labels.items())]
+    matches = [
+        v for (n, ls), v in samples.items() if n == name and all(dict(ls).get(k) == x for k, x in labels.items())
+    ]
     assert matches, f"no sample {name} {labels} in {sorted(k[0] for k in samples)}"
     return sum(matches)
 
@@ -89,8 +99,7 @@ async def test_live_scrape_over_http_sees_new_work(app_factory):
 async def test_directory_source_sums_workers_and_keeps_the_freshest_group(app_factory, tmp_path):
     app = await _flaky_app(app_factory)
     first = await snapshot(app, "0")
-    second = dict(await snapshot(app, "1"), time=first["time"] + 1,
-                  groups=[dict(first["groups"][0], pending=5, lag=2)])
+    second = dict(await snapshot(app, "1"), time=first["time"] + 1, groups=[dict(first["groups"][0], pending=5, lag=2)])
     write_snapshot(tmp_path, first)
     write_snapshot(tmp_path, second)
     (tmp_path / "worker-9.json").write_text("{half a fi")  # being rewritten: skipped, not an error

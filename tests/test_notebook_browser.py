@@ -6,6 +6,7 @@ last (which stops the app), checks that the candlestick plots render and
 change as trades arrive, saves screenshots under test-artifacts/, then runs
 the last cell.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,9 +25,17 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = "02-market-data.ipynb"
 ARTIFACTS = ROOT / "test-artifacts" / "notebook-browser"
 CHROME = "/usr/bin/chromium"
-CHROME_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--disable-dev-shm-usage"]
+CHROME_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 
 pytestmark = pytest.mark.browser
 
@@ -60,13 +69,30 @@ def lab(tmp_path, redis_url):
     # no "get Jupyter news?" toast over the screenshots
     settings = home / "config" / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
-    (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    (settings / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False})
+    )
     port, token = _free_port(), "streammachine-test"
-    env = dict(os.environ, REDIS_URL=redis_url, JUPYTER_CONFIG_DIR=str(home / "config"),
-               JUPYTER_DATA_DIR=str(home / "data"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
-               IPYTHONDIR=str(home / "ipython"))
-    command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-               f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True"]
+    env = dict(
+        os.environ,
+        REDIS_URL=redis_url,
+        JUPYTER_CONFIG_DIR=str(home / "config"),
+        JUPYTER_DATA_DIR=str(home / "data"),
+        JUPYTER_RUNTIME_DIR=str(home / "runtime"),
+        IPYTHONDIR=str(home / "ipython"),
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        "--no-browser",
+        f"--port={port}",
+        "--ip=127.0.0.1",
+        f"--ServerApp.token={token}",
+        f"--ServerApp.root_dir={root}",
+        "--LabApp.expose_app_in_browser=True",
+    ]
     if os.geteuid() == 0:
         command.append("--allow-root")  # else: "Running as root is not recommended"
     log_path = home / "lab.log"
@@ -128,8 +154,9 @@ def test_market_data_notebook_renders_live_candlesticks(lab, page):
 
     _select_last_cell(page)
     _run_command(page, "notebook:run-all-above")  # everything but the cell that stops the app
-    page.wait_for_function(f"() => {{ const s = ({PLOT_STATE})(); return s && s.plots >= 2 && s.n >= 2; }}",
-                           timeout=90_000)
+    page.wait_for_function(
+        f"() => {{ const s = ({PLOT_STATE})(); return s && s.plots >= 2 && s.n >= 2; }}", timeout=90_000
+    )
     plot = page.locator(".js-plotly-plot").first
     plot.scroll_into_view_if_needed()
     first = page.evaluate(PLOT_STATE)
@@ -139,7 +166,9 @@ def test_market_data_notebook_renders_live_candlesticks(lab, page):
         f"""(before) => {{ const s = ({PLOT_STATE})();
                           return s && (s.n !== before.n || JSON.stringify(s.close) !== JSON.stringify(before.close)
                                        || JSON.stringify(s.x) !== JSON.stringify(before.x)); }}""",
-        arg=first, timeout=15_000)
+        arg=first,
+        timeout=15_000,
+    )
     page.wait_for_function(f"(n) => ({PLOT_STATE})().n > n", arg=first["n"], timeout=15_000)  # a new candle
     second = page.evaluate(PLOT_STATE)
     plot.screenshot(path=str(ARTIFACTS / "market-data-2.png"))
@@ -153,7 +182,8 @@ def test_market_data_notebook_renders_live_candlesticks(lab, page):
     page.wait_for_function(
         f"""() => {{ const cell = window.jupyterapp.shell.currentWidget.content.widgets[{last}];
                     return cell.node.querySelector('.jp-OutputArea-output')?.textContent.includes('stopped'); }}""",
-        timeout=30_000)
+        timeout=30_000,
+    )
     after_stop = page.evaluate(PLOT_STATE)
     assert after_stop is not None and after_stop["n"] >= second["n"]  # stopped charts keep their last frame
 

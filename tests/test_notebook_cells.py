@@ -1,4 +1,5 @@
 """A cell body as a handler: cell-like names, a private ``message``, await allowed."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,7 +8,7 @@ import traceback
 
 import pytest
 
-from streammachine.notebook.cells import assigned_names, handler_from_cell
+from streammachine.cells import assigned_names, handler_from_cell
 
 
 def test_names_the_body_assigns_are_notebook_globals_and_message_stays_local():
@@ -21,7 +22,10 @@ def test_names_the_body_assigns_are_notebook_globals_and_message_stays_local():
         "    last = size\n"
         "def helper():\n"
         "    inner = 1\n",
-        ["message"], "cell_agent:t", namespace)
+        ["message"],
+        "cell_agent:t",
+        namespace,
+    )
     handler("a")
     handler("b")
     assert (namespace["count"], namespace["seen"], namespace["last"]) == (2, ["a", "b"], 2)
@@ -57,14 +61,16 @@ def test_declaring_the_message_global_is_refused():
 def test_assigned_names_skip_nested_scopes():
     import ast
 
-    body = ast.parse("a = 1\nfor b in c: pass\nclass K:\n    d = 1\nlambda e: e\n{f: 1 for f in g}\n"
-                     "try:\n    pass\nexcept E as h:\n    pass\nwith w as (i, j): pass").body
+    body = ast.parse(
+        "a = 1\nfor b in c: pass\nclass K:\n    d = 1\nlambda e: e\n{f: 1 for f in g}\n"
+        "try:\n    pass\nexcept E as h:\n    pass\nwith w as (i, j): pass"
+    ).body
     assert assigned_names(body) == {"a", "b", "K", "h", "i", "j"}
 
 
 def test_threaded_flag_registers_a_threaded_agent():
     from streammachine import App
-    from streammachine.notebook.registration import MagicArgumentError, cell_registration
+    from streammachine.cells import MagicArgumentError, cell_registration
 
     app = App("cells")
     cell_registration(app, "agent orders --threaded --name blocking", "done = message", {}).register()

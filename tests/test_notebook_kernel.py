@@ -5,6 +5,7 @@ Each test gets its own kernel whose environment points at the test's Redis
 process is the notebook's frontend: between cells it sends nothing, so the
 kernel is idle, and it watches Redis directly to see what the kernel did.
 """
+
 from __future__ import annotations
 
 import ast
@@ -16,7 +17,6 @@ import time
 
 import pytest
 import redis
-
 from helpers import wait_until_sync
 
 SETUP = """
@@ -119,7 +119,9 @@ started = app.start()
     # The kernel is idle from here: only Redis tells us what it does.
     for n in range(100):
         sync_redis.xadd("readings", {"n": n})
-    wait_until_sync(lambda: fully_consumed(sync_redis, "readings", "g", 100), 10, what="100 entries acked by the idle kernel")
+    wait_until_sync(
+        lambda: fully_consumed(sync_redis, "readings", "g", 100), 10, what="100 entries acked by the idle kernel"
+    )
     assert kernel.value("sorted(got) == list(range(100))")
     kernel.run("await until(lambda: view.figure.data[0].y is not None and view.figure.data[0].y[-1] == 99.0, 5)")
     first = kernel.value("(view.figure.data[0].y.tolist(), view.frames)")
@@ -148,11 +150,15 @@ async def handle(message):
 
 def test_hot_reregistration_under_steady_producer_loses_nothing(kernel, sync_redis, redis_url):
     total, rate = 3000, 2000.0  # ~1.5 s of steady traffic
-    kernel.run("""
+    kernel.run(
+        """
 handled = []
 swaps = []
 app = App("swap", consumer_config=ConsumerConfig(block_ms=50, count=20), grace_seconds=5)
-""" + AGENT_CELL.format(version=1) + "\napp.start()")
+"""
+        + AGENT_CELL.format(version=1)
+        + "\napp.start()"
+    )
     kernel.run("await until(lambda: app.is_running, 20, what='app running')")
 
     producer_client = redis.Redis.from_url(redis_url)
@@ -173,8 +179,10 @@ app = App("swap", consumer_config=ConsumerConfig(block_ms=50, count=20), grace_s
             at = len(sent)
             wait_until_sync(lambda: len(sent) >= at + 600, 10, what="the producer to move on")
             kernel.run(AGENT_CELL.format(version=version))  # re-running the cell: same name, new handler
-            kernel.run(f"await until(lambda: any(v == {version} for v, _ in handled[-50:]), 10, "
-                       f"what='version {version} handling'); swaps.append(app.last_swap_ms)")
+            kernel.run(
+                f"await until(lambda: any(v == {version} for v, _ in handled[-50:]), 10, "
+                f"what='version {version} handling'); swaps.append(app.last_swap_ms)"
+            )
     finally:
         producer.join()
         producer_client.close()
@@ -234,8 +242,9 @@ beats2 = globals().get("beats2", 0) + 1
     assert kernel.value("beats == frozen and len(app.timers) == 1")  # the old body no longer runs
 
     kernel.run("frame = %streammachine status")
-    status = kernel.value("{name: (row.kind, row.processed, row.pending, row.lag, row.failed) "
-                          "for name, row in frame.iterrows()}")
+    status = kernel.value(
+        "{name: (row.kind, row.processed, row.pending, row.lag, row.failed) for name, row in frame.iterrows()}"
+    )
     assert status["cell_agent:prices:watchers"] == ("agent", 2, 0, 0, 0)
     assert status["beat"][0] == "timer" and status["beat"][1] >= 3
 
@@ -251,14 +260,16 @@ beats2 = globals().get("beats2", 0) + 1
 
     assert "removed 'beat'" in kernel.run("%streammachine remove beat")
     assert kernel.value("list(app.timers)") == []
-    for bad, message in [("%streammachine send prices p", "expected key=value"),
-                         ("%streammachine remove nope", "no agent or timer named 'nope'"),
-                         ("%streammachine info nowhere", "does not exist"),
-                         ("%streammachine frobnicate", "invalid choice"),
-                         ("%streammachine use seen", "expected a variable holding an App"),
-                         ("%%streammachine agent\npass", "required: stream"),
-                         ("%%streammachine timer -1\npass", "timer -1.0: expected seconds > 0"),
-                         ("%%streammachine agent s --concurrency 0\npass", "--concurrency 0: expected an int >= 1")]:
+    for bad, message in [
+        ("%streammachine send prices p", "expected key=value"),
+        ("%streammachine remove nope", "no agent or timer named 'nope'"),
+        ("%streammachine info nowhere", "does not exist"),
+        ("%streammachine frobnicate", "invalid choice"),
+        ("%streammachine use seen", "expected a variable holding an App"),
+        ("%%streammachine agent\npass", "required: stream"),
+        ("%%streammachine timer -1\npass", "timer -1.0: expected seconds > 0"),
+        ("%%streammachine agent s --concurrency 0\npass", "--concurrency 0: expected an int >= 1"),
+    ]:
         with pytest.raises(AssertionError, match=message):
             kernel.run(bad)
     kernel.run("other = App('other')")
@@ -285,8 +296,10 @@ def test_importing_streammachine_does_not_import_ipython(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys, streammachine, streammachine.notebook, streammachine.notebook.registration; "
-            "print(sorted(m for m in ('IPython', 'plotly', 'ipywidgets') if m in sys.modules))")
+    code = (
+        "import sys, streammachine, streammachine.notebook, streammachine.cells; "
+        "print(sorted(m for m in ('IPython', 'plotly', 'ipywidgets') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

@@ -4,17 +4,17 @@ These run on the test's event loop, which plays the kernel's loop: the
 views' refresh tasks and the agents share it exactly as they do in a
 kernel (the kernel tests show the same in a real ipykernel).
 """
+
 from __future__ import annotations
 
 import time
 
 import numpy as np
 import pytest
+from helpers import wait_until
 
 from streammachine import TimeSeriesBuffer, create_ohlc_aggregator
 from streammachine.notebook import LiveView, live_candles, live_line
-
-from helpers import wait_until
 
 
 @pytest.fixture
@@ -38,8 +38,11 @@ async def test_live_line_follows_the_buffer_in_a_bounded_window_at_a_bounded_rat
     views.append(view)
     began = time.monotonic()
     await app.send_batch("samples", [{"v": v} for v in range(50)])
-    await wait_until(lambda: view.figure.data[0].y is not None and view.figure.data[0].y[-1] == 49.0, 5,
-                     what="the chart to show the last sample")
+    await wait_until(
+        lambda: view.figure.data[0].y is not None and view.figure.data[0].y[-1] == 49.0,
+        5,
+        what="the chart to show the last sample",
+    )
     trace = view.figure.data[0]
     assert list(trace.y) == [float(v) for v in range(30, 50)]
     assert np.issubdtype(np.asarray(trace.x).dtype, np.datetime64) and len(trace.x) == 20
@@ -110,8 +113,11 @@ async def test_live_candles_show_candles_from_ticks_even_after_flush(app_factory
     # three 1 s candles with known open/high/low/close
     ticks = [(0, 10), (400, 12), (900, 9), (1000, 20), (1500, 25), (2000, 5), (2999, 7)]
     await app.send_batch("ticks", [{"symbol": "ABC", "price": p, "volume": 1, "ts": t} for t, p in ticks])
-    await wait_until(lambda: view.figure.data[0].close is not None and len(view.figure.data[0].close) == 3, 5,
-                     what="three candles on the chart")
+    await wait_until(
+        lambda: view.figure.data[0].close is not None and len(view.figure.data[0].close) == 3,
+        5,
+        what="three candles on the chart",
+    )
     trace = view.figure.data[0]
     assert list(trace.open) == [10, 20, 5] and list(trace.high) == [12, 25, 7]
     assert list(trace.low) == [9, 20, 5] and list(trace.close) == [9, 25, 7]
@@ -137,11 +143,15 @@ async def test_dashboard_shows_throughput_pending_lag_and_errors(app_factory):
         assert "dash" in dashboard.header.value and "idle" in dashboard.header.value
         await app.start()
         await app.send_batch("jobs", [{"n": n} for n in range(40)])
-        await wait_until(lambda: any(r["processed"] == 39 and r["pending"] == 0 and r["lag"] == 0
-                                     for r in dashboard.rows), 5, what="the dashboard rows to catch up")
+        await wait_until(
+            lambda: any(r["processed"] == 39 and r["pending"] == 0 and r["lag"] == 0 for r in dashboard.rows),
+            5,
+            what="the dashboard rows to catch up",
+        )
         await wait_until(lambda: "unlucky 13" in dashboard.table.value, 5, what="the error in the table")
-        await wait_until(lambda: dashboard.chart.data and max(dashboard.chart.data[0].y) > 0, 5,
-                         what="throughput on the chart")
+        await wait_until(
+            lambda: dashboard.chart.data and max(dashboard.chart.data[0].y) > 0, 5, what="throughput on the chart"
+        )
         assert dashboard.chart.data[0].name.endswith(".work")
         assert "running" in dashboard.header.value
     finally:

@@ -1,4 +1,5 @@
 """RedisObjectStorage against a real server: signed pickles, SCAN-based listing, the key file."""
+
 from __future__ import annotations
 
 import os
@@ -10,7 +11,7 @@ import pytest
 import redis
 
 from streammachine import RedisConnection
-from streammachine.objstore import (
+from streammachine.state.objstore import (
     KEY_FILE,
     MAGIC,
     InsecureKeyFileError,
@@ -90,8 +91,10 @@ async def test_tampered_data_is_refused_and_never_unpickled(storage, raw):
 
 
 async def test_another_key_cannot_read_or_forge(redis_url, raw):
-    async with RedisObjectStorage(url=redis_url, secret=b"one") as one, \
-            RedisObjectStorage(url=redis_url, secret=b"two") as two:
+    async with (
+        RedisObjectStorage(url=redis_url, secret=b"one") as one,
+        RedisObjectStorage(url=redis_url, secret=b"two") as two,
+    ):
         await one.store_with_pickle("k", "secret plans")
         with pytest.raises(SignatureError):
             await two.retrieve_with_pickle("k")

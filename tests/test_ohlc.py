@@ -1,4 +1,5 @@
 """FastOHLC behaviour, for each core that is available (compiled and pure Python)."""
+
 from __future__ import annotations
 
 import math
@@ -169,10 +170,18 @@ def test_candles_are_snapshots(make):
 def test_candles_as_dicts(make):
     agg = make([MINUTE])
     agg.update_tick("AAPL", 1.5, 2.0, BASE + 7)
-    assert agg.get_candles_as_dicts("AAPL", MINUTE) == [{
-        "candle_start_ms": BASE, "open": 1.5, "high": 1.5, "low": 1.5, "close": 1.5, "volume": 2.0,
-        "timestamp_ms": BASE + 7, "trade_count": 1,
-    }]
+    assert agg.get_candles_as_dicts("AAPL", MINUTE) == [
+        {
+            "candle_start_ms": BASE,
+            "open": 1.5,
+            "high": 1.5,
+            "low": 1.5,
+            "close": 1.5,
+            "volume": 2.0,
+            "timestamp_ms": BASE + 7,
+            "trade_count": 1,
+        }
+    ]
 
 
 def test_clear_forgets_everything(make):
@@ -199,20 +208,23 @@ def test_numpy_and_int_inputs_are_accepted(make):
 # -- bad input ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args, message", [
-    (("AAPL", math.nan, 1.0, BASE), "price=nan"),
-    (("AAPL", math.inf, 1.0, BASE), "price=inf"),
-    (("AAPL", "150.25", 1.0, BASE), "price='150.25'"),
-    (("AAPL", None, 1.0, BASE), "price=None"),
-    (("AAPL", 1.0, -1.0, BASE), "volume=-1.0"),
-    (("AAPL", 1.0, math.nan, BASE), "volume=nan"),
-    (("AAPL", 1.0, 1.0, -5), "timestamp_ms=-5"),
-    (("AAPL", 1.0, 1.0, "1638360000000"), "timestamp_ms='1638360000000'"),
-    (("AAPL", 1.0, 1.0, 2**63), "timestamp_ms="),
-    ((None, 1.0, 1.0, BASE), "symbol None"),
-    ((b"\xff", 1.0, 1.0, BASE), "symbol b'\\\\xff'"),
-    (("", 1.0, 1.0, BASE), "symbol ''"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("AAPL", math.nan, 1.0, BASE), "price=nan"),
+        (("AAPL", math.inf, 1.0, BASE), "price=inf"),
+        (("AAPL", "150.25", 1.0, BASE), "price='150.25'"),
+        (("AAPL", None, 1.0, BASE), "price=None"),
+        (("AAPL", 1.0, -1.0, BASE), "volume=-1.0"),
+        (("AAPL", 1.0, math.nan, BASE), "volume=nan"),
+        (("AAPL", 1.0, 1.0, -5), "timestamp_ms=-5"),
+        (("AAPL", 1.0, 1.0, "1638360000000"), "timestamp_ms='1638360000000'"),
+        (("AAPL", 1.0, 1.0, 2**63), "timestamp_ms="),
+        ((None, 1.0, 1.0, BASE), "symbol None"),
+        ((b"\xff", 1.0, 1.0, BASE), "symbol b'\\\\xff'"),
+        (("", 1.0, 1.0, BASE), "symbol ''"),
+    ],
+)
 def test_update_tick_refuses_bad_values_naming_them(make, args, message):
     agg = make([MINUTE])
     agg.update_tick("AAPL", 1.0, 1.0, BASE)
@@ -258,8 +270,11 @@ def test_update_arrays_refuses_mismatched_lengths(make):
 def tick_stream(redis_url):
     client = redis.Redis.from_url(redis_url)
     rows = [
-        ("AAPL", "100.5", "10"), ("MSFT", "300", "1"), ("AAPL", "101.25", "5"),
-        ("AAPL", "not-a-price", "1"), ("MSFT", "299.5", "-3"),
+        ("AAPL", "100.5", "10"),
+        ("MSFT", "300", "1"),
+        ("AAPL", "101.25", "5"),
+        ("AAPL", "not-a-price", "1"),
+        ("MSFT", "299.5", "-3"),
     ]
     for i, (symbol, price, volume) in enumerate(rows):
         client.xadd("ticks", {"symbol": symbol, "price": price, "volume": volume}, id=f"{BASE + i * 1000}-0")
@@ -311,14 +326,17 @@ def test_process_stream_batch_with_other_field_names(make):
     assert agg.rejected == 1
 
 
-@pytest.mark.parametrize("reply", [
-    [(b"12-", {b"symbol": b"A", b"price": b"1", b"volume": b"1"})],
-    [(b"abc-0", {b"symbol": b"A", b"price": b"1", b"volume": b"1"})],
-    [(b"1-0", None)],
-    [(b"1-0", {b"symbol": b"A", b"price": b"inf", b"volume": b"1"})],
-    [(b"1-0", {b"symbol": b"", b"price": b"1", b"volume": b"1"})],
-    [[b"ticks", [("1-0",), "junk", (b"1-0", {b"price": b"1"}, "extra")]]],
-])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        [(b"12-", {b"symbol": b"A", b"price": b"1", b"volume": b"1"})],
+        [(b"abc-0", {b"symbol": b"A", b"price": b"1", b"volume": b"1"})],
+        [(b"1-0", None)],
+        [(b"1-0", {b"symbol": b"A", b"price": b"inf", b"volume": b"1"})],
+        [(b"1-0", {b"symbol": b"", b"price": b"1", b"volume": b"1"})],
+        [[b"ticks", [("1-0",), "junk", (b"1-0", {b"price": b"1"}, "extra")]]],
+    ],
+)
 def test_process_stream_batch_skips_bad_rows(make, reply):
     agg = make([MINUTE])
     assert agg.process_stream_batch(reply) == 0
@@ -357,17 +375,32 @@ def test_format_candle_for_redis(make):
     (candle,) = agg.get_candles("AAPL", MINUTE)
     record = format_candle_for_redis(candle, b"AAPL", MINUTE)
     assert record == {
-        "symbol": "AAPL", "interval_ms": "60000", "candle_start_ms": str(BASE), "open": "100.5",
-        "high": "100.5", "low": "0.30000000000000004", "close": "0.30000000000000004", "volume": "4.0",
-        "timestamp_ms": str(BASE + 20), "trade_count": "2",
+        "symbol": "AAPL",
+        "interval_ms": "60000",
+        "candle_start_ms": str(BASE),
+        "open": "100.5",
+        "high": "100.5",
+        "low": "0.30000000000000004",
+        "close": "0.30000000000000004",
+        "volume": "4.0",
+        "timestamp_ms": str(BASE + 20),
+        "trade_count": "2",
     }
     assert float(record["low"]) == candle.low  # reads back exactly
     assert format_candle_for_redis(candle.as_dict(), "AAPL", MINUTE) == record
 
 
-@pytest.mark.parametrize("interval, suffix", [
-    (60_000, "1m"), (300_000, "5m"), (3_600_000, "1h"), (86_400_000, "24h"), (15_000, "15s"), (250, "250ms"),
-    (90_000, "90s"),
-])
+@pytest.mark.parametrize(
+    "interval, suffix",
+    [
+        (60_000, "1m"),
+        (300_000, "5m"),
+        (3_600_000, "1h"),
+        (86_400_000, "24h"),
+        (15_000, "15s"),
+        (250, "250ms"),
+        (90_000, "90s"),
+    ],
+)
 def test_interval_suffix(interval, suffix):
     assert interval_suffix(interval) == suffix

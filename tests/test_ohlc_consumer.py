@@ -1,12 +1,12 @@
 """FastOHLCConsumer end to end on a real server: the reference example, attach(), the quiet-symbol timer."""
+
 from __future__ import annotations
 
 import pytest
+from helpers import wait_until
 
 from streammachine import App, FastOHLCConsumer, RedisConnection
 from streammachine.ohlc import FastOHLC
-
-from helpers import wait_until
 
 BASE = 1_700_000_040_000  # a 1 s, 5 s and 1 min boundary, long ago: data time, not wall time
 
@@ -113,8 +113,9 @@ async def test_a_quiet_symbols_candle_is_sent_once_its_interval_passed(app_facto
 
 async def test_standalone_on_a_connection_of_its_own(redis_url, sync_redis):
     async with RedisConnection(url=redis_url) as connection:
-        consumer = FastOHLCConsumer("ticks", "bars", intervals=[1000], connection=connection, flush_every=0.05,
-                                    grace_ms=60_000)
+        consumer = FastOHLCConsumer(
+            "ticks", "bars", intervals=[1000], connection=connection, flush_every=0.05, grace_ms=60_000
+        )
         await consumer.start()
         client = await connection.get_client()
         for i in range(3):

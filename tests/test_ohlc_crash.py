@@ -6,6 +6,7 @@ before / just after a write of candles + checkpoint) and at an arbitrary
 moment, then restarted. The candles read back from the output streams must
 be those pandas makes of the same ticks, each once.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,13 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+from helpers import wait_until, wait_until_sync
+from test_ohlc_parity import pandas_candles
 
 from streammachine import ConsumerConfig, RedisConnection
 from streammachine.ohlc import FastOHLCConsumer
 from streammachine.ohlc.checkpoint import checkpoint_key
-
-from helpers import wait_until, wait_until_sync
-from test_ohlc_parity import pandas_candles
 
 WORKER = Path(__file__).with_name("ohlc_worker.py")
 INTERVALS = {1000: "bars_1s", 5000: "bars_5s", 60_000: "bars_1m"}
@@ -36,9 +36,15 @@ def make_ticks(count: int, seed: int = 3) -> list:
     """(symbol, price, volume, ms): strictly increasing ms (the stream ids), integer volumes (exact sums)."""
     rng = np.random.default_rng(seed)
     stamps = BASE + np.cumsum(rng.integers(1, 300, count))
-    return [(SYMBOLS[s], round(float(p), 2), float(v), int(t))
-            for s, p, v, t in zip(rng.integers(0, len(SYMBOLS), count), 100 + rng.standard_normal(count).cumsum(),
-                                  rng.integers(1, 50, count), stamps)]
+    return [
+        (SYMBOLS[s], round(float(p), 2), float(v), int(t))
+        for s, p, v, t in zip(
+            rng.integers(0, len(SYMBOLS), count),
+            100 + rng.standard_normal(count).cumsum(),
+            rng.integers(1, 50, count),
+            stamps,
+        )
+    ]
 
 
 def send(client, ticks) -> None:
@@ -61,8 +67,19 @@ def emitted(client) -> dict:
         rows = []
         for _, f in client.xrange(stream):
             assert f["interval_ms"] == str(interval)
-            rows.append((f["symbol"], int(f["candle_start_ms"]), float(f["open"]), float(f["high"]), float(f["low"]),
-                         float(f["close"]), float(f["volume"]), int(f["timestamp_ms"]), int(f["trade_count"])))
+            rows.append(
+                (
+                    f["symbol"],
+                    int(f["candle_start_ms"]),
+                    float(f["open"]),
+                    float(f["high"]),
+                    float(f["low"]),
+                    float(f["close"]),
+                    float(f["volume"]),
+                    int(f["timestamp_ms"]),
+                    int(f["trade_count"]),
+                )
+            )
         out[interval] = rows
     return out
 
@@ -85,8 +102,12 @@ def checkpoint(client) -> dict:
 def drained(client, last_id: str) -> bool:
     """Every tick up to ``last_id`` applied, written and acknowledged."""
     group = {g["name"]: g for g in client.xinfo_groups("ticks")}.get("ohlc")
-    return (group is not None and group["pending"] == 0 and group["last-delivered-id"] == last_id
-            and checkpoint(client).get("last_id") == last_id)
+    return (
+        group is not None
+        and group["pending"] == 0
+        and group["last-delivered-id"] == last_id
+        and checkpoint(client).get("last_id") == last_id
+    )
 
 
 def start_worker(url: str, *args: str, name: str | None = None) -> subprocess.Popen:
@@ -108,10 +129,10 @@ def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(redis_url, sync_re
     parts = [ticks[:800], ticks[800:1600], ticks[1600:2400], ticks[2400:7000], ticks[7000:8000], ticks[8000:]]
     # (worker arguments, consumer name or None for a new one per process, how it ends)
     runs = [
-        (["--crash-after", "5"], None, "self"),    # written, not yet acknowledged
-        (["--crash-before", "4"], None, "self"),   # applied, not written
-        (["--crash-after", "1"], "w1", "self"),    # right after the first write (the re-applied ticks)
-        ([], "w1", "external"),                    # SIGKILL from outside, mid-stream
+        (["--crash-after", "5"], None, "self"),  # written, not yet acknowledged
+        (["--crash-before", "4"], None, "self"),  # applied, not written
+        (["--crash-after", "1"], "w1", "self"),  # right after the first write (the re-applied ticks)
+        ([], "w1", "external"),  # SIGKILL from outside, mid-stream
         (["--crash-before", "2"], "w1", "self"),
         ([], None, "clean"),
     ]
@@ -125,8 +146,12 @@ def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(redis_url, sync_re
             if end == "self":
                 assert wait_exit(worker) == -signal.SIGKILL
             elif end == "external":
-                wait_until_sync(lambda: checkpoint(sync_redis).get("last_id") not in (None, before), timeout=30,
-                                interval=0.002, what="some progress")
+                wait_until_sync(
+                    lambda: checkpoint(sync_redis).get("last_id") not in (None, before),
+                    timeout=30,
+                    interval=0.002,
+                    what="some progress",
+                )
                 worker.kill()  # SIGKILL
                 assert wait_exit(worker) == -signal.SIGKILL
         # the last worker runs on: the sentinels complete every remaining candle
@@ -154,8 +179,16 @@ async def test_a_failed_write_is_retried_without_loss_or_double_count(redis_url,
     first, second = ticks[:700], ticks[700:]  # 1 min candles complete in both parts
     config = ConsumerConfig(count=50, block_ms=50, retry_delay_ms=20, claim_idle_ms=1000, max_deliveries=10_000)
     async with RedisConnection(url=redis_url) as connection:
-        consumer = FastOHLCConsumer("ticks", "bars", intervals=list(INTERVALS), group="ohlc", connection=connection,
-                                    flush_every=0.05, grace_ms=10**9, consumer_config=config)
+        consumer = FastOHLCConsumer(
+            "ticks",
+            "bars",
+            intervals=list(INTERVALS),
+            group="ohlc",
+            connection=connection,
+            flush_every=0.05,
+            grace_ms=10**9,
+            consumer_config=config,
+        )
         await consumer.start()
         try:
             send(sync_redis, first)
@@ -166,8 +199,10 @@ async def test_a_failed_write_is_retried_without_loss_or_double_count(redis_url,
             sync_redis.set("bars_1m", "not a stream")  # every write that has a 1 min candle now fails
 
             send(sync_redis, second)
-            await wait_until(lambda: sync_redis.xinfo_groups("ticks")[0]["last-delivered-id"] == f"{ticks[-1][3]}-0",
-                             what="every tick delivered")
+            await wait_until(
+                lambda: sync_redis.xinfo_groups("ticks")[0]["last-delivered-id"] == f"{ticks[-1][3]}-0",
+                what="every tick delivered",
+            )
             await wait_until(lambda: consumer.stats.retried >= 10, what="retries of the failing ticks")
             saved = checkpoint(sync_redis)
             written = {stream: sync_redis.xlen(stream) for stream in ("bars_1s", "bars_5s")}

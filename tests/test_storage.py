@@ -1,11 +1,12 @@
 """Storage: the reference API on both backends, atomic updates across processes."""
+
 import asyncio
 import multiprocessing
 
 import pytest
 
 from streammachine import Storage
-from streammachine.connection import RedisConnection
+from streammachine.redis.connection import RedisConnection
 
 
 @pytest.fixture(params=["manager", "redis"])
@@ -49,6 +50,7 @@ def _hammer(count):
         store = Storage()
         for _ in range(count):
             await store.incr("shared")
+
     asyncio.run(go())
 
 

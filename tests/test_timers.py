@@ -1,4 +1,5 @@
 """Timers: fixed rate without drift, no overlap, failures survived."""
+
 import asyncio
 import time
 

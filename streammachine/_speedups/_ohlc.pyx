@@ -22,7 +22,7 @@ import numpy as np
 from streammachine.ohlc.ticks import (
     coerce_symbol, coerce_tick, normalise_intervals, parse_field_number, prepare_tick_arrays, both_spellings,
 )
-from streammachine.stream_entries import iter_stream_batches, parse_stream_id_timestamp
+from streammachine.redis.entries import iter_stream_batches, parse_stream_id_timestamp
 
 cdef extern from "Python.h":
     long long PyLong_AsLongLongAndOverflow(object obj, int* overflow) except? -1

@@ -1,4 +1,5 @@
-"""StreamMachine's MCP server (``streammachine-mcp``); see ``streammachine.mcp.server``."""
-from .server import StreamMachineMCP, build_server, main, serve
+"""StreamMachine's MCP server (``streammachine-mcp``, started from ``streammachine.cli``); see ``.server``."""
 
-__all__ = ["StreamMachineMCP", "build_server", "main", "serve"]
+from streammachine.mcp.server import StreamMachineMCP, build_server, serve
+
+__all__ = ["StreamMachineMCP", "build_server", "serve"]

@@ -1,4 +1,5 @@
 """Texts the MCP server hands to models: its instructions and its two prompts."""
+
 from __future__ import annotations
 
 INSTRUCTIONS = """\

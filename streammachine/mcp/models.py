@@ -1,11 +1,12 @@
 """The shapes of the MCP tools' structured results (their output schemas)."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
 from pydantic import BaseModel, Field
 
-from ..ohlc.candle import Candle
+from streammachine.ohlc.candle import Candle
 
 
 class Entry(BaseModel):

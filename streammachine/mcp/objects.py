@@ -4,17 +4,17 @@
 with this server's key (STREAMMACHINE_SECRET_KEY, else the per-user key
 file): anything unsigned or tampered with is refused, never unpickled.
 """
+
 from __future__ import annotations
 
 from typing import Annotated, Any, Callable
 
 import pydantic_core
+from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
-from mcp.server.mcpserver.exceptions import ToolError
-
-from ..objstore import RedisObjectStorage, SignatureError
-from .models import ObjDeleted, ObjKeys, ObjValue
+from streammachine.mcp.models import ObjDeleted, ObjKeys, ObjValue
+from streammachine.state.objstore import RedisObjectStorage, SignatureError
 
 Prefix = Annotated[str, Field(description="the storage's key prefix (RedisObjectStorage(prefix=...))")]
 REPR_LIMIT = 2000
@@ -42,8 +42,12 @@ def register(tool: Callable, state: Any) -> None:
         if obj is missing:
             raise ToolError(f"obj_get: no object stored at {key!r} (prefix {prefix!r}); see obj_list")
         text = repr(obj)
-        return ObjValue(key=key, type=f"{type(obj).__module__}.{type(obj).__qualname__}", value=_json_form(obj),
-                        repr=text if len(text) <= REPR_LIMIT else text[:REPR_LIMIT] + "...")
+        return ObjValue(
+            key=key,
+            type=f"{type(obj).__module__}.{type(obj).__qualname__}",
+            value=_json_form(obj),
+            repr=text if len(text) <= REPR_LIMIT else text[:REPR_LIMIT] + "...",
+        )
 
     @tool
     async def obj_list(
@@ -63,6 +67,8 @@ def register(tool: Callable, state: Any) -> None:
         """Delete objects by pattern (requires confirm: true)."""
         if confirm is not True:
             matching = await storage(prefix).list_keys(pattern)
-            raise ToolError(f"obj_delete would delete {len(matching)} object(s) matching {pattern!r}; call it "
-                            "again with confirm: true to go ahead")
+            raise ToolError(
+                f"obj_delete would delete {len(matching)} object(s) matching {pattern!r}; call it "
+                "again with confirm: true to go ahead"
+            )
         return ObjDeleted(pattern=pattern, deleted=await storage(prefix).delete_keys(pattern))

@@ -1,34 +1,42 @@
 """The ``ohlc_*`` tools: named FastOHLC aggregators held in the MCP server process."""
+
 from __future__ import annotations
 
 import time
 from typing import Annotated, Any, Callable, List, Optional
 
+from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
-from mcp.server.mcpserver.exceptions import ToolError
-
-from .models import Candles, OhlcCreated, OhlcList, OhlcStats, OhlcUpdated
+from streammachine.mcp.models import Candles, OhlcCreated, OhlcList, OhlcStats, OhlcUpdated
 
 Name = Annotated[str, Field(min_length=1, description="the aggregator's name (from ohlc_create)")]
 Symbol = Annotated[str, Field(min_length=1, description="instrument symbol, e.g. 'AAPL'")]
 Interval = Annotated[int, Field(gt=0, description="candle length in ms; one of the aggregator's intervals")]
-AsOf = Annotated[Optional[int], Field(
-    description="wall-clock ms: candles that ended before it count as complete even without newer ticks")]
+AsOf = Annotated[
+    Optional[int],
+    Field(description="wall-clock ms: candles that ended before it count as complete even without newer ticks"),
+]
 
 
 def _stats(name: str, agg: Any) -> OhlcStats:
     raw = agg.stats()
-    return OhlcStats(name=name, implementation=raw["implementation"], intervals=list(agg.intervals),
-                     tick_count=agg.tick_count, late_ticks=raw["late_ticks"], rejected=raw["rejected"],
-                     symbols=sorted(agg.symbols),
-                     candles={symbol: {str(i): len(agg.get_candles(symbol, i)) for i in agg.intervals}
-                              for symbol in sorted(agg.symbols)})
+    return OhlcStats(
+        name=name,
+        implementation=raw["implementation"],
+        intervals=list(agg.intervals),
+        tick_count=agg.tick_count,
+        late_ticks=raw["late_ticks"],
+        rejected=raw["rejected"],
+        symbols=sorted(agg.symbols),
+        candles={
+            symbol: {str(i): len(agg.get_candles(symbol, i)) for i in agg.intervals} for symbol in sorted(agg.symbols)
+        },
+    )
 
 
 def _candles(name: str, symbol: str, interval_ms: int, candles: List[Any]) -> Candles:
-    return Candles(name=name, symbol=symbol, interval_ms=interval_ms, count=len(candles),
-                   candles=list(candles))
+    return Candles(name=name, symbol=symbol, interval_ms=interval_ms, count=len(candles), candles=list(candles))
 
 
 def register(tool: Callable, state: Any) -> None:
@@ -38,8 +46,9 @@ def register(tool: Callable, state: Any) -> None:
         try:
             return aggregators[name]
         except KeyError:
-            raise ToolError(f"no OHLC aggregator named {name!r} (have: {sorted(aggregators)}); "
-                            "create one with ohlc_create") from None
+            raise ToolError(
+                f"no OHLC aggregator named {name!r} (have: {sorted(aggregators)}); create one with ohlc_create"
+            ) from None
 
     @tool
     async def ohlc_create(
@@ -47,7 +56,7 @@ def register(tool: Callable, state: Any) -> None:
         intervals: Annotated[List[int], Field(min_length=1, description="candle lengths in ms")] = (60000, 300000),
     ) -> OhlcCreated:
         """Create an OHLC aggregator for candle aggregation (replaces one of the same name)."""
-        from ..ohlc import create_ohlc_aggregator
+        from streammachine.ohlc import create_ohlc_aggregator
 
         try:
             agg = create_ohlc_aggregator(intervals)

@@ -19,64 +19,72 @@ pending and dead-letter inspection::
   failed; the server keeps serving. Passwords never appear in results,
   errors or resources.
 """
+
 from __future__ import annotations
 
 import functools
 import json
-import re
 import signal
 import time
+from importlib.metadata import version as _package_version
 from typing import Annotated, Any, Callable, Dict, List, Optional
-from urllib.parse import parse_qsl, urlsplit
-
-from pydantic import Field
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import Field
 
-from .. import __version__
-from .._speedups import decode_dict_bytes_to_utf8
-from ..config import ConsumerConfig, Settings
-from ..connection import RedisConnection
-from ..embedded import redact_url
-from ..storage import RedisBackend
-from ..stream_entries import as_text
-from . import guide, objects, ohlc
-from .models import (
-    Cleared, ConsumerInfo, DeadLetter, DeadLetters, Entry, GroupInfo, Health, PendingEntry, PendingResult, Ping,
-    ReadResult, SendBatchResult, SendResult, StorageDeleted, StorageKeys, StorageValue, StorageWritten,
-    StreamGroups, StreamInfo, StreamList,
+from streammachine._redact import redact_url, scrub
+from streammachine._speedups import decode_dict_bytes_to_utf8
+from streammachine.config import ConsumerConfig, Settings
+from streammachine.mcp import guide, objects, ohlc
+from streammachine.mcp.models import (
+    Cleared,
+    ConsumerInfo,
+    DeadLetter,
+    DeadLetters,
+    Entry,
+    GroupInfo,
+    Health,
+    PendingEntry,
+    PendingResult,
+    Ping,
+    ReadResult,
+    SendBatchResult,
+    SendResult,
+    StorageDeleted,
+    StorageKeys,
+    StorageValue,
+    StorageWritten,
+    StreamGroups,
+    StreamInfo,
+    StreamList,
 )
+from streammachine.redis.connection import RedisConnection
+from streammachine.redis.entries import as_text
+from streammachine.state.storage import RedisBackend
 
-WRITE_TOOLS = frozenset({
-    "stream_send", "stream_send_batch", "storage_write", "storage_delete", "storage_clear", "obj_delete",
-})
-_URL_PASSWORD = re.compile(r"(\w[\w+.-]*://[^:/@\s]*:)[^@\s]+@")
+WRITE_TOOLS = frozenset(
+    {
+        "stream_send",
+        "stream_send_batch",
+        "storage_write",
+        "storage_delete",
+        "storage_clear",
+        "obj_delete",
+    }
+)
 DLQ = "_dlq_"
 
 StreamName = Annotated[str, Field(min_length=1, description="Redis stream key")]
 Count = Annotated[int, Field(ge=1, le=10000, description="how many entries at most")]
 
 
-def _url_secrets(url: Optional[str]) -> List[str]:
-    """The password in ``url``'s userinfo and in any ``*pass*`` query argument."""
-    if not url:
-        return []
-    try:
-        parts = urlsplit(url)
-        found = [parts.password] if parts.password else []
-    except ValueError:
-        return [url]
-    found += [v for k, v in parse_qsl(parts.query) if "pass" in k.lower() and v]
-    return found
-
-
-
 class StreamMachineMCP:
     """The server's state: one Redis connection, the storage hash, OHLC aggregators."""
 
-    def __init__(self, settings: Optional[Settings] = None, *, redis_url: Optional[str] = None,
-                 read_only: Optional[bool] = None) -> None:
+    def __init__(
+        self, settings: Optional[Settings] = None, *, redis_url: Optional[str] = None, read_only: Optional[bool] = None
+    ) -> None:
         self.settings = settings or Settings.from_env()
         self.connection = RedisConnection(url=redis_url, settings=self.settings)
         self.storage = RedisBackend(self.connection)
@@ -89,22 +97,25 @@ class StreamMachineMCP:
 
     def scrub(self, text: str) -> str:
         """``text`` with every password we know of (and any URL's) replaced by ``***``."""
-        for url in (self.connection.url, self.settings.redis_url):
-            for secret in _url_secrets(url):
-                text = text.replace(secret, "***")
-        return _URL_PASSWORD.sub(r"\1***@", text)
+        return scrub(text, (self.connection.url, self.settings.redis_url))
 
     async def close(self) -> None:
         await self.connection.close()
 
 
-def build_server(settings: Optional[Settings] = None, *, redis_url: Optional[str] = None,
-                 read_only: Optional[bool] = None, state: Optional[StreamMachineMCP] = None) -> MCPServer:
+def build_server(
+    settings: Optional[Settings] = None,
+    *,
+    redis_url: Optional[str] = None,
+    read_only: Optional[bool] = None,
+    state: Optional[StreamMachineMCP] = None,
+) -> MCPServer:
     """An ``MCPServer`` with StreamMachine's tools, resources and prompts (``server.state`` holds the state)."""
     state = state or StreamMachineMCP(settings, redis_url=redis_url, read_only=read_only)
     level = state.settings.log_level
     server = MCPServer(
-        "streammachine", version=__version__,
+        "streammachine",
+        version=_package_version("streammachine"),
         log_level=level if level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL") else "INFO",
         instructions=guide.INSTRUCTIONS + (guide.READ_ONLY_NOTE if state.read_only else ""),
     )
@@ -139,6 +150,7 @@ def build_server(settings: Optional[Settings] = None, *, redis_url: Optional[str
 
 # --- streams -------------------------------------------------------------------
 
+
 def _entries(raw) -> List[Entry]:
     return [Entry(id=as_text(i), fields=decode_dict_bytes_to_utf8(f or {})) for i, f in raw]
 
@@ -157,12 +169,22 @@ async def _groups(client, stream: str, with_consumers: bool) -> List[GroupInfo]:
         group = {as_text(k): as_text(v) for k, v in raw.items()}
         details = None
         if with_consumers:
-            details = [ConsumerInfo(name=as_text(c["name"]), pending=c["pending"], idle_ms=c["idle"],
-                                    inactive_ms=c.get("inactive"))
-                       for c in await client.xinfo_consumers(stream, group["name"])]
-        out.append(GroupInfo(name=group["name"], consumers=group["consumers"], pending=group["pending"],
-                             lag=group.get("lag"), last_delivered_id=group["last-delivered-id"],
-                             consumer_details=details))
+            details = [
+                ConsumerInfo(
+                    name=as_text(c["name"]), pending=c["pending"], idle_ms=c["idle"], inactive_ms=c.get("inactive")
+                )
+                for c in await client.xinfo_consumers(stream, group["name"])
+            ]
+        out.append(
+            GroupInfo(
+                name=group["name"],
+                consumers=group["consumers"],
+                pending=group["pending"],
+                lag=group.get("lag"),
+                last_delivered_id=group["last-delivered-id"],
+                consumer_details=details,
+            )
+        )
     return out
 
 
@@ -184,8 +206,9 @@ def _stream_tools(tool: Callable, state: StreamMachineMCP) -> None:
     @tool
     async def stream_send_batch(
         stream: StreamName,
-        messages: Annotated[List[Dict[str, Any]], Field(min_length=1, max_length=10000,
-                                                        description="records, each a dict of fields")],
+        messages: Annotated[
+            List[Dict[str, Any]], Field(min_length=1, max_length=10000, description="records, each a dict of fields")
+        ],
     ) -> SendBatchResult:
         """Send multiple messages to a stream in one pipelined batch; all are validated before any is sent."""
         ids = await state.connection.pipeline_xadd(stream, messages, maxlen=state.settings.stream_maxlen)
@@ -218,9 +241,15 @@ def _stream_tools(tool: Callable, state: StreamMachineMCP) -> None:
         raw = await client.xinfo_stream(stream)
         first, last = raw.get("first-entry"), raw.get("last-entry")
         dead = state.dead_letter_pattern.format(stream=stream)
-        return StreamInfo(stream=stream, length=raw["length"], first_id=as_text(first[0]) if first else None,
-                          last_id=as_text(last[0]) if last else None, groups=await _groups(client, stream, False),
-                          dead_letter_stream=dead, dead_letter_length=await client.xlen(dead))
+        return StreamInfo(
+            stream=stream,
+            length=raw["length"],
+            first_id=as_text(first[0]) if first else None,
+            last_id=as_text(last[0]) if last else None,
+            groups=await _groups(client, stream, False),
+            dead_letter_stream=dead,
+            dead_letter_length=await client.xlen(dead),
+        )
 
     @tool
     async def stream_list(
@@ -262,19 +291,30 @@ def _stream_tools(tool: Callable, state: StreamMachineMCP) -> None:
         summary = await client.xpending(stream, group)
         rows = await client.xpending_range(stream, group, min="-", max="+", count=count, consumername=consumer)
         return PendingResult(
-            stream=stream, group=group, pending=summary["pending"], min_id=as_text(summary.get("min")),
+            stream=stream,
+            group=group,
+            pending=summary["pending"],
+            min_id=as_text(summary.get("min")),
             max_id=as_text(summary.get("max")),
             per_consumer={as_text(c["name"]): int(c["pending"]) for c in summary.get("consumers") or []},
-            entries=[PendingEntry(id=as_text(r["message_id"]), consumer=as_text(r["consumer"]),
-                                  idle_ms=r["time_since_delivered"], deliveries=r["times_delivered"]) for r in rows],
+            entries=[
+                PendingEntry(
+                    id=as_text(r["message_id"]),
+                    consumer=as_text(r["consumer"]),
+                    idle_ms=r["time_since_delivered"],
+                    deliveries=r["times_delivered"],
+                )
+                for r in rows
+            ],
         )
 
     @tool
     async def stream_dead_letters(
         stream: Annotated[str, Field(min_length=1, description="the stream whose failures to show")],
         count: Count = 50,
-        dead_letter_stream: Annotated[Optional[str], Field(
-            description="override when the agent set ConsumerConfig.dead_letter_stream")] = None,
+        dead_letter_stream: Annotated[
+            Optional[str], Field(description="override when the agent set ConsumerConfig.dead_letter_stream")
+        ] = None,
     ) -> DeadLetters:
         """Read the dead-letter stream ('{stream}:dead'): entries that failed max_deliveries times, with the error."""
         within_records(count)
@@ -282,18 +322,26 @@ def _stream_tools(tool: Callable, state: StreamMachineMCP) -> None:
         dead = dead_letter_stream or state.dead_letter_pattern.format(stream=stream)
         entries = []
         for entry in _entries(await client.xrange(dead, count=count)):
-            meta = {k[len(DLQ):]: v for k, v in entry.fields.items() if k.startswith(DLQ)}
+            meta = {k[len(DLQ) :]: v for k, v in entry.fields.items() if k.startswith(DLQ)}
             deliveries, at = meta.get("deliveries"), meta.get("at")
-            entries.append(DeadLetter(
-                id=entry.id, original_id=meta.get("id"), stream=meta.get("stream"), group=meta.get("group"),
-                agent=meta.get("agent"), error=meta.get("error"),
-                deliveries=int(deliveries) if deliveries and deliveries.isdigit() else None,
-                at=float(at) if at else None,
-                fields={k: v for k, v in entry.fields.items() if not k.startswith(DLQ)}))
+            entries.append(
+                DeadLetter(
+                    id=entry.id,
+                    original_id=meta.get("id"),
+                    stream=meta.get("stream"),
+                    group=meta.get("group"),
+                    agent=meta.get("agent"),
+                    error=meta.get("error"),
+                    deliveries=int(deliveries) if deliveries and deliveries.isdigit() else None,
+                    at=float(at) if at else None,
+                    fields={k: v for k, v in entry.fields.items() if not k.startswith(DLQ)},
+                )
+            )
         return DeadLetters(stream=stream, dead_letter_stream=dead, length=await client.xlen(dead), entries=entries)
 
 
 # --- storage -------------------------------------------------------------------
+
 
 def _storage_tools(tool: Callable, state: StreamMachineMCP) -> None:
     storage = state.storage
@@ -333,8 +381,9 @@ def _storage_tools(tool: Callable, state: StreamMachineMCP) -> None:
     ) -> Cleared:
         """Clear all shared storage (requires confirm: true)."""
         if confirm is not True:
-            raise ToolError("storage_clear deletes every shared storage key; call it again with confirm: true "
-                            "to go ahead")
+            raise ToolError(
+                "storage_clear deletes every shared storage key; call it again with confirm: true to go ahead"
+            )
         count = len(await storage.keys())
         await storage.clear()
         return Cleared(cleared=count)
@@ -342,9 +391,23 @@ def _storage_tools(tool: Callable, state: StreamMachineMCP) -> None:
 
 # --- health --------------------------------------------------------------------
 
-_INFO_FIELDS = ("redis_version", "valkey_version", "server_name", "redis_mode", "os", "uptime_in_seconds",
-                "connected_clients", "blocked_clients", "used_memory", "used_memory_human", "maxmemory_human",
-                "total_commands_processed", "instantaneous_ops_per_sec", "aof_enabled", "role")
+_INFO_FIELDS = (
+    "redis_version",
+    "valkey_version",
+    "server_name",
+    "redis_mode",
+    "os",
+    "uptime_in_seconds",
+    "connected_clients",
+    "blocked_clients",
+    "used_memory",
+    "used_memory_human",
+    "maxmemory_human",
+    "total_commands_processed",
+    "instantaneous_ops_per_sec",
+    "aof_enabled",
+    "role",
+)
 
 
 def _health_tools(tool: Callable, state: StreamMachineMCP) -> None:
@@ -356,17 +419,28 @@ def _health_tools(tool: Callable, state: StreamMachineMCP) -> None:
             started = time.perf_counter()
             await client.ping()
             latency = round((time.perf_counter() - started) * 1000, 3)
-            return Health(status="healthy", redis="connected", server=state.connection.safe_url,
-                          latency_ms=latency, read_only=state.read_only)
+            return Health(
+                status="healthy",
+                redis="connected",
+                server=state.connection.safe_url,
+                latency_ms=latency,
+                read_only=state.read_only,
+            )
         except Exception as exc:
-            return Health(status="unhealthy", redis="disconnected", server=state.connection.safe_url,
-                          latency_ms=None, read_only=state.read_only,
-                          error=state.scrub(f"{type(exc).__name__}: {exc}"))
+            return Health(
+                status="unhealthy",
+                redis="disconnected",
+                server=state.connection.safe_url,
+                latency_ms=None,
+                read_only=state.read_only,
+                error=state.scrub(f"{type(exc).__name__}: {exc}"),
+            )
 
     @tool
     async def redis_info(
-        section: Annotated[Optional[str], Field(description="an INFO section, e.g. 'memory', 'clients'; "
-                                                             "omitted: a summary")] = None,
+        section: Annotated[
+            Optional[str], Field(description="an INFO section, e.g. 'memory', 'clients'; omitted: a summary")
+        ] = None,
     ) -> dict[str, Any]:
         """Get detailed Redis server info (INFO): a summary, or one whole section."""
         client = await state.client()
@@ -388,34 +462,55 @@ def _health_tools(tool: Callable, state: StreamMachineMCP) -> None:
 
 # --- resources and prompts -------------------------------------------------------
 
+
 def config_view(state: StreamMachineMCP) -> dict:
     s = state.settings
     url = state.connection.url or s.redis_url
     return {
-        "redis": {"url": redact_url(url) if url else None, "resolved": state.connection.url is not None,
-                  "REDIS_HOST": s.redis_host, "REDIS_PORT": s.redis_port, "REDIS_DB": s.redis_db,
-                  "cluster": s.redis_cluster, "REDIS_MAX_CONNECTIONS": s.max_connections,
-                  "embedded_fallback": s.embedded, "home": str(s.home)},
-        "consumers": {"STREAMMACHINE_RECORDS": s.records, "STREAMMACHINE_COUNT": s.count,
-                      "STREAMMACHINE_DEFAULT_GROUP": s.default_group, "STREAMMACHINE_BLOCK_MS": s.block_ms,
-                      "STREAMMACHINE_MAX_DELIVERIES": s.max_deliveries,
-                      "STREAMMACHINE_CLAIM_IDLE_MS": s.claim_idle_ms,
-                      "STREAMMACHINE_RETRY_DELAY_MS": s.retry_delay_ms,
-                      "STREAMMACHINE_STREAM_MAXLEN": s.stream_maxlen,
-                      "STREAMMACHINE_GRACE_SECONDS": s.grace_seconds,
-                      "dead_letter_stream": state.dead_letter_pattern},
-        "storage": {"backend": "redis", "hash": state.storage.key,
-                    "note": "apps share this state when they run with STREAMMACHINE_STORAGE=redis"},
-        "security": {"STREAMMACHINE_SECRET_KEY": "set" if s.secret_key else
-                     f"not set: objects are signed with the per-user key file in {s.home}",
-                     "read_only": state.read_only},
-        "version": __version__,
+        "redis": {
+            "url": redact_url(url) if url else None,
+            "resolved": state.connection.url is not None,
+            "REDIS_HOST": s.redis_host,
+            "REDIS_PORT": s.redis_port,
+            "REDIS_DB": s.redis_db,
+            "cluster": s.redis_cluster,
+            "REDIS_MAX_CONNECTIONS": s.max_connections,
+            "embedded_fallback": s.embedded,
+            "home": str(s.home),
+        },
+        "consumers": {
+            "STREAMMACHINE_RECORDS": s.records,
+            "STREAMMACHINE_COUNT": s.count,
+            "STREAMMACHINE_DEFAULT_GROUP": s.default_group,
+            "STREAMMACHINE_BLOCK_MS": s.block_ms,
+            "STREAMMACHINE_MAX_DELIVERIES": s.max_deliveries,
+            "STREAMMACHINE_CLAIM_IDLE_MS": s.claim_idle_ms,
+            "STREAMMACHINE_RETRY_DELAY_MS": s.retry_delay_ms,
+            "STREAMMACHINE_STREAM_MAXLEN": s.stream_maxlen,
+            "STREAMMACHINE_GRACE_SECONDS": s.grace_seconds,
+            "dead_letter_stream": state.dead_letter_pattern,
+        },
+        "storage": {
+            "backend": "redis",
+            "hash": state.storage.key,
+            "note": "apps share this state when they run with STREAMMACHINE_STORAGE=redis",
+        },
+        "security": {
+            "STREAMMACHINE_SECRET_KEY": "set"
+            if s.secret_key
+            else f"not set: objects are signed with the per-user key file in {s.home}",
+            "read_only": state.read_only,
+        },
+        "version": _package_version("streammachine"),
     }
 
 
 async def status_view(state: StreamMachineMCP) -> dict:
-    status: dict = {"server": state.connection.safe_url, "read_only": state.read_only,
-                    "ohlc_aggregators": sorted(state.aggregators)}
+    status: dict = {
+        "server": state.connection.safe_url,
+        "read_only": state.read_only,
+        "ohlc_aggregators": sorted(state.aggregators),
+    }
     try:
         client = await state.client()
         started = time.perf_counter()
@@ -436,13 +531,21 @@ async def status_view(state: StreamMachineMCP) -> dict:
 
 
 def _resources(server: MCPServer, state: StreamMachineMCP) -> None:
-    @server.resource("streammachine://config", name="config", mime_type="application/json",
-                     description="Current configuration (from the environment), credentials redacted")
+    @server.resource(
+        "streammachine://config",
+        name="config",
+        mime_type="application/json",
+        description="Current configuration (from the environment), credentials redacted",
+    )
     def config() -> str:
         return json.dumps(config_view(state), indent=2, default=str)
 
-    @server.resource("streammachine://status", name="status", mime_type="application/json",
-                     description="Redis connection and storage status")
+    @server.resource(
+        "streammachine://status",
+        name="status",
+        mime_type="application/json",
+        description="Redis connection and storage status",
+    )
     async def status() -> str:
         return json.dumps(await status_view(state), indent=2, default=str)
 
@@ -457,8 +560,9 @@ def _prompts(server: MCPServer) -> None:
 
     @server.prompt(name="stream-processing-patterns")
     def stream_processing_patterns(
-        pattern: Annotated[str, Field(description="all, producer-consumer, pipeline, fan-out, time-series, "
-                                                  "stateful or ohlc")] = "all",
+        pattern: Annotated[
+            str, Field(description="all, producer-consumer, pipeline, fan-out, time-series, stateful or ohlc")
+        ] = "all",
     ) -> str:
         """Common stream-processing patterns and their StreamMachine implementations."""
         return guide.patterns(pattern)
@@ -466,12 +570,20 @@ def _prompts(server: MCPServer) -> None:
 
 # --- running -----------------------------------------------------------------------
 
+
 class _Stopped(Exception):
     """A signal ended the HTTP server."""
 
 
-def serve(settings: Optional[Settings] = None, *, transport: str = "stdio", host: str = "127.0.0.1",
-          port: int = 8000, redis_url: Optional[str] = None, read_only: Optional[bool] = None) -> None:
+def serve(
+    settings: Optional[Settings] = None,
+    *,
+    transport: str = "stdio",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    redis_url: Optional[str] = None,
+    read_only: Optional[bool] = None,
+) -> None:
     """Serve until the client goes away (stdio) or SIGINT/SIGTERM (streamable-http)."""
     server = build_server(settings, redis_url=redis_url, read_only=read_only)
     if transport == "stdio":
@@ -492,12 +604,3 @@ def serve(settings: Optional[Settings] = None, *, transport: str = "stdio", host
                 signal.signal(sig, handler)
     else:
         raise ValueError(f"transport={transport!r}: expected 'stdio' or 'streamable-http'")
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """``streammachine-mcp [--transport ...] [--read-only] ...``: ``streammachine mcp`` by another name."""
-    import sys
-
-    from ..cli import main as cli_main
-
-    return cli_main(["mcp", *(sys.argv[1:] if argv is None else argv)])

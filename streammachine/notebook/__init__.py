@@ -3,7 +3,8 @@
 Nothing here is imported by ``import streammachine``; the names below load
 their module (and plotly/ipywidgets/IPython) on first use.
 """
-from .._lazy import lazy_getattr
+
+from streammachine._lazy import lazy_getattr
 
 _LAZY = {
     "LiveView": "refresh",

@@ -1,4 +1,5 @@
 """A live candlestick chart of one symbol and interval of an OHLC aggregator."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, Hashable, Optional
@@ -8,8 +9,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from ..ohlc import interval_suffix
-from .refresh import LiveView, check_positive
+from streammachine.notebook.refresh import LiveView, check_positive
+from streammachine.ohlc import interval_suffix
 
 
 class LiveCandles(LiveView):
@@ -19,8 +20,17 @@ class LiveCandles(LiveView):
     completed candles out of the aggregator (to emit them) still shows them.
     """
 
-    def __init__(self, aggregator, symbol: Any, interval_ms: Optional[int] = None, *, window: int = 60,
-                 fps: float = 5, title: Optional[str] = None, height: int = 380) -> None:
+    def __init__(
+        self,
+        aggregator,
+        symbol: Any,
+        interval_ms: Optional[int] = None,
+        *,
+        window: int = 60,
+        fps: float = 5,
+        title: Optional[str] = None,
+        height: int = 380,
+    ) -> None:
         check_positive("window", window)
         intervals = list(aggregator.intervals)
         interval_ms = intervals[0] if interval_ms is None else interval_ms
@@ -33,9 +43,13 @@ class LiveCandles(LiveView):
         self._candles: Dict[int, Any] = {}
         self.figure = go.FigureWidget(
             data=[go.Candlestick(name=self.symbol)],
-            layout=go.Layout(title=dict(text=title or f"{self.symbol} {interval_suffix(interval_ms)}"),
-                             height=height, margin=dict(l=50, r=10, t=40, b=30), uirevision="keep",
-                             xaxis=dict(rangeslider=dict(visible=False))),
+            layout=go.Layout(
+                title=dict(text=title or f"{self.symbol} {interval_suffix(interval_ms)}"),
+                height=height,
+                margin=dict(l=50, r=10, t=40, b=30),
+                uirevision="keep",
+                xaxis=dict(rangeslider=dict(visible=False)),
+            ),
         )
         # displayed inside a box, so close() can take the figure off the page cleanly (see close_tree)
         super().__init__(widgets.VBox([self.figure]), fps)
@@ -51,7 +65,7 @@ class LiveCandles(LiveView):
     def _render(self) -> None:
         for candle in self.aggregator.get_candles(self.symbol, self.interval_ms):
             self._candles[candle.candle_start_ms] = candle
-        for start in sorted(self._candles)[:-self.window]:
+        for start in sorted(self._candles)[: -self.window]:
             del self._candles[start]
         candles = self.candles
         if not candles:
@@ -65,8 +79,16 @@ class LiveCandles(LiveView):
             trace.close = np.array([c.close for c in candles])
 
 
-def live_candles(aggregator, symbol: Any, interval_ms: Optional[int] = None, *, window: int = 60, fps: float = 5,
-                 title: Optional[str] = None, height: int = 380) -> LiveCandles:
+def live_candles(
+    aggregator,
+    symbol: Any,
+    interval_ms: Optional[int] = None,
+    *,
+    window: int = 60,
+    fps: float = 5,
+    title: Optional[str] = None,
+    height: int = 380,
+) -> LiveCandles:
     """A live candlestick chart (display it: it is the figure); ``close()`` stops it.
 
     >>> agg = create_ohlc_aggregator(intervals=[1000, 5000])

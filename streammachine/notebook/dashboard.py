@@ -5,6 +5,7 @@ throughput chart (messages/s per agent over the last ``history`` samples).
 It polls the App's counters and, while the app runs, its groups' pending
 and lag from Redis, on the kernel loop, ``fps`` times a second at most.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -15,9 +16,9 @@ from typing import Deque, Dict, Hashable, List, Tuple
 import ipywidgets as widgets
 import plotly.graph_objects as go
 
-from .refresh import LiveView, check_positive
-from ..groups import fetch_groups
-from .status import status_frame, status_rows
+from streammachine.notebook.refresh import LiveView, check_positive
+from streammachine.notebook.status import status_frame, status_rows
+from streammachine.redis.inspect import fetch_groups
 
 
 class Dashboard(LiveView):
@@ -29,10 +30,15 @@ class Dashboard(LiveView):
         self.history = int(history)
         self.header = widgets.HTML()
         self.table = widgets.HTML()
-        self.chart = go.FigureWidget(layout=go.Layout(
-            height=height, margin=dict(l=40, r=10, t=30, b=30), title=dict(text="throughput (msg/s)"),
-            showlegend=True, uirevision="keep",  # keep the user's zoom across redraws
-        ))
+        self.chart = go.FigureWidget(
+            layout=go.Layout(
+                height=height,
+                margin=dict(l=40, r=10, t=30, b=30),
+                title=dict(text="throughput (msg/s)"),
+                showlegend=True,
+                uirevision="keep",  # keep the user's zoom across redraws
+            )
+        )
         super().__init__(widgets.VBox([self.header, self.table, self.chart]), fps)
         self.rows: List[dict] = []
         self._rates: Dict[str, Deque[Tuple[dt.datetime, float]]] = {}

@@ -1,4 +1,5 @@
 """A live line chart of a ``TimeSeriesBuffer``: plotly ``FigureWidget``, throttled, windowed."""
+
 from __future__ import annotations
 
 from typing import Hashable, Optional, Sequence, Union
@@ -7,7 +8,7 @@ import ipywidgets as widgets
 import pandas as pd
 import plotly.graph_objects as go
 
-from .refresh import LiveView, check_positive
+from streammachine.notebook.refresh import LiveView, check_positive
 
 
 class LiveLine(LiveView):
@@ -17,8 +18,18 @@ class LiveLine(LiveView):
     ``FigureWidget``; ``close()`` stops the refresh and closes it.
     """
 
-    def __init__(self, buffer, y: Union[str, Sequence[str]], *, x: Optional[str] = None, window: int = 500,
-                 fps: float = 10, title: Optional[str] = None, height: int = 350, mode: str = "lines") -> None:
+    def __init__(
+        self,
+        buffer,
+        y: Union[str, Sequence[str]],
+        *,
+        x: Optional[str] = None,
+        window: int = 500,
+        fps: float = 10,
+        title: Optional[str] = None,
+        height: int = 350,
+        mode: str = "lines",
+    ) -> None:
         check_positive("window", window)
         self.buffer = buffer
         self.columns = [y] if isinstance(y, str) else list(y)
@@ -28,8 +39,12 @@ class LiveLine(LiveView):
         self.window = int(window)
         self.figure = go.FigureWidget(
             data=[go.Scatter(name=column, mode=mode) for column in self.columns],
-            layout=go.Layout(title=dict(text=title or ", ".join(self.columns)), height=height,
-                             margin=dict(l=50, r=10, t=40, b=40), uirevision="keep"),
+            layout=go.Layout(
+                title=dict(text=title or ", ".join(self.columns)),
+                height=height,
+                margin=dict(l=50, r=10, t=40, b=40),
+                uirevision="keep",
+            ),
         )
         # displayed inside a box, so close() can take the figure off the page cleanly (see close_tree)
         super().__init__(widgets.VBox([self.figure]), fps)
@@ -41,7 +56,7 @@ class LiveLine(LiveView):
         frame = self.buffer.get()
         if frame.empty:
             return
-        frame = frame.iloc[-self.window:]
+        frame = frame.iloc[-self.window :]
         missing = [c for c in [self.x, *self.columns] if c not in frame.columns]
         if missing:
             raise KeyError(f"column(s) {missing} not in the buffer (columns: {list(frame.columns)})")
@@ -54,8 +69,16 @@ class LiveLine(LiveView):
                 trace.y = frame[column].to_numpy()
 
 
-def live_line(buffer, y: Union[str, Sequence[str]], *, x: Optional[str] = None, window: int = 500,
-              fps: float = 10, title: Optional[str] = None, height: int = 350) -> LiveLine:
+def live_line(
+    buffer,
+    y: Union[str, Sequence[str]],
+    *,
+    x: Optional[str] = None,
+    window: int = 500,
+    fps: float = 10,
+    title: Optional[str] = None,
+    height: int = 350,
+) -> LiveLine:
     """A live line chart of ``buffer`` that redraws while data flows (display it: it is the figure).
 
     >>> view = live_line(buffer, y="price", window=300, fps=10)

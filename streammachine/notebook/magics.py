@@ -19,6 +19,7 @@ Magics run inside the kernel's event loop but cannot await: lifecycle
 commands schedule work on that loop and return, and the Redis conveniences
 use a synchronous client.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -27,11 +28,11 @@ from typing import Callable, Dict, Optional
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
-from ..app import App
-from . import commands
-from .registration import MagicArgumentError, RaisingParser, cell_parser, cell_registration
-from ..groups import fetch_groups_sync
-from .status import status_frame, status_rows
+from streammachine import console as commands
+from streammachine.app import App
+from streammachine.cells import MagicArgumentError, RaisingParser, cell_parser, cell_registration
+from streammachine.notebook.status import status_frame, status_rows
+from streammachine.redis.inspect import fetch_groups_sync
 
 USAGE = __doc__.split("\n\n", 1)[1].rsplit("\n\n", 1)[0]
 
@@ -81,8 +82,10 @@ class StreamMachineMagics(Magics):
             return namespace[next(iter(found.values()))]
         if not found:
             raise UsageError("no streammachine App in this notebook: create one first, e.g. app = App('demo')")
-        raise UsageError(f"several Apps in this notebook ({', '.join(sorted(found.values()))}): "
-                         "pick one with %streammachine use VARIABLE")
+        raise UsageError(
+            f"several Apps in this notebook ({', '.join(sorted(found.values()))}): "
+            "pick one with %streammachine use VARIABLE"
+        )
 
     def _client(self, app: App):
         url = commands.server_url(app)
@@ -111,8 +114,9 @@ class StreamMachineMagics(Magics):
     def _cmd_use(self, args):
         value = self.shell.user_ns.get(args.variable)
         if not isinstance(value, App):
-            raise UsageError(f"%streammachine use {args.variable}: expected a variable holding an App, "
-                             f"got {type(value).__name__}")
+            raise UsageError(
+                f"%streammachine use {args.variable}: expected a variable holding an App, got {type(value).__name__}"
+            )
         self._app_variable = args.variable
         print(f"streammachine: using {value!r}")
 
@@ -124,8 +128,10 @@ class StreamMachineMagics(Magics):
         try:
             asyncio.get_running_loop()
         except RuntimeError:  # App.start() would block here as the headless runner does
-            raise UsageError("%streammachine start needs a running event loop (a Jupyter kernel); "
-                             "elsewhere use app.start() in a script or `await app.run()`") from None
+            raise UsageError(
+                "%streammachine start needs a running event loop (a Jupyter kernel); "
+                "elsewhere use app.start() in a script or `await app.run()`"
+            ) from None
         task = app.start()
         print(f"streammachine: starting app {app.name!r} ({len(app.agents)} agents, {len(app.timers)} timers)")
         task.add_done_callback(lambda t: _report(t, f"app {app.name!r} running on {app.redis.safe_url}"))

@@ -9,6 +9,7 @@ half the kernel's time and cells stay responsive. ``stop()`` ends the task
 and leaves the last frame on screen; closing the view (or the widget) ends
 it too.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -95,7 +96,7 @@ class LiveView:
         self.frames += 1
         return True
 
-    def start(self) -> "LiveView":
+    def start(self) -> LiveView:
         """Start the refresh task on the running loop (done by the ``live_*`` helpers)."""
         if self._task is not None and not self._task.done():
             return self

@@ -5,14 +5,27 @@ synchronous magic (sync client) and the dashboard (async client, on the
 kernel loop) show the same columns. Rates come from ``AgentStats.rate()``,
 which observers share without skewing each other.
 """
+
 from __future__ import annotations
 
 from typing import List
 
-from ..groups import Groups
+from streammachine.redis.inspect import Groups
 
-AGENT_COLUMNS = ["kind", "name", "stream", "group", "state", "processed", "rate", "pending", "lag", "failed",
-                 "dead_lettered", "last_error"]
+AGENT_COLUMNS = [
+    "kind",
+    "name",
+    "stream",
+    "group",
+    "state",
+    "processed",
+    "rate",
+    "pending",
+    "lag",
+    "failed",
+    "dead_lettered",
+    "last_error",
+]
 
 
 def status_rows(app, groups: Groups) -> List[dict]:
@@ -22,18 +35,39 @@ def status_rows(app, groups: Groups) -> List[dict]:
     for name, spec in app.agents.items():
         stats = app.stats(name)
         group = groups.get((spec.stream, spec.group), {})
-        rows.append({
-            "kind": "agent", "name": name, "stream": spec.stream, "group": spec.group, "state": state,
-            "processed": stats.processed, "rate": round(stats.rate(), 1),
-            "pending": group.get("pending"), "lag": group.get("lag"), "failed": stats.failed, "dead_lettered": stats.dead_lettered,
-            "last_error": stats.last_error,
-        })
+        rows.append(
+            {
+                "kind": "agent",
+                "name": name,
+                "stream": spec.stream,
+                "group": spec.group,
+                "state": state,
+                "processed": stats.processed,
+                "rate": round(stats.rate(), 1),
+                "pending": group.get("pending"),
+                "lag": group.get("lag"),
+                "failed": stats.failed,
+                "dead_lettered": stats.dead_lettered,
+                "last_error": stats.last_error,
+            }
+        )
     for name, spec in app.timers.items():
-        rows.append({
-            "kind": "timer", "name": name, "stream": None, "group": None, "state": state,
-            "processed": spec.runs, "rate": None, "pending": None, "lag": None, "failed": spec.failures,
-            "dead_lettered": None, "last_error": spec.last_error,
-        })
+        rows.append(
+            {
+                "kind": "timer",
+                "name": name,
+                "stream": None,
+                "group": None,
+                "state": state,
+                "processed": spec.runs,
+                "rate": None,
+                "pending": None,
+                "lag": None,
+                "failed": spec.failures,
+                "dead_lettered": None,
+                "last_error": spec.last_error,
+            }
+        )
     return rows
 
 

@@ -1,4 +1,5 @@
 """Waiting in a notebook cell without blocking the kernel: ``await until(...)``."""
+
 from __future__ import annotations
 
 import asyncio
@@ -21,5 +22,7 @@ async def until(predicate: Callable[[], Any], timeout: float = 30.0, interval: f
         if value:
             return value
         if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up after {timeout:g}s waiting for {what or getattr(predicate, '__name__', 'the condition')}")
+            raise TimeoutError(
+                f"gave up after {timeout:g}s waiting for {what or getattr(predicate, '__name__', 'the condition')}"
+            )
         await asyncio.sleep(interval)

@@ -5,15 +5,16 @@ is built, else the pure-Python one (same behaviour); ``_HAS_FAST_OHLC_CYTHON``
 says which. Setting ``pure_python`` in the settings (STREAMMACHINE_PURE_PYTHON=1)
 selects the Python one even when the compiled one is there.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Optional
 
-from ..config import ConfigError, Settings
-from ..stream_entries import parse_stream_id_timestamp
-from .aggregator import CythonFastOHLC, PythonFastOHLC, choose_implementation
-from .candle import Candle, format_candle_for_redis, interval_suffix
-from .ticks import DEFAULT_INTERVALS
+from streammachine.config import ConfigError, Settings
+from streammachine.ohlc.aggregator import CythonFastOHLC, PythonFastOHLC, choose_implementation
+from streammachine.ohlc.candle import Candle, format_candle_for_redis, interval_suffix
+from streammachine.ohlc.ticks import DEFAULT_INTERVALS
+from streammachine.redis.entries import parse_stream_id_timestamp
 
 
 def _pure_python_requested() -> bool:
@@ -33,9 +34,17 @@ def create_ohlc_aggregator(intervals: Optional[Iterable[int]] = None) -> FastOHL
     return FastOHLC(DEFAULT_INTERVALS if intervals is None else intervals)
 
 
-from .consumer import FastOHLCConsumer  # noqa: E402  (needs the names above)
+from streammachine.ohlc.consumer import FastOHLCConsumer  # noqa: E402  (needs the names above)
 
 __all__ = [
-    "FastOHLC", "FastOHLCConsumer", "create_ohlc_aggregator", "parse_stream_id_timestamp", "format_candle_for_redis",
-    "_HAS_FAST_OHLC_CYTHON", "Candle", "interval_suffix", "PythonFastOHLC", "CythonFastOHLC",
+    "FastOHLC",
+    "FastOHLCConsumer",
+    "create_ohlc_aggregator",
+    "parse_stream_id_timestamp",
+    "format_candle_for_redis",
+    "_HAS_FAST_OHLC_CYTHON",
+    "Candle",
+    "interval_suffix",
+    "PythonFastOHLC",
+    "CythonFastOHLC",
 ]

@@ -15,14 +15,21 @@ candles were flushed (ticks under it are late and dropped). Tuples of plain
 numbers, like the flat pending lists, are not tracked by the cyclic GC:
 holding millions of them costs no GC passes.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ..stream_entries import iter_stream_batches, parse_stream_id_timestamp
-from .ticks import coerce_symbol, coerce_tick, normalise_intervals, prepare_tick_arrays, both_spellings
+from streammachine.ohlc.ticks import (
+    both_spellings,
+    coerce_symbol,
+    coerce_tick,
+    normalise_intervals,
+    prepare_tick_arrays,
+)
+from streammachine.redis.entries import iter_stream_batches, parse_stream_id_timestamp
 
 CHUNK = 32768  # pending ticks per symbol before they are aggregated anyway
 _PENDING_LIMIT = 3 * CHUNK  # pending lists are flat: price, volume, timestamp, price, ...
@@ -105,9 +112,15 @@ class OHLCCore:
     def update_tick(self, symbol: Any, price: Any, volume: Any, timestamp_ms: Any) -> None:
         """Add one trade. Raises ValueError (naming the field) for a bad one."""
         # The hot path: exact types, finite numbers, a known symbol. `x - x == 0.0` is False for NaN and inf.
-        if (type(price) is float and type(volume) is float and type(timestamp_ms) is int
-                and price - price == 0.0 and volume >= 0.0 and volume - volume == 0.0
-                and 0 <= timestamp_ms <= 9223372036854775807):
+        if (
+            type(price) is float
+            and type(volume) is float
+            and type(timestamp_ms) is int
+            and price - price == 0.0
+            and volume >= 0.0
+            and volume - volume == 0.0
+            and 0 <= timestamp_ms <= 9223372036854775807
+        ):
             try:
                 pending = self._pending.get(symbol)
             except TypeError:  # unhashable: the checked path names the problem
@@ -132,8 +145,9 @@ class OHLCCore:
             self._aggregate(state)
         state.pending += (price, volume, stamp)
 
-    def process_stream_batch(self, entries: Any, price_field: str = "price", volume_field: str = "volume",
-                             symbol_field: str = "symbol") -> int:
+    def process_stream_batch(
+        self, entries: Any, price_field: str = "price", volume_field: str = "volume", symbol_field: str = "symbol"
+    ) -> int:
         """Take ticks from a read reply (RESP2/RESP3) or a list of (id, fields); time is the id's ms.
 
         Bad rows are skipped and counted in ``rejected``; returns the number taken.
@@ -286,7 +300,9 @@ class OHLCCore:
             state.latest_ts = latest
             for held, (watermark, rows) in zip(state.series, series):
                 held.watermark = watermark
-                held.candles = {start: (o, h, lo, c, v, n, first, last) for start, o, h, lo, c, v, n, first, last in rows}
+                held.candles = {
+                    start: (o, h, lo, c, v, n, first, last) for start, o, h, lo, c, v, n, first, last in rows
+                }
         self._ticks, self._late, self._rejected = ticks, late, rejected
 
     # -- state ---------------------------------------------------------------
@@ -348,12 +364,21 @@ class OHLCCore:
 
 def _row(start: int, candle: tuple) -> tuple:
     """(candle_start_ms, open, high, low, close, volume, timestamp_ms, trade_count)."""
-    return (start, candle[_OPEN], candle[_HIGH], candle[_LOW], candle[_CLOSE], candle[_VOLUME],
-            candle[_LAST_TS], candle[_COUNT])
+    return (
+        start,
+        candle[_OPEN],
+        candle[_HIGH],
+        candle[_LOW],
+        candle[_CLOSE],
+        candle[_VOLUME],
+        candle[_LAST_TS],
+        candle[_COUNT],
+    )
 
 
-def _merge_series(candles: Dict[int, tuple], interval: int, prices: np.ndarray, volumes: np.ndarray,
-                  stamps: np.ndarray) -> None:
+def _merge_series(
+    candles: Dict[int, tuple], interval: int, prices: np.ndarray, volumes: np.ndarray, stamps: np.ndarray
+) -> None:
     if not len(stamps):
         return
     starts, group = np.unique(stamps - stamps % interval, return_inverse=True)
@@ -383,8 +408,18 @@ def _merge_series(candles: Dict[int, tuple], interval: int, prices: np.ndarray, 
     close_price = prices[last_row]
 
     starts = starts.tolist()
-    fresh = list(zip(open_price.tolist(), high.tolist(), low.tolist(), close_price.tolist(), volume.tolist(),
-                     count.tolist(), first_ts.tolist(), last_ts.tolist()))
+    fresh = list(
+        zip(
+            open_price.tolist(),
+            high.tolist(),
+            low.tolist(),
+            close_price.tolist(),
+            volume.tolist(),
+            count.tolist(),
+            first_ts.tolist(),
+            last_ts.tolist(),
+        )
+    )
     candles.update(zip(starts, fresh))  # in C; the few candles that already existed are redone below
     for i, held in enumerate(existing):
         if held is not None:

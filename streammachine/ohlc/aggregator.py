@@ -18,14 +18,15 @@ Semantics, identical in both cores:
   both cores; ``restore(snapshot)`` / ``FastOHLC.from_snapshot(snapshot)``
   take it back (see ``snapshot.py`` for the format).
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from . import snapshot as _snapshot
-from .candle import Candle
-from ._core_py import OHLCCore as _PythonCore
-from .ticks import completion_cut
+from streammachine.ohlc import snapshot as _snapshot
+from streammachine.ohlc._core_py import OHLCCore as _PythonCore
+from streammachine.ohlc.candle import Candle
+from streammachine.ohlc.ticks import completion_cut
 
 
 class OHLCMethods:
@@ -91,11 +92,15 @@ class OHLCMethods:
         try:
             return self.intervals.index(interval)
         except ValueError:
-            raise ValueError(f"interval {interval!r}: not one of this aggregator's intervals {list(self.intervals)}") from None
+            raise ValueError(
+                f"interval {interval!r}: not one of this aggregator's intervals {list(self.intervals)}"
+            ) from None
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(intervals={list(self.intervals)}, symbols={len(self.symbols)}, "
-                f"tick_count={self.tick_count})")
+        return (
+            f"{type(self).__name__}(intervals={list(self.intervals)}, symbols={len(self.symbols)}, "
+            f"tick_count={self.tick_count})"
+        )
 
 
 class PythonFastOHLC(_PythonCore, OHLCMethods):
@@ -106,7 +111,7 @@ class PythonFastOHLC(_PythonCore, OHLCMethods):
 
 
 try:
-    from .._speedups._ohlc import OHLCCore as _CompiledCore
+    from streammachine._speedups._ohlc import OHLCCore as _CompiledCore
 except ImportError:  # not built: the Python core serves
     CythonFastOHLC = None
 else:

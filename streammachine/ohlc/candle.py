@@ -1,10 +1,11 @@
 """Candles as the OHLC aggregators hand them out, and their stream encoding."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Mapping, Union
 
-from .ticks import coerce_symbol
+from streammachine.ohlc.ticks import coerce_symbol
 
 FIELDS = ("candle_start_ms", "open", "high", "low", "close", "volume", "timestamp_ms", "trade_count")
 
@@ -38,8 +39,9 @@ def interval_suffix(interval_ms: int) -> str:
     return f"{interval_ms}ms"
 
 
-def format_candle_for_redis(candle: Union[Candle, Mapping[str, Any]], symbol: Union[str, bytes],
-                            interval_ms: int) -> Dict[str, str]:
+def format_candle_for_redis(
+    candle: Union[Candle, Mapping[str, Any]], symbol: Union[str, bytes], interval_ms: int
+) -> Dict[str, str]:
     """The fields to XADD for a candle, all str: symbol, interval_ms, then the candle's fields.
 
     Floats are written with ``repr`` (``str``), which reads back exactly.

@@ -8,6 +8,7 @@ The checkpoint is JSON (orjson)::
 key back and tell whether its write went through. ``last_id`` is the last
 input stream id whose tick the snapshot includes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,9 +17,9 @@ from typing import Any, List, Optional, Tuple
 import orjson
 from redis.exceptions import NoScriptError
 
-from ..connection import same_slot
-from ..resp import direct_pool, encode_command, round_trip
-from .candle import FIELDS as CANDLE_FIELDS
+from streammachine.ohlc.candle import FIELDS as CANDLE_FIELDS
+from streammachine.redis.resp import direct_pool, encode_command, round_trip
+from streammachine.redis.transport import same_slot
 
 FORMAT = 1
 RECORD_FIELDS = ("symbol", "interval_ms", *CANDLE_FIELDS)  # format_candle_for_redis's order
@@ -82,8 +83,9 @@ def id_text(key: StreamId) -> str:
 
 
 def encode(seq: int, last_id: Optional[StreamId], snapshot: dict) -> bytes:
-    return orjson.dumps({"format": FORMAT, "seq": seq, "last_id": None if last_id is None else id_text(last_id),
-                         "aggregator": snapshot})
+    return orjson.dumps(
+        {"format": FORMAT, "seq": seq, "last_id": None if last_id is None else id_text(last_id), "aggregator": snapshot}
+    )
 
 
 def decode(raw: bytes) -> Tuple[int, Optional[StreamId], dict]:

@@ -1,7 +1,7 @@
 """FastOHLCConsumer: ticks from a stream in, completed candles out, through the core's consumer machinery.
 
 Ticks are read in batches by a core ``StreamConsumer`` (consumer group,
-acks, retries, claims: see ``streammachine.consumer``) and fed to a
+acks, retries, claims: see ``streammachine.engine.consumer``) and fed to a
 ``FastOHLC`` with ``process_stream_batch`` (time = the stream id's ms).
 Completed candles go to ``{prefix}_1m``, ``{prefix}_5m``... (see
 ``interval_suffix``), together with a checkpoint (see "Crash safety").
@@ -63,6 +63,7 @@ Crash safety: nothing lost, no tick counted twice, each candle emitted once
   by the consumer policy after repeated write failures are still counted
   in the candles (they were applied before the write failed).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -70,14 +71,14 @@ import logging
 import time
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from ..agents import AgentSpec, AgentStats, TimerSpec
-from ..config import ConsumerConfig, TimerConfig
-from ..connection import RedisConnection
-from ..runners import InProcessRunner, consumer_base
-from ..timers import TimerRunner
-from . import checkpoint
-from .candle import format_candle_for_redis, interval_suffix
-from .ticks import DEFAULT_INTERVALS, coerce_symbol
+from streammachine.config import ConsumerConfig, TimerConfig
+from streammachine.engine.executors import InProcessRunner, consumer_base
+from streammachine.engine.specs import AgentSpec, AgentStats, TimerSpec
+from streammachine.engine.timers import TimerRunner
+from streammachine.ohlc import checkpoint
+from streammachine.ohlc.candle import format_candle_for_redis, interval_suffix
+from streammachine.ohlc.ticks import DEFAULT_INTERVALS, coerce_symbol
+from streammachine.redis.connection import RedisConnection
 
 log = logging.getLogger("streammachine.ohlc")
 
@@ -104,7 +105,7 @@ class FastOHLCConsumer:
         consumer_config: Optional[ConsumerConfig] = None,
         name: Optional[str] = None,
     ) -> None:
-        from . import create_ohlc_aggregator
+        from streammachine.ohlc import create_ohlc_aggregator
 
         if app is not None and connection is not None:
             raise ValueError("FastOHLCConsumer: pass app= or connection=, not both")
@@ -156,15 +157,20 @@ class FastOHLCConsumer:
             else:
                 self._connection, self._owns_connection = RedisConnection(), True
         settings = self._connection.settings
-        spec = self._agent_spec(self._consumer_config or (
-            self._app.config.consumer if self._app is not None else ConsumerConfig.from_settings(settings)))
+        spec = self._agent_spec(
+            self._consumer_config
+            or (self._app.config.consumer if self._app is not None else ConsumerConfig.from_settings(settings))
+        )
         base = f"{consumer_base(settings.consumer_name)}-ohlc"
         await self._connection.get_client()  # resolves the URL new_client() needs
         await self.restore()
         self._runner = InProcessRunner(spec, self._connection, base, self.stats)
         await self._runner.start()
-        self._timer = TimerRunner(TimerSpec(name=f"{self.name}.flush", handler=self.flush_quiet,
-                                            config=TimerConfig(interval=self.flush_every)))
+        self._timer = TimerRunner(
+            TimerSpec(
+                name=f"{self.name}.flush", handler=self.flush_quiet, config=TimerConfig(interval=self.flush_every)
+            )
+        )
         self._timer.start()
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -183,15 +189,16 @@ class FastOHLCConsumer:
 
     # -- running as part of an App -------------------------------------------
 
-    def attach(self, app: Any) -> "FastOHLCConsumer":
+    def attach(self, app: Any) -> FastOHLCConsumer:
         """Register with ``app`` (before it starts): a restore at startup, a batch agent, a flush timer, a last flush."""
         if self._app is not None and self._app is not app:
             raise ValueError("FastOHLCConsumer is already bound to another App")
         self._app = app
         config = self._consumer_config or app.config.consumer
         app.on_startup(self.restore)  # the App runs its startup hooks before its agents
-        app.agent(self.input_stream, group=self.group, concurrency=1, batch=True, name=self.name,
-                  config=config)(self.handle_batch)
+        app.agent(self.input_stream, group=self.group, concurrency=1, batch=True, name=self.name, config=config)(
+            self.handle_batch
+        )
         app.timer(self.flush_every, name=f"{self.name}.flush")(self.flush_quiet)
         app.on_shutdown(self.flush_quiet)
         return self
@@ -199,8 +206,15 @@ class FastOHLCConsumer:
     # -- the work --------------------------------------------------------------
 
     def _agent_spec(self, config: ConsumerConfig) -> AgentSpec:
-        return AgentSpec(name=self.name, handler=self.handle_batch, stream=self.input_stream, group=self.group,
-                         concurrency=1, batch=True, config=config)
+        return AgentSpec(
+            name=self.name,
+            handler=self.handle_batch,
+            stream=self.input_stream,
+            group=self.group,
+            concurrency=1,
+            batch=True,
+            config=config,
+        )
 
     async def handle_batch(self, messages: list) -> None:
         """The batch agent: apply the new ticks, flush what they completed, write candles + checkpoint.
@@ -235,8 +249,12 @@ class FastOHLCConsumer:
                     await self._write()
             except Exception as exc:  # Redis unreachable: the batches retry, and so does the next run
                 if not self._write_failing:
-                    log.warning("%s: could not write %d candles and the checkpoint (%s); will retry",
-                                self.name, len(self._outbox), exc)
+                    log.warning(
+                        "%s: could not write %d candles and the checkpoint (%s); will retry",
+                        self.name,
+                        len(self._outbox),
+                        exc,
+                    )
                 self._write_failing = True
 
     async def restore(self) -> None:
@@ -287,7 +305,9 @@ class FastOHLCConsumer:
             self._connection = self._app.redis if self._app is not None else RedisConnection()
             self._owns_connection = self._app is None
         if self._writer is None:
-            maxlen = self._app.config.stream_maxlen if self._app is not None else self._connection.settings.stream_maxlen
+            maxlen = (
+                self._app.config.stream_maxlen if self._app is not None else self._connection.settings.stream_maxlen
+            )
             self._writer = checkpoint.CheckpointWriter(self.checkpoint_key, maxlen)
         return await self._connection.get_client()
 
@@ -315,7 +335,9 @@ class FastOHLCConsumer:
         await self._catch_up(client)
         self._restored = True
         if self._last_id != self._saved_id:
-            log.info("%s: re-applied the ticks after the checkpoint, up to %s", self.name, checkpoint.id_text(self._last_id))
+            log.info(
+                "%s: re-applied the ticks after the checkpoint, up to %s", self.name, checkpoint.id_text(self._last_id)
+            )
 
     async def _catch_up(self, client) -> None:
         """Apply the ticks after the checkpoint up to the group's last delivered id, and write.
@@ -396,5 +418,7 @@ class FastOHLCConsumer:
 
     def __repr__(self) -> str:
         state = "running" if self._runner is not None else ("attached" if self._app is not None else "stopped")
-        return (f"FastOHLCConsumer({self.input_stream!r} -> {list(self.output_streams.values())}, group={self.group!r}, "
-                f"{state}, emitted={self.emitted})")
+        return (
+            f"FastOHLCConsumer({self.input_stream!r} -> {list(self.output_streams.values())}, group={self.group!r}, "
+            f"{state}, emitted={self.emitted})"
+        )

@@ -19,13 +19,14 @@ overflowed to infinity is written as the string "inf" (JSON has no
 infinity). ``parse`` checks a snapshot before a core takes it, so a bad
 one is refused whole with a ValueError naming what is wrong.
 """
+
 from __future__ import annotations
 
 import json
 import math
 from typing import Any, List, Optional, Tuple
 
-from ..stream_entries import _short
+from streammachine.redis.entries import _short
 
 FORMAT = 1
 
@@ -35,12 +36,21 @@ Row = Tuple[int, float, float, float, float, float, int, int, int]
 def build(core: Any) -> dict:
     """The snapshot of ``core`` (a FastOHLC): see the module docstring."""
     symbols = [
-        {"name": name, "latest_ts": latest,
-         "series": [{"watermark": watermark, "candles": _json_rows(rows)} for watermark, rows in series]}
+        {
+            "name": name,
+            "latest_ts": latest,
+            "series": [{"watermark": watermark, "candles": _json_rows(rows)} for watermark, rows in series],
+        }
         for name, latest, series in core._export()
     ]
-    return {"format": FORMAT, "intervals": list(core.intervals), "tick_count": core.tick_count,
-            "late_ticks": core.late_ticks, "rejected": core.rejected, "symbols": symbols}
+    return {
+        "format": FORMAT,
+        "intervals": list(core.intervals),
+        "tick_count": core.tick_count,
+        "late_ticks": core.late_ticks,
+        "rejected": core.rejected,
+        "symbols": symbols,
+    }
 
 
 def _json_rows(rows: List[Row]) -> list:
@@ -66,8 +76,9 @@ def parse(snapshot: Any, intervals: tuple) -> Tuple[list, int, int, int]:
     if snapshot.get("format") != FORMAT:
         raise ValueError(f"OHLC snapshot: format {snapshot.get('format')!r}, expected {FORMAT}")
     if list(snapshot.get("intervals") or ()) != list(intervals):
-        raise ValueError(f"OHLC snapshot: intervals {snapshot.get('intervals')!r} differ from this aggregator's "
-                         f"{list(intervals)}")
+        raise ValueError(
+            f"OHLC snapshot: intervals {snapshot.get('intervals')!r} differ from this aggregator's {list(intervals)}"
+        )
     counters = [_count(snapshot.get(key), key) for key in ("tick_count", "late_ticks", "rejected")]
     raw_symbols = snapshot.get("symbols")
     if not isinstance(raw_symbols, list):
@@ -108,9 +119,14 @@ def _series(series: Any, interval: int, name: str) -> Tuple[Optional[int], List[
         count = _count(raw[6], f"{where}: trade_count")
         prices = [_number(raw[i], f"{where}: price") for i in range(1, 5)]
         volume = _number(raw[5], f"{where}: volume", finite=False)
-        if (start % interval or (previous is not None and start <= previous) or count < 1
-                or not start <= first_ts <= last_ts < start + interval
-                or (watermark is not None and start < watermark) or not all(math.isfinite(p) for p in prices)):
+        if (
+            start % interval
+            or (previous is not None and start <= previous)
+            or count < 1
+            or not start <= first_ts <= last_ts < start + interval
+            or (watermark is not None and start < watermark)
+            or not all(math.isfinite(p) for p in prices)
+        ):
             raise ValueError(f"OHLC snapshot: {where}: inconsistent candle {_short(raw)}")
         previous = start
         rows.append((start, *prices, volume, count, first_ts, last_ts))
@@ -133,4 +149,3 @@ def _number(value: Any, what: str, finite: bool = True) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"OHLC snapshot: {what}={_short(value)}: expected a number")
     return float(value) + 0.0
-

@@ -4,6 +4,7 @@ The cores check the common case inline (exact float/int types); anything
 else comes here, so the rules and the error messages exist once. Every
 error is a ValueError naming the field and the value.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,7 +13,7 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from ..stream_entries import MAX_TIMESTAMP_MS, _short
+from streammachine.redis.entries import MAX_TIMESTAMP_MS, _short
 
 DEFAULT_INTERVALS = (60_000, 300_000)
 
@@ -26,7 +27,9 @@ def normalise_intervals(intervals: Any) -> Tuple[int, ...]:
     try:
         values = list(intervals)
     except TypeError:
-        raise ValueError(f"intervals={_short(intervals)}: expected a list of candle lengths in ms, e.g. [60000, 300000]") from None
+        raise ValueError(
+            f"intervals={_short(intervals)}: expected a list of candle lengths in ms, e.g. [60000, 300000]"
+        ) from None
     if not values:
         raise ValueError("intervals=[]: expected at least one candle length in ms, e.g. [60000]")
     checked = set()
@@ -150,7 +153,9 @@ def prepare_tick_arrays(symbols: Any, prices: Any, volumes: Any, timestamps_ms: 
     else:
         symbol_column = np.asarray(symbols, dtype=object)
         if symbol_column.ndim != 1:
-            raise ValueError(f"symbols: expected a 1-D sequence (or one str/bytes symbol), got shape {symbol_column.shape}")
+            raise ValueError(
+                f"symbols: expected a 1-D sequence (or one str/bytes symbol), got shape {symbol_column.shape}"
+            )
     lengths = {"prices": count, "volumes": len(volumes_f), "timestamps_ms": len(stamps)}
     if not isinstance(symbol_column, (str, bytes)):
         lengths["symbols"] = len(symbol_column)

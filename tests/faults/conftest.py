@@ -1,4 +1,5 @@
 """Fault suite: prints the fault table at the end and writes test-artifacts/fault-table.md."""
+
 from __future__ import annotations
 
 from . import faultkit
@@ -12,6 +13,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.write_line(text)
     out = config.rootpath / "test-artifacts" / "fault-table.md"
     out.parent.mkdir(exist_ok=True)
-    out.write_text("# Fault suite\n\nEvery produced record counted; duplicates are re-deliveries "
-                   "(at-least-once), bounded by what was in flight.\n\n" + text + "\n")
+    out.write_text(
+        "# Fault suite\n\nEvery produced record counted; duplicates are re-deliveries "
+        "(at-least-once), bounded by what was in flight.\n\n" + text + "\n"
+    )
     terminalreporter.write_line(f"written to {out}")

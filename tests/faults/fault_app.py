@@ -4,15 +4,16 @@ Settings come from the environment as for any headless run (REDIS_URL,
 STREAMMACHINE_*); FAULT_STREAM, FAULT_LEDGER and FAULT_SLOW_MS say what to
 consume, where to record handled seqs and how long each handler takes.
 """
+
 import asyncio
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from faultkit import Ledger, seq_of  # noqa: E402
+from faultkit import Ledger, seq_of
 
-from streammachine import App  # noqa: E402
+from streammachine import App
 
 app = App("faultapp")
 ledger = Ledger(os.environ["FAULT_LEDGER"])

@@ -5,6 +5,7 @@ Handlers record every seq they handle in a ``Ledger``: an O_APPEND file, one
 moment the handler returns and is independent of the Redis server under
 fault. The producer counts a seq as produced only once XADD confirmed it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,7 +18,7 @@ from typing import Iterable, List, Optional
 
 from redis.exceptions import RedisError
 
-RESULTS: List["FaultResult"] = []
+RESULTS: List[FaultResult] = []
 
 
 class Ledger:
@@ -94,20 +95,24 @@ class FaultResult:
     seconds: float
 
     def row(self) -> str:
-        return (f"| {self.fault} | {self.produced} | {self.handled} | {self.lost} | {self.duplicates} | "
-                f"{self.bound} | {self.seconds:.1f} |")
+        return (
+            f"| {self.fault} | {self.produced} | {self.handled} | {self.lost} | {self.duplicates} | "
+            f"{self.bound} | {self.seconds:.1f} |"
+        )
 
 
-def tally(fault: str, produced: Iterable[int], handled: Counter, bound: int, started: float,
-          extra_handled: Iterable[int] = ()) -> FaultResult:
+def tally(
+    fault: str, produced: Iterable[int], handled: Counter, bound: int, started: float, extra_handled: Iterable[int] = ()
+) -> FaultResult:
     """Record one table row and return it; ``extra_handled`` are seqs accounted for elsewhere (dead-lettered)."""
     produced = set(produced)
     counts = Counter(handled)
     counts.update(extra_handled)
     lost = len(produced - set(counts))
     duplicates = sum(counts.values()) - len(counts)
-    result = FaultResult(fault, len(produced), sum(counts.values()), lost, duplicates, bound,
-                         time.monotonic() - started)
+    result = FaultResult(
+        fault, len(produced), sum(counts.values()), lost, duplicates, bound, time.monotonic() - started
+    )
     RESULTS.append(result)
     return result
 
@@ -115,10 +120,13 @@ def tally(fault: str, produced: Iterable[int], handled: Counter, bound: int, sta
 def check(result: FaultResult) -> None:
     assert result.lost == 0, f"{result.fault}: {result.lost} of {result.produced} produced records were never handled"
     assert result.duplicates <= result.bound, (
-        f"{result.fault}: {result.duplicates} duplicates, over the bound of {result.bound}")
+        f"{result.fault}: {result.duplicates} duplicates, over the bound of {result.bound}"
+    )
 
 
 def table() -> str:
-    header = ("| fault | produced | handled | lost | duplicates | dup bound | seconds |\n"
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    header = (
+        "| fault | produced | handled | lost | duplicates | dup bound | seconds |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    )
     return "\n".join([header, *(r.row() for r in RESULTS)])

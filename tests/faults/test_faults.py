@@ -5,6 +5,7 @@ handle (a Ledger file), injects a fault while data flows, then asserts that
 nothing produced was lost and that duplicates stay within what could have
 been in flight. Each test adds a row to the fault table.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,13 +19,13 @@ from pathlib import Path
 
 import pytest
 import redis
-
-from .faultkit import Ledger, Producer, check, seq_of, tally
 from helpers import wait_until
 
 from streammachine import App, ConsumerConfig
-from streammachine.connection import ensure_group
 from streammachine.embedded import EmbeddedServer
+from streammachine.redis.connection import ensure_group
+
+from .faultkit import Ledger, Producer, check, seq_of, tally
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(120)]
 
@@ -43,20 +44,29 @@ def fault_app(url: str, name: str, **kwargs) -> App:
 
 
 async def drain(ledger: Ledger, producer: Producer, timeout: float, what: str) -> None:
-    await wait_until(lambda: producer.confirmed <= set(ledger.counts()), timeout=timeout, interval=0.05,
-                     what=f"{what}: every confirmed record handled")
+    await wait_until(
+        lambda: producer.confirmed <= set(ledger.counts()),
+        timeout=timeout,
+        interval=0.05,
+        what=f"{what}: every confirmed record handled",
+    )
 
 
 # -- worker processes killed ---------------------------------------------------
 
-async def kill_under_load(ledger: Ledger, sending: asyncio.Future, rng: random.Random, kill_one, max_kills: int,
-                          min_kills: int = 2) -> int:
+
+async def kill_under_load(
+    ledger: Ledger, sending: asyncio.Future, rng: random.Random, kill_one, max_kills: int, min_kills: int = 2
+) -> int:
     """Kill (``await kill_one()``) at random moments while ``sending`` runs: after a random amount of progress."""
     kills = 0
     while not sending.done() and kills < max_kills:
         before = ledger.path.stat().st_size
-        await wait_until(lambda: ledger.path.stat().st_size > before + rng.randint(500, 3000) or sending.done(),
-                         15, what="progress before the next kill")
+        await wait_until(
+            lambda: ledger.path.stat().st_size > before + rng.randint(500, 3000) or sending.done(),
+            15,
+            what="progress before the next kill",
+        )
         if sending.done():
             break
         await kill_one()
@@ -89,8 +99,11 @@ async def test_sigkill_worker_processes_under_load(redis_url, tmp_path):
             await wait_until(lambda: len(runner.pids) == 2, 10, what="workers restarted")
             # a random moment: let the workers take some load, then kill one mid-stream
             before = ledger.path.stat().st_size
-            await wait_until(lambda: ledger.path.stat().st_size > before + rng.randint(50, 2000) or sending.done(),
-                             10, what="progress before the next kill")
+            await wait_until(
+                lambda: ledger.path.stat().st_size > before + rng.randint(50, 2000) or sending.done(),
+                10,
+                what="progress before the next kill",
+            )
             if sending.done():
                 break
             os.kill(rng.choice(runner.pids), signal.SIGKILL)
@@ -102,23 +115,38 @@ async def test_sigkill_worker_processes_under_load(redis_url, tmp_path):
     finally:
         await app.shutdown()
     assert restarts >= kills
-    result = tally(f"SIGKILL worker process x{kills} (processes=2)", producer.confirmed, ledger.counts(),
-                   bound=kills * PER_KILL + producer.ambiguous, started=started)
+    result = tally(
+        f"SIGKILL worker process x{kills} (processes=2)",
+        producer.confirmed,
+        ledger.counts(),
+        bound=kills * PER_KILL + producer.ambiguous,
+        started=started,
+    )
     check(result)
 
 
 def _spawn_app(url: str, ledger: Ledger, stream: str, *args: str, **env) -> subprocess.Popen:
     """``streammachine run fault_app.py [args]``: the real headless runner."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "STREAMMACHINE_"))}
-    environ.update({
-        "REDIS_URL": url, "FAULT_STREAM": stream, "FAULT_LEDGER": str(ledger.path),
-        "STREAMMACHINE_HOME": os.environ["STREAMMACHINE_HOME"], "STREAMMACHINE_EMBEDDED": "0",
-        "STREAMMACHINE_COUNT": "20", "STREAMMACHINE_BLOCK_MS": "100", "STREAMMACHINE_CLAIM_IDLE_MS": "1000",
-        "STREAMMACHINE_RETRY_DELAY_MS": "50", "STREAMMACHINE_GRACE_SECONDS": "5", **env,
-    })
+    environ.update(
+        {
+            "REDIS_URL": url,
+            "FAULT_STREAM": stream,
+            "FAULT_LEDGER": str(ledger.path),
+            "STREAMMACHINE_HOME": os.environ["STREAMMACHINE_HOME"],
+            "STREAMMACHINE_EMBEDDED": "0",
+            "STREAMMACHINE_COUNT": "20",
+            "STREAMMACHINE_BLOCK_MS": "100",
+            "STREAMMACHINE_CLAIM_IDLE_MS": "1000",
+            "STREAMMACHINE_RETRY_DELAY_MS": "50",
+            "STREAMMACHINE_GRACE_SECONDS": "5",
+            **env,
+        }
+    )
     command = [sys.executable, "-m", "streammachine", "run", str(HERE / "fault_app.py"), *args]
-    return subprocess.Popen(command, env=environ, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        command, env=environ, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
 
 
 async def _ready(proc: subprocess.Popen) -> None:
@@ -166,8 +194,13 @@ async def test_sigkill_headless_app_processes(redis_url, tmp_path):
                 proc.wait()
         await producer_app.shutdown()
         client.close()
-    result = tally(f"SIGKILL `streammachine run` process x{kills}", producer.confirmed, ledger.counts(),
-                   bound=kills * PER_KILL + producer.ambiguous, started=started)
+    result = tally(
+        f"SIGKILL `streammachine run` process x{kills}",
+        producer.confirmed,
+        ledger.counts(),
+        bound=kills * PER_KILL + producer.ambiguous,
+        started=started,
+    )
     check(result)
 
 
@@ -186,14 +219,20 @@ async def test_sigkill_workers_of_streammachine_run_supervisor(redis_url, tmp_pa
 
     def workers():
         try:
-            return [p for p in psutil.Process(supervisor.pid).children() if p.is_running()
-                    and p.status() != psutil.STATUS_ZOMBIE]
+            return [
+                p
+                for p in psutil.Process(supervisor.pid).children()
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+            ]
         except psutil.NoSuchProcess:
             return []
 
     try:
-        await wait_until(lambda: len(workers()) == 2 and
-                         len(client.xinfo_consumers("payments", "faults")) >= 2, 60, what="2 workers consuming")
+        await wait_until(
+            lambda: len(workers()) == 2 and len(client.xinfo_consumers("payments", "faults")) >= 2,
+            60,
+            what="2 workers consuming",
+        )
         producer = Producer(producer_app, "payments", batch=20, interval=0.01)
         sending = asyncio.ensure_future(producer.send(3000))
 
@@ -215,8 +254,13 @@ async def test_sigkill_workers_of_streammachine_run_supervisor(redis_url, tmp_pa
             supervisor.wait()
         await producer_app.shutdown()
         client.close()
-    result = tally(f"SIGKILL `streammachine run --workers 2` worker x{kills}", producer.confirmed,
-                   ledger.counts(), bound=kills * PER_KILL + producer.ambiguous, started=started)
+    result = tally(
+        f"SIGKILL `streammachine run --workers 2` worker x{kills}",
+        producer.confirmed,
+        ledger.counts(),
+        bound=kills * PER_KILL + producer.ambiguous,
+        started=started,
+    )
     check(result)
 
 
@@ -231,6 +275,7 @@ class _AsyncShim:
 
 
 # -- the server under fault ----------------------------------------------------
+
 
 async def _server_outage_case(server: EmbeddedServer, tmp_path, fault: str, outage) -> None:
     started = time.monotonic()
@@ -255,8 +300,7 @@ async def _server_outage_case(server: EmbeddedServer, tmp_path, fault: str, outa
     finally:
         await app.shutdown()
     assert reconnects > 0, "the consumers never saw the outage: the fault did not bite"
-    result = tally(fault, producer.confirmed, ledger.counts(), bound=2 * PER_KILL + producer.ambiguous,
-                   started=started)
+    result = tally(fault, producer.confirmed, ledger.counts(), bound=2 * PER_KILL + producer.ambiguous, started=started)
     check(result)
 
 
@@ -280,6 +324,7 @@ async def test_server_crash_sigkill_with_fsync_always(tmp_path):
     """A crash (SIGKILL) of the server: with appendfsync always nothing it confirmed is lost on our side either."""
     server = EmbeddedServer(tmp_path / "crashy", extra_args=["--appendfsync", "always"]).start()
     try:
+
         async def outage(app):
             await asyncio.to_thread(server.kill)
             await wait_until(lambda: app.stats("w").reconnects > 0, 10, what="consumers notice the crash")
@@ -318,12 +363,18 @@ async def test_network_stall_sigstop(private_server, tmp_path):
         await drain(ledger, producer, 30, "after the stall")
     finally:
         await app.shutdown()
-    result = tally("network stall 2.5s (SIGSTOP/SIGCONT), 3 consumers", producer.confirmed, ledger.counts(),
-                   bound=3 * PER_KILL + producer.ambiguous, started=started)
+    result = tally(
+        "network stall 2.5s (SIGSTOP/SIGCONT), 3 consumers",
+        producer.confirmed,
+        ledger.counts(),
+        bound=3 * PER_KILL + producer.ambiguous,
+        started=started,
+    )
     check(result)
 
 
 # -- bad data and slow work ----------------------------------------------------
+
 
 async def test_poison_messages_dead_lettered_rest_processed(redis_url, sync_redis, tmp_path):
     started = time.monotonic()
@@ -342,8 +393,11 @@ async def test_poison_messages_dead_lettered_rest_processed(redis_url, sync_redi
     try:
         producer = Producer(app, "orders", batch=50, interval=0.0)
         await producer.send(1000)
-        await wait_until(lambda: sync_redis.xlen("orders:dead") >= len(poison) and
-                         ledger.unique() >= 1000 - len(poison), 30, what="all handled or dead-lettered")
+        await wait_until(
+            lambda: sync_redis.xlen("orders:dead") >= len(poison) and ledger.unique() >= 1000 - len(poison),
+            30,
+            what="all handled or dead-lettered",
+        )
         await wait_until(lambda: sync_redis.xpending("orders", "g")["pending"] == 0, 10, what="nothing pending")
         stats = app.stats("w")
     finally:
@@ -355,8 +409,14 @@ async def test_poison_messages_dead_lettered_rest_processed(redis_url, sync_redi
     assert all(int(fields["_dlq_deliveries"]) == KNOBS.max_deliveries for _, fields in dead)
     assert not poison & set(ledger.counts()), "a poison record was recorded as handled"
     assert stats.dead_lettered == len(poison)
-    result = tally(f"poison records ({len(poison)} of 1000) -> dead letter", producer.confirmed, ledger.counts(),
-                   bound=producer.ambiguous, started=started, extra_handled=dead_seqs)
+    result = tally(
+        f"poison records ({len(poison)} of 1000) -> dead letter",
+        producer.confirmed,
+        ledger.counts(),
+        bound=producer.ambiguous,
+        started=started,
+        extra_handled=dead_seqs,
+    )
     check(result)
 
 
@@ -368,11 +428,13 @@ async def _slow_case(url, tmp_path, fault: str, handler_kind: str, claim_idle_ms
     app = fault_app(url, "slow", consumer_config=knobs)
     consumers = 3
     if handler_kind == "async":
+
         @app.agent("slow", group="g", concurrency=consumers, name="w")
         async def work(message):
             await asyncio.sleep(0.4)
             ledger.record(seq_of(message))
     else:
+
         @app.agent("slow", group="g", processes=consumers, name="w", threaded=handler_kind == "threaded")
         def work(message):  # inline, blocks its worker's event loop (and so its keep-alive) for 0.4 s
             time.sleep(0.4)  # the simulated blocking work itself, not a wait
@@ -391,40 +453,65 @@ async def _slow_case(url, tmp_path, fault: str, handler_kind: str, claim_idle_ms
 
 async def test_slow_async_handlers_exceed_claim_idle(redis_url, tmp_path):
     # the keep-alive runs beside an async handler: no entry in hand may be stolen at all
-    await _slow_case(redis_url, tmp_path, "slow async handlers 400ms > claim_idle 300ms, 3 consumers",
-                     "async", claim_idle_ms=300, bound=0)
+    await _slow_case(
+        redis_url,
+        tmp_path,
+        "slow async handlers 400ms > claim_idle 300ms, 3 consumers",
+        "async",
+        claim_idle_ms=300,
+        bound=0,
+    )
 
 
 async def test_slow_blocking_handlers_within_documented_rule(redis_url, tmp_path):
     # a blocking handler stalls its loop's keep-alive: claim_idle_ms must exceed one read's work
     # (count x 0.4 s = 1.2 s here); then nothing is stolen from live workers
-    await _slow_case(redis_url, tmp_path, "slow blocking handlers 400ms, claim_idle 2000ms > batch, 3 processes",
-                     "sync", claim_idle_ms=2000, bound=0)
+    await _slow_case(
+        redis_url,
+        tmp_path,
+        "slow blocking handlers 400ms, claim_idle 2000ms > batch, 3 processes",
+        "sync",
+        claim_idle_ms=2000,
+        bound=0,
+    )
 
 
 async def test_slow_blocking_handlers_misconfigured_claim_idle(redis_url, tmp_path):
     """Known limit: a blocking handler longer than claim_idle_ms cannot keep its entries, so peers re-deliver
     them (duplicates grow with the run). At-least-once still holds: nothing is lost."""
     # no in-flight bound here: every record may be re-delivered once per consumer
-    await _slow_case(redis_url, tmp_path, "KNOWN LIMIT: blocking handlers 400ms > claim_idle 300ms, 3 processes",
-                     "sync", claim_idle_ms=300, bound=36 * 3)
+    await _slow_case(
+        redis_url,
+        tmp_path,
+        "KNOWN LIMIT: blocking handlers 400ms > claim_idle 300ms, 3 processes",
+        "sync",
+        claim_idle_ms=300,
+        bound=36 * 3,
+    )
 
 
 async def test_slow_blocking_handlers_threaded(redis_url, tmp_path):
     # threaded=True runs the blocking handler in a thread: the loop and its keep-alive stay live, so even
     # claim_idle_ms below one handler's time steals nothing
-    await _slow_case(redis_url, tmp_path, "slow blocking handlers 400ms > claim_idle 300ms, threaded=True, 3 processes",
-                     "threaded", claim_idle_ms=300, bound=0)
+    await _slow_case(
+        redis_url,
+        tmp_path,
+        "slow blocking handlers 400ms > claim_idle 300ms, threaded=True, 3 processes",
+        "threaded",
+        claim_idle_ms=300,
+        bound=0,
+    )
 
 
 # -- a cluster node under fault -----------------------------------------------------
+
 
 async def test_cluster_master_restart_midstream(tmp_path):
     """A 3-master cluster, one stream per master: restart one master (AOF + nodes.conf) mid-stream. Its
     stream stalls and resumes; the others never stop; nothing is lost."""
     from redis.crc import key_slot
 
-    from streammachine.embedded import LocalCluster
+    from streammachine.testing import LocalCluster
 
     started = time.monotonic()
     streams = []
@@ -438,6 +525,7 @@ async def test_cluster_master_restart_midstream(tmp_path):
     with LocalCluster(tmp_path / "cluster", masters=3) as cluster:
         app = fault_app(cluster.url, "cluster-fault")
         for stream in streams:
+
             @app.agent(stream, group="g", name=f"w{stream}")
             async def work(message):
                 ledger.record(seq_of(message))
@@ -453,18 +541,33 @@ async def test_cluster_master_restart_midstream(tmp_path):
             await asyncio.to_thread(victim.stop)
             others_before = sum(1 for s in ledger.counts() if s < 1_000_000 or s >= 2_000_000)
             # the cluster client retries a lost node for a while: keep it down until clients see it
-            await wait_until(lambda: producers[1].failures > 0 and app.stats(f"w{streams[1]}").reconnects > 0,
-                             30, what="the outage seen by the producer and the agent of the stopped master")
-            await wait_until(lambda: sum(1 for s in ledger.counts() if s < 1_000_000 or s >= 2_000_000)
-                             > others_before + 100, 20, what="the other masters' streams keep flowing")
+            await wait_until(
+                lambda: producers[1].failures > 0 and app.stats(f"w{streams[1]}").reconnects > 0,
+                30,
+                what="the outage seen by the producer and the agent of the stopped master",
+            )
+            await wait_until(
+                lambda: sum(1 for s in ledger.counts() if s < 1_000_000 or s >= 2_000_000) > others_before + 100,
+                20,
+                what="the other masters' streams keep flowing",
+            )
             await asyncio.to_thread(victim.start)
             await sending
             confirmed = set().union(*(p.confirmed for p in producers))
-            await wait_until(lambda: confirmed <= set(ledger.counts()), 60, interval=0.1,
-                             what="every confirmed record handled after the master came back")
+            await wait_until(
+                lambda: confirmed <= set(ledger.counts()),
+                60,
+                interval=0.1,
+                what="every confirmed record handled after the master came back",
+            )
             ambiguous = sum(p.ambiguous for p in producers)
         finally:
             await app.shutdown()
-    result = tally("cluster: one of 3 masters stopped and restarted mid-stream", confirmed, ledger.counts(),
-                   bound=3 * PER_KILL + ambiguous, started=started)
+    result = tally(
+        "cluster: one of 3 masters stopped and restarted mid-stream",
+        confirmed,
+        ledger.counts(),
+        bound=3 * PER_KILL + ambiguous,
+        started=started,
+    )
     check(result)

@@ -1,4 +1,5 @@
 """RedisConnection: where to connect, the client pool, pipelined XADD."""
+
 from __future__ import annotations
 
 import asyncio
@@ -9,16 +10,17 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, List, Mapping, Optional, S
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from .config import Settings
-from .embedded import default_url, redact_url
-from .encoding import encode_record, find_unencodable
-from .resp import direct_pool, encode_commands, round_trip
-from .stream_entries import single_stream_entries
+from streammachine._redact import redact_url
+from streammachine.config import Settings
+from streammachine.embedded import default_url
+from streammachine.redis.entries import single_stream_entries
+from streammachine.redis.records import encode_record, find_unencodable
+from streammachine.redis.resp import direct_pool, encode_commands, round_trip
 
 if TYPE_CHECKING:
-    from .message import Message
+    from streammachine.message import Message
 
-log = logging.getLogger("streammachine.connection")
+log = logging.getLogger("streammachine.redis.connection")
 
 # Pipelines are sent in slices so a huge send_batch never builds one giant
 # request buffer in memory.
@@ -54,25 +56,6 @@ def make_client(url: str, *, max_connections: int, cluster: bool = False, **kwar
     return aioredis.Redis(connection_pool=pool)
 
 
-def is_cluster_client(client) -> bool:
-    """True for a redis.asyncio RedisCluster (or a pipeline of one)."""
-    from redis.asyncio.cluster import ClusterPipeline, RedisCluster
-
-    return isinstance(client, (RedisCluster, ClusterPipeline))
-
-
-def same_slot(client, *keys: str) -> bool:
-    """True when one MULTI may touch all ``keys``: always on a single server, same hash slot on a cluster.
-
-    Hash-tagged names share a slot: "{ticks}" and "{ticks}:dead" do, "ticks" and "ticks:dead" do not.
-    """
-    if not is_cluster_client(client):
-        return True
-    from redis.crc import key_slot
-
-    return len({key_slot(k.encode() if isinstance(k, str) else k) for k in keys}) <= 1
-
-
 async def ensure_group(client, stream: str, group: str, start_id: str = "$") -> bool:
     """Create the consumer group (and the stream); True if it was created."""
     try:
@@ -96,7 +79,7 @@ async def _xadd_chunks(pool, topic: str, encoded: List[Mapping], maxlen: Optiona
     try:
         for start in range(0, len(encoded), PIPELINE_CHUNK):
             commands = []
-            for fields in encoded[start:start + PIPELINE_CHUNK]:
+            for fields in encoded[start : start + PIPELINE_CHUNK]:
                 args = list(head)
                 for pair in fields.items():
                     args += pair
@@ -160,7 +143,9 @@ class RedisConnection:
             async with self._lock:
                 if self._client is None:
                     url = await self.resolve()
-                    self._client = make_client(url, max_connections=self.max_connections, cluster=self.settings.redis_cluster)
+                    self._client = make_client(
+                        url, max_connections=self.max_connections, cluster=self.settings.redis_cluster
+                    )
         return self._client
 
     def new_client(self, *, max_connections: int = 2, **kwargs: Any):
@@ -188,7 +173,7 @@ class RedisConnection:
         ids: List[str] = []
         for start in range(0, len(encoded), PIPELINE_CHUNK):
             pipe = client.pipeline(transaction=False)
-            for fields in encoded[start:start + PIPELINE_CHUNK]:
+            for fields in encoded[start : start + PIPELINE_CHUNK]:
                 pipe.xadd(topic, fields, maxlen=maxlen, approximate=True)
             ids.extend(i.decode() if isinstance(i, bytes) else i for i in await pipe.execute())
         return ids
@@ -202,7 +187,9 @@ class RedisConnection:
         try:
             new_id = await client.xadd(topic, fields, maxlen=maxlen, approximate=True)
         except UnicodeEncodeError:  # raised while packing the command: nothing was sent
-            raise find_unencodable(topic, [fields]) or ValueError(f"stream {topic!r}: a field is not valid UTF-8") from None
+            raise find_unencodable(topic, [fields]) or ValueError(
+                f"stream {topic!r}: a field is not valid UTF-8"
+            ) from None
         return new_id.decode() if isinstance(new_id, bytes) else new_id
 
     async def consumer(
@@ -214,20 +201,22 @@ class RedisConnection:
         count: int = 10,
         block_ms: int = 1000,
         start_id: str = "$",
-    ) -> AsyncIterator["Message"]:
+    ) -> AsyncIterator[Message]:
         """Iterate a consumer group: each entry is acknowledged once the loop body for it finished.
 
         Pending entries of ``consumer_name`` come first, so a restarted
         consumer picks up where it stopped. An exception in the loop body
         leaves the current entry pending (at-least-once).
         """
-        from .message import received_messages
+        from streammachine.message import received_messages
 
         client = await self.get_client()
         await ensure_group(client, stream, group, start_id)
         cursor = "0"
         while True:
-            reply = await client.xreadgroup(group, consumer_name, {stream: cursor}, count=count, block=None if cursor == "0" else block_ms)
+            reply = await client.xreadgroup(
+                group, consumer_name, {stream: cursor}, count=count, block=None if cursor == "0" else block_ms
+            )
             entries = single_stream_entries(reply)
             if cursor == "0" and not entries:
                 cursor = ">"
@@ -249,7 +238,7 @@ class RedisConnection:
             client, self._client = self._client, None
             await client.aclose()
 
-    async def __aenter__(self) -> "RedisConnection":
+    async def __aenter__(self) -> RedisConnection:
         await self.get_client()
         return self
 

@@ -14,6 +14,7 @@ comes back with empty (or, in older versions, None) fields.
 Everything that accepts "a read reply" goes through ``iter_stream_batches``,
 so the shape rules live here once.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping

@@ -19,6 +19,7 @@ and returns its ``App``:
 factory is called). Without it: the variable ``app`` if it is an App, else
 the one App in the module.
 """
+
 from __future__ import annotations
 
 import ast
@@ -34,9 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .app import App
+from streammachine.app import App
 
-log = logging.getLogger("streammachine.targets")
+log = logging.getLogger("streammachine.headless.targets")
 
 EXPECTED = "expected a Python file (app.py), a module (package.module[:attr]) or a notebook (notebook.ipynb)"
 USE_VARIABLE = "__streammachine_use__"  # where `%streammachine use NAME` is remembered
@@ -108,12 +109,15 @@ def find_app(namespace: dict, spec: TargetSpec) -> App:
             try:
                 value = value[part] if isinstance(value, dict) else getattr(value, part)
             except (KeyError, AttributeError):
-                raise TargetError(f"target {spec.display_name!r}: no attribute {spec.attr!r} in {spec.location!r}") from None
+                raise TargetError(
+                    f"target {spec.display_name!r}: no attribute {spec.attr!r} in {spec.location!r}"
+                ) from None
         if not isinstance(value, App) and callable(value):
             value = value()
         if not isinstance(value, App):
             raise TargetError(
-                f"target {spec.display_name!r}: {spec.attr!r} is a {type(value).__name__}, expected a streammachine.App")
+                f"target {spec.display_name!r}: {spec.attr!r} is a {type(value).__name__}, expected a streammachine.App"
+            )
         return value
     if isinstance(namespace.get("app"), App):
         return namespace["app"]
@@ -121,10 +125,13 @@ def find_app(namespace: dict, spec: TargetSpec) -> App:
     if len(found) == 1:
         return next(iter(found.values()))
     if not found:
-        raise TargetError(f"target {spec.display_name!r}: no streammachine.App found; define `app = App(...)` "
-                          f"or name it as {spec.location}:ATTRIBUTE")
-    raise TargetError(f"target {spec.display_name!r}: several Apps ({', '.join(sorted(found))}); "
-                      f"choose one as {spec.location}:NAME")
+        raise TargetError(
+            f"target {spec.display_name!r}: no streammachine.App found; define `app = App(...)` "
+            f"or name it as {spec.location}:ATTRIBUTE"
+        )
+    raise TargetError(
+        f"target {spec.display_name!r}: several Apps ({', '.join(sorted(found))}); choose one as {spec.location}:NAME"
+    )
 
 
 def _import_script(path: Path):
@@ -157,6 +164,7 @@ def _import_module(name: str):
 
 
 # --- notebooks ---------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -278,7 +286,7 @@ async def run_notebook(path: Path) -> dict:
                 _register_streammachine_cell(source.lstrip(), namespace, where, filename)
                 continue
             code = compile(source, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-            result = eval(code, namespace)  # noqa: S307 - running the user's own notebook is the point
+            result = eval(code, namespace)
             if inspect.isawaitable(result):
                 await result
         except TargetError:
@@ -287,8 +295,10 @@ async def run_notebook(path: Path) -> dict:
             raise TargetError(f"{where}: syntax error at line {exc.lineno}: {exc.msg}") from None
         except Exception as exc:
             log.error("%s failed", where, exc_info=True)
-            raise TargetError(f"{where} raised {type(exc).__name__}: {exc} (tag the cell 'skip-headless' "
-                              "to leave it out of headless runs)") from exc
+            raise TargetError(
+                f"{where} raised {type(exc).__name__}: {exc} (tag the cell 'skip-headless' "
+                "to leave it out of headless runs)"
+            ) from exc
     return namespace
 
 
@@ -298,12 +308,12 @@ def _cell_app(namespace: dict, where: str) -> App:
 
 def _register_streammachine_cell(source: str, namespace: dict, where: str, filename: str) -> None:
     """``%%streammachine agent|timer ...``: the body becomes a handler, exactly as the notebook magic does it."""
-    from .notebook.registration import MagicArgumentError, cell_registration
+    from streammachine.cells import MagicArgumentError, cell_registration
 
     first, _, body = source.partition("\n")
     app = _cell_app(namespace, where)
     try:
-        line = first[len("%%streammachine"):].strip()
+        line = first[len("%%streammachine") :].strip()
         registration = cell_registration(app, line, translate_cell(body) or "pass", namespace, filename)
         registration.register()
     except (MagicArgumentError, TypeError, ValueError) as exc:

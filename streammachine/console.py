@@ -1,9 +1,11 @@
-"""Synchronous conveniences behind the magics: send, tail, info, which server.
+"""Synchronous conveniences behind the CLI and the magics: send, tail, info, which server.
 
-A line magic cannot await, and the kernel loop is already running, so these
-use a plain (sync) redis client on the App's server. Each call is one quick
+A line magic cannot await (the kernel loop is already running) and a CLI
+command is one short call, so these use a plain (sync) redis client on the
+App's server. Each call is one quick
 round trip on loopback or a LAN; nothing here waits on stream data.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -12,10 +14,11 @@ from typing import Dict, List, Optional
 import pandas as pd
 import redis
 
-from ..connection import resolve_url
-from ..embedded import read_runtime_file, redact_url
-from ..encoding import encode_record
-from ..stream_entries import as_text
+from streammachine._redact import redact_url
+from streammachine.embedded import read_runtime_file
+from streammachine.redis.connection import resolve_url
+from streammachine.redis.entries import as_text
+from streammachine.redis.records import encode_record
 
 
 def server_url(app) -> str:
@@ -54,7 +57,7 @@ def send(client, stream: str, pairs: List[str]) -> str:
 
 def tail(client, stream: str, count: int):
     """The last ``count`` entries, oldest first, as a DataFrame (numeric fields parsed)."""
-    from ..frames import streams_to_dataframe
+    from streammachine.data.frames import streams_to_dataframe
 
     entries = list(reversed(client.xrevrange(stream, count=count)))
     # fields only (any field name is fine, even "id"), indexed by entry id
@@ -105,11 +108,12 @@ def split_args(line: str) -> List[str]:
         raise ValueError(f"cannot parse {line!r}: {exc}") from None
 
 
-
 def describe_server(details: dict) -> str:
-    text = {"configured": "configured server (REDIS_URL / redis_url=)",
-            "localhost": "local server on localhost:6379",
-            "embedded": "embedded Valkey server (no Redis configured)"}[details["kind"]]
+    text = {
+        "configured": "configured server (REDIS_URL / redis_url=)",
+        "localhost": "local server on localhost:6379",
+        "embedded": "embedded Valkey server (no Redis configured)",
+    }[details["kind"]]
     extra: Optional[str] = None
     if details.get("data_dir"):
         extra = f"data in {details['data_dir']}, pid {details.get('pid')}"

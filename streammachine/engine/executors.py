@@ -5,6 +5,7 @@ Worker processes are forked (so handlers defined in a notebook or a script's
 ``concurrency`` consumers, and a supervisor restarts any that die under the
 same consumer names, so they take back their own pending entries.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -16,11 +17,11 @@ import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Optional
 
-from .agents import AgentSpec, AgentStats, consumer_base  # noqa: F401  (consumer_base: re-exported)
-from .connection import RedisConnection, ensure_group, make_client
-from .consumer import StreamConsumer
+from streammachine.engine.consumer import StreamConsumer
+from streammachine.engine.specs import AgentSpec, AgentStats, consumer_base  # noqa: F401  (consumer_base: re-exported)
+from streammachine.redis.connection import RedisConnection, ensure_group, make_client
 
-log = logging.getLogger("streammachine.runners")
+log = logging.getLogger("streammachine.engine.executors")
 
 # What a worker process publishes for its parent (AgentStats fields).
 _SHARED_FIELDS = ("processed", "failed", "dead_lettered", "retried", "skipped", "reconnects", "handler_seconds")
@@ -60,8 +61,14 @@ async def prepare(spec: AgentSpec, connection: RedisConnection) -> None:
 class InProcessRunner:
     """``concurrency`` consumers on this event loop, each on its own connection."""
 
-    def __init__(self, spec: AgentSpec, connection: RedisConnection, base: str, stats: AgentStats,
-                 executor: Optional[Executor] = None) -> None:
+    def __init__(
+        self,
+        spec: AgentSpec,
+        connection: RedisConnection,
+        base: str,
+        stats: AgentStats,
+        executor: Optional[Executor] = None,
+    ) -> None:
         self.spec, self.connection, self.base, self.stats = spec, connection, base, stats
         self.executor = executor
         self.consumers: list[StreamConsumer] = []
@@ -72,8 +79,9 @@ class InProcessRunner:
         for slot in range(self.spec.concurrency):
             client = self.connection.new_client(max_connections=2, **consumer_client_options(self.spec))
             self._clients.append(client)
-            consumer = StreamConsumer(client, self.spec, consumer_name(self.base, self.spec, str(slot)), self.stats,
-                                      self.executor)
+            consumer = StreamConsumer(
+                client, self.spec, consumer_name(self.base, self.spec, str(slot)), self.stats, self.executor
+            )
             consumer.start()
             self.consumers.append(consumer)
 
@@ -91,8 +99,9 @@ class InProcessRunner:
 class ProcessRunner:
     """``processes`` forked workers, supervised and restarted under the same names."""
 
-    def __init__(self, spec: AgentSpec, connection: RedisConnection, base: str, stats: AgentStats,
-                 grace: float, threads: int = 5) -> None:
+    def __init__(
+        self, spec: AgentSpec, connection: RedisConnection, base: str, stats: AgentStats, grace: float, threads: int = 5
+    ) -> None:
         self.spec, self.connection, self.base, self.stats, self.grace = spec, connection, base, stats, grace
         self.threads = threads
         self._context = multiprocessing.get_context("fork")
@@ -111,8 +120,16 @@ class ProcessRunner:
     def _spawn(self, index: int) -> None:
         process = self._context.Process(
             target=_worker_main,
-            args=(self.spec, self.connection.url, self.connection.is_cluster, self.base, index,
-                  self._counters[index], self.grace, self.threads),
+            args=(
+                self.spec,
+                self.connection.url,
+                self.connection.is_cluster,
+                self.base,
+                index,
+                self._counters[index],
+                self.grace,
+                self.threads,
+            ),
             name=f"streammachine-{self.spec.name}-w{index}",
             daemon=True,
         )
@@ -124,8 +141,13 @@ class ProcessRunner:
             await asyncio.sleep(0.2)
             for index, process in list(self._workers.items()):
                 if not process.is_alive() and not self._stopping:
-                    log.warning("agent %s: worker %d (pid %s) exited with %s; restarting it",
-                                self.spec.name, index, process.pid, process.exitcode)
+                    log.warning(
+                        "agent %s: worker %d (pid %s) exited with %s; restarting it",
+                        self.spec.name,
+                        index,
+                        process.pid,
+                        process.exitcode,
+                    )
                     self.restarts += 1
                     self._spawn(index)
             self._publish_stats()
@@ -163,8 +185,9 @@ class ProcessRunner:
         self._workers = {}
 
 
-def _worker_main(spec: AgentSpec, url: str, cluster: bool, base: str, index: int, counters, grace: float,
-                 threads: int) -> None:
+def _worker_main(
+    spec: AgentSpec, url: str, cluster: bool, base: str, index: int, counters, grace: float, threads: int
+) -> None:
     """Entry point of a forked worker: a fresh event loop, its own connections."""
     signal.set_wakeup_fd(-1)  # the parent's loop owns the inherited wakeup pipe
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides

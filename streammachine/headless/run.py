@@ -23,6 +23,7 @@ event loop and connections:
 - workers write metric snapshots to a private directory; the supervisor
   serves their sum on ``--metrics-port``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,12 +39,19 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from .config import Settings
-from .embedded import redact_url
-from .metrics import SNAPSHOT_INTERVAL, DirectorySource, LiveSource, serve_metrics, snapshot, write_snapshot
-from .targets import load_app, parse_target
+from streammachine._redact import redact_url
+from streammachine.config import Settings
+from streammachine.headless.metrics import (
+    SNAPSHOT_INTERVAL,
+    DirectorySource,
+    LiveSource,
+    serve_metrics,
+    snapshot,
+    write_snapshot,
+)
+from streammachine.headless.targets import load_app, parse_target
 
-log = logging.getLogger("streammachine.runner")
+log = logging.getLogger("streammachine.headless.run")
 
 EXIT_OK, EXIT_FAILURE, EXIT_TARGET = 0, 1, 2
 FAST_FAILURE_SECONDS = 5.0
@@ -118,15 +126,22 @@ async def serve(options: RunOptions) -> int:
     parent = os.getppid()
     try:
         if app.state == "stopped":
-            log.info("the target stopped app %r while loading (a notebook's last cell?); starting it to serve",
-                     app.name)
+            log.info(
+                "the target stopped app %r while loading (a notebook's last cell?); starting it to serve", app.name
+            )
         if app.state in ("idle", "stopped"):
             await app.startup()
         while app.state == "starting":  # the target started it itself (App.start() at import)
             await asyncio.sleep(0.05)
         if worker_mode:
-            log.info("worker %d (pid %d): app %r running, %d agents, %d timers", index, os.getpid(), app.name,
-                     len(app.agents), len(app.timers))
+            log.info(
+                "worker %d (pid %d): app %r running, %d agents, %d timers",
+                index,
+                os.getpid(),
+                app.name,
+                len(app.agents),
+                len(app.timers),
+            )
         while not stop.is_set() and app.state == "running":
             if worker_mode and os.getppid() != parent:
                 log.warning("worker %d: supervisor is gone; stopping", index)
@@ -171,8 +186,19 @@ class Supervisor:
 
     def command(self, index: int) -> list:
         opts = self.options
-        cmd = [sys.executable, "-m", "streammachine", "--log-level", opts.log_level, "run", opts.target,
-               "--workers", str(opts.workers), "--worker-index", str(index)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "streammachine",
+            "--log-level",
+            opts.log_level,
+            "run",
+            opts.target,
+            "--workers",
+            str(opts.workers),
+            "--worker-index",
+            str(index),
+        ]
         if self.stats_dir:
             cmd += ["--stats-dir", self.stats_dir]
         return cmd
@@ -229,8 +255,13 @@ class Supervisor:
                 quick = time.monotonic() - self.started[index] < FAST_FAILURE_SECONDS
                 self.fast_failures[index] = self.fast_failures.get(index, 0) + 1 if quick else 0
                 if self.fast_failures[index] >= MAX_FAST_FAILURES:
-                    log.error("worker %d exited %d times within %.0fs of starting (last exit %d); stopping",
-                              index, MAX_FAST_FAILURES, FAST_FAILURE_SECONDS, code)
+                    log.error(
+                        "worker %d exited %d times within %.0fs of starting (last exit %d); stopping",
+                        index,
+                        MAX_FAST_FAILURES,
+                        FAST_FAILURE_SECONDS,
+                        code,
+                    )
                     return EXIT_FAILURE
                 log.warning("worker %d (pid %d) exited with %d; restarting it", index, proc.pid, code)
                 self.spawn(index)
@@ -260,4 +291,3 @@ class Supervisor:
         if code is not None:
             return code
         return EXIT_FAILURE if failed else EXIT_OK
-

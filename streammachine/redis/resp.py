@@ -13,6 +13,7 @@ disconnected before it goes back to the pool, so no unread reply ever
 reaches its next user. Clients this cannot serve (cluster, single-connection,
 subclasses) get ``None`` from ``direct_pool`` and callers use redis-py.
 """
+
 from __future__ import annotations
 
 from typing import List, Sequence

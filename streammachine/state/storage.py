@@ -10,6 +10,7 @@ Two backends behind one async API:
 ``read`` then ``write`` is not atomic across processes; ``update(key, fn)``
 and ``incr(key)`` are.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -151,9 +152,9 @@ class RedisBackend:
 class Storage:
     """Singleton async key-value store shared across processes."""
 
-    _instance: ClassVar[Optional["Storage"]] = None
+    _instance: ClassVar[Optional[Storage]] = None
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> "Storage":
+    def __new__(cls, *args: Any, **kwargs: Any) -> Storage:
         if cls._instance is None:
             instance = super().__new__(cls)
             instance._backend = None
@@ -165,7 +166,7 @@ class Storage:
             return
         if backend == "redis":
             if connection is None:
-                from .connection import RedisConnection
+                from streammachine.redis.connection import RedisConnection
 
                 connection = RedisConnection()
             self._backend = RedisBackend(connection)

@@ -4,6 +4,7 @@ str, bytes, int and float go as they are; dict, list and tuple as JSON
 (orjson); bool as JSON ``true``/``false``. Anything else is a TypeError that
 names the field, so a bad record never half-reaches Redis.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -62,7 +63,7 @@ def encode_record(topic: str, record: Mapping[str, Any]) -> dict:
 
 
 def _check_name_clash(topic: str, record: Mapping) -> None:
-    """"a" and b"a" would both be the Redis field a: one value would silently shadow the other."""
+    """ "a" and b"a" would both be the Redis field a: one value would silently shadow the other."""
     seen = {}
     for field in record:
         raw = field if type(field) is bytes else field.encode("utf-8", "surrogatepass")
@@ -85,5 +86,6 @@ def find_unencodable(topic: str, records) -> Optional[ValueError]:
                     except UnicodeEncodeError as exc:
                         return ValueError(
                             f"stream {topic!r}, field {field!r}: the {what} is not valid UTF-8 text ({exc.reason} "
-                            f"at position {exc.start}); send bytes for binary data")
+                            f"at position {exc.start}); send bytes for binary data"
+                        )
     return None

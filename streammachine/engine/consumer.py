@@ -9,6 +9,7 @@ that dead consumers left idle (XAUTOCLAIM), and keeps its own slow in-flight
 entries fresh so live work is not stolen. Connection loss means capped,
 jittered backoff and a retry with the same consumer name.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -19,15 +20,17 @@ from concurrent.futures import Executor
 from typing import Optional
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError, TimeoutError as RedisTimeoutError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .agents import AgentSpec, AgentStats, dead_local_owner
-from .connection import ensure_group, same_slot
-from .message import received_messages
-from .resp import direct_pool, encode_command, encode_repeated, entries_with_fields, round_trip
-from .stream_entries import as_text, single_stream_entries
+from streammachine.engine.specs import AgentSpec, AgentStats, dead_local_owner
+from streammachine.message import received_messages
+from streammachine.redis.connection import ensure_group
+from streammachine.redis.entries import as_text, single_stream_entries
+from streammachine.redis.resp import direct_pool, encode_command, encode_repeated, entries_with_fields, round_trip
+from streammachine.redis.transport import same_slot
 
-log = logging.getLogger("streammachine.consumer")
+log = logging.getLogger("streammachine.engine.consumer")
 
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
 DLQ_PREFIX = b"_dlq_"
@@ -40,7 +43,7 @@ class Backoff:
         self.base, self.cap, self.attempt = base, cap, 0
 
     def next_delay(self) -> float:
-        delay = random.uniform(self.base, min(self.cap, self.base * (2 ** self.attempt)))
+        delay = random.uniform(self.base, min(self.cap, self.base * (2**self.attempt)))
         self.attempt = min(self.attempt + 1, 30)
         return delay
 
@@ -68,8 +71,14 @@ def _bind_handler(spec: AgentSpec, executor: Optional[Executor]):
 class StreamConsumer:
     """Consumes one stream for one agent under one consumer name."""
 
-    def __init__(self, client, spec: AgentSpec, consumer_name: str, stats: Optional[AgentStats] = None,
-                 executor: Optional[Executor] = None) -> None:
+    def __init__(
+        self,
+        client,
+        spec: AgentSpec,
+        consumer_name: str,
+        stats: Optional[AgentStats] = None,
+        executor: Optional[Executor] = None,
+    ) -> None:
         self.client = client
         self.spec = spec
         self._handler, self._is_async = _bind_handler(spec, executor)
@@ -184,8 +193,22 @@ class StreamConsumer:
         try:
             if pool is not None:
                 encoder = pool.get_encoder()
-                payload = encode_repeated(("XREADGROUP", "GROUP", spec.group, self.name, "COUNT", config.count,
-                                           "BLOCK", block, "STREAMS", spec.stream, ">"), encoder)
+                payload = encode_repeated(
+                    (
+                        "XREADGROUP",
+                        "GROUP",
+                        spec.group,
+                        self.name,
+                        "COUNT",
+                        config.count,
+                        "BLOCK",
+                        block,
+                        "STREAMS",
+                        spec.stream,
+                        ">",
+                    ),
+                    encoder,
+                )
                 if ids:
                     payload = encode_command(("XACK", spec.stream, spec.group, *ids), encoder) + payload
                 replies = await round_trip(pool, payload, 2 if ids else 1)
@@ -196,8 +219,11 @@ class StreamConsumer:
                 pipe.xreadgroup(spec.group, self.name, {spec.stream: ">"}, count=config.count, block=block)
                 entries = single_stream_entries((await pipe.execute())[1])
             else:
-                entries = single_stream_entries(await self.client.xreadgroup(spec.group, self.name, {spec.stream: ">"},
-                                                                   count=config.count, block=block))
+                entries = single_stream_entries(
+                    await self.client.xreadgroup(
+                        spec.group, self.name, {spec.stream: ">"}, count=config.count, block=block
+                    )
+                )
         except BaseException:
             self._to_ack = ids + self._to_ack
             raise
@@ -234,12 +260,14 @@ class StreamConsumer:
             if name == self.name or not dead_local_owner(name):
                 continue
             while True:
-                rows = await self.client.xpending_range(stream, group, min="-", max="+", count=self.config.count,
-                                                        consumername=name)
+                rows = await self.client.xpending_range(
+                    stream, group, min="-", max="+", count=self.config.count, consumername=name
+                )
                 if not rows:
                     break
-                log.info("agent %s: taking over %d entries left by %s (its process is gone)",
-                         self.spec.name, len(rows), name)
+                log.info(
+                    "agent %s: taking over %d entries left by %s (its process is gone)", self.spec.name, len(rows), name
+                )
                 await self._reclaim({row["message_id"]: row["times_delivered"] for row in rows})
                 if self._stopping:
                     return
@@ -269,16 +297,24 @@ class StreamConsumer:
     async def _claim_orphans(self) -> None:
         """XAUTOCLAIM entries other (dead) consumers left idle past claim_idle_ms."""
         reply = await self.client.xautoclaim(
-            self.spec.stream, self.spec.group, self.name, min_idle_time=self.config.claim_idle_ms,
-            start_id=self._claim_cursor, count=self.config.count,
+            self.spec.stream,
+            self.spec.group,
+            self.name,
+            min_idle_time=self.config.claim_idle_ms,
+            start_id=self._claim_cursor,
+            count=self.config.count,
         )
         self._claim_cursor = as_text(reply[0]) if reply else "0-0"
         claimed = [e for e in (reply[1] if reply else []) if e[1] is not None]
         if not claimed:
             return
         rows = await self.client.xpending_range(
-            self.spec.stream, self.spec.group, min=claimed[0][0], max=claimed[-1][0],
-            count=len(claimed) * 2 + 10, consumername=self.name,
+            self.spec.stream,
+            self.spec.group,
+            min=claimed[0][0],
+            max=claimed[-1][0],
+            count=len(claimed) * 2 + 10,
+            consumername=self.name,
         )
         counts = {as_text(r["message_id"]): r["times_delivered"] for r in rows}
         log.info("agent %s: reclaimed %d idle entries from other consumers", self.spec.name, len(claimed))
@@ -292,8 +328,9 @@ class StreamConsumer:
             inflight = self._inflight
             if inflight and time.monotonic() - self._inflight_since >= period:
                 try:
-                    await self.client.xclaim(self.spec.stream, self.spec.group, self.name, min_idle_time=0,
-                                             message_ids=inflight, justid=True)
+                    await self.client.xclaim(
+                        self.spec.stream, self.spec.group, self.name, min_idle_time=0, message_ids=inflight, justid=True
+                    )
                 except TRANSIENT:
                     pass
 
@@ -398,15 +435,28 @@ class StreamConsumer:
         self.stats.record_error(exc)
         policy = self.config.on_error
         if policy == "skip":
-            log.warning("agent %s: entry %s failed (%s: %s); skipped as configured", self.spec.name, key, type(exc).__name__, exc)
+            log.warning(
+                "agent %s: entry %s failed (%s: %s); skipped as configured",
+                self.spec.name,
+                key,
+                type(exc).__name__,
+                exc,
+            )
             self.stats.skipped += 1
             self._to_ack.append(entry_id)
             return
         if policy == "dead_letter" or delivered >= self.config.max_deliveries:
             await self._dead_letter(entry_id, fields, exc, delivered)
             return
-        log.warning("agent %s: entry %s failed on delivery %d/%d: %s: %s", self.spec.name, key, delivered,
-                    self.config.max_deliveries, type(exc).__name__, exc)
+        log.warning(
+            "agent %s: entry %s failed on delivery %d/%d: %s: %s",
+            self.spec.name,
+            key,
+            delivered,
+            self.config.max_deliveries,
+            type(exc).__name__,
+            exc,
+        )
         self._deliveries[key] = delivered
         self._retry_at[key] = time.monotonic() + self.config.retry_delay_ms / 1000.0
 
@@ -414,12 +464,17 @@ class StreamConsumer:
         key = as_text(entry_id)
         target = self.config.dead_letter_for(self.spec.stream)
         record = dict(fields)
-        record.update({
-            DLQ_PREFIX + b"stream": self.spec.stream, DLQ_PREFIX + b"group": self.spec.group,
-            DLQ_PREFIX + b"id": key, DLQ_PREFIX + b"agent": self.spec.name,
-            DLQ_PREFIX + b"error": f"{type(exc).__name__}: {exc}"[:4000], DLQ_PREFIX + b"deliveries": delivered,
-            DLQ_PREFIX + b"at": time.time(),
-        })
+        record.update(
+            {
+                DLQ_PREFIX + b"stream": self.spec.stream,
+                DLQ_PREFIX + b"group": self.spec.group,
+                DLQ_PREFIX + b"id": key,
+                DLQ_PREFIX + b"agent": self.spec.name,
+                DLQ_PREFIX + b"error": f"{type(exc).__name__}: {exc}"[:4000],
+                DLQ_PREFIX + b"deliveries": delivered,
+                DLQ_PREFIX + b"at": time.time(),
+            }
+        )
         if same_slot(self.client, target, self.spec.stream):
             pipe = self.client.pipeline(transaction=True)
             pipe.xadd(target, record)
@@ -432,8 +487,15 @@ class StreamConsumer:
         self._deliveries.pop(key, None)
         self._retry_at.pop(key, None)
         self.stats.dead_lettered += 1
-        log.error("agent %s: entry %s dead-lettered to %r after %d deliveries: %s: %s", self.spec.name, key,
-                  target, delivered, type(exc).__name__, exc)
+        log.error(
+            "agent %s: entry %s dead-lettered to %r after %d deliveries: %s: %s",
+            self.spec.name,
+            key,
+            target,
+            delivered,
+            type(exc).__name__,
+            exc,
+        )
 
     async def _move_to_dead_letter(self, target: str, record: dict, entry_id) -> None:
         await self.client.xadd(target, record)
@@ -457,4 +519,3 @@ class StreamConsumer:
                 key = as_text(entry_id)
                 self._deliveries.pop(key, None)
                 self._retry_at.pop(key, None)
-

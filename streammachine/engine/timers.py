@@ -1,4 +1,5 @@
 """Fixed-rate timers: no drift, no overlap, failures logged and survived."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,9 +8,9 @@ import math
 import time
 from typing import Optional
 
-from .agents import TimerSpec
+from streammachine.engine.specs import TimerSpec
 
-log = logging.getLogger("streammachine.timers")
+log = logging.getLogger("streammachine.engine.timers")
 
 
 class TimerRunner:

@@ -20,6 +20,7 @@ calls, ``_sum`` seconds), ``group_pending``, ``group_lag``,
 ``group_consumers``, ``timer_runs_total``, ``timer_failures_total``,
 ``workers`` and ``redis_up``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -30,9 +31,9 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, List
 
-from .groups import fetch_groups
+from streammachine.redis.inspect import fetch_groups
 
-log = logging.getLogger("streammachine.metrics")
+log = logging.getLogger("streammachine.headless.metrics")
 
 SNAPSHOT_INTERVAL = 0.5
 _COUNTERS = (
@@ -46,13 +47,15 @@ _COUNTERS = (
 _AGENT_LABELS = ["app", "agent", "stream", "group", "worker"]
 
 
-
 async def group_states(client, pairs: Iterable[tuple]) -> List[dict]:
     """Pending, lag and consumer count of each (stream, group) as XINFO GROUPS reports them."""
     wanted = set(pairs)
     groups = await fetch_groups(client, (stream for stream, _ in wanted))
-    return [{"stream": stream, "group": group, **state} for (stream, group), state in groups.items()
-            if (stream, group) in wanted]
+    return [
+        {"stream": stream, "group": group, **state}
+        for (stream, group), state in groups.items()
+        if (stream, group) in wanted
+    ]
 
 
 async def snapshot(app, worker: str = "0") -> dict:
@@ -60,9 +63,15 @@ async def snapshot(app, worker: str = "0") -> dict:
     agents = []
     for name, spec in app.agents.items():
         stats = app.stats(name)
-        agents.append({"agent": name, "stream": spec.stream, "group": spec.group,
-                       **{key: getattr(stats, key) for key, _, _ in _COUNTERS},
-                       "handler_seconds": stats.handler_seconds})
+        agents.append(
+            {
+                "agent": name,
+                "stream": spec.stream,
+                "group": spec.group,
+                **{key: getattr(stats, key) for key, _, _ in _COUNTERS},
+                "handler_seconds": stats.handler_seconds,
+            }
+        )
     timers = [{"timer": name, "runs": spec.runs, "failures": spec.failures} for name, spec in app.timers.items()]
     groups, redis_up = [], False
     if app.state == "running":
@@ -72,9 +81,17 @@ async def snapshot(app, worker: str = "0") -> dict:
             redis_up = True
         except Exception as exc:  # an outage shows as redis_up 0, never as a failed scrape
             log.debug("metrics: Redis unavailable: %s", exc)
-    return {"worker": str(worker), "pid": os.getpid(), "app": app.name, "time": time.time(),
-            "grace_seconds": app.config.grace_seconds, "agents": agents, "timers": timers,
-            "groups": groups, "redis_up": redis_up}
+    return {
+        "worker": str(worker),
+        "pid": os.getpid(),
+        "app": app.name,
+        "time": time.time(),
+        "grace_seconds": app.config.grace_seconds,
+        "agents": agents,
+        "timers": timers,
+        "groups": groups,
+        "redis_up": redis_up,
+    }
 
 
 class LiveSource:
@@ -127,20 +144,29 @@ class StreamMachineCollector:
         except Exception as exc:
             log.warning("metrics: no snapshot (%s: %s)", type(exc).__name__, exc)
             snapshots = []
-        counters = {key: CounterMetricFamily(f"streammachine_{name}", doc, labels=_AGENT_LABELS)
-                    for key, name, doc in _COUNTERS}
-        seconds = SummaryMetricFamily("streammachine_handler_seconds",
-                                      "Time spent in handlers: _count calls, _sum seconds.", labels=_AGENT_LABELS)
-        runs = CounterMetricFamily("streammachine_timer_runs", "Timer runs that completed.",
-                                   labels=["app", "timer", "worker"])
-        timer_failures = CounterMetricFamily("streammachine_timer_failures", "Timer runs that raised.",
-                                             labels=["app", "timer", "worker"])
-        pending = GaugeMetricFamily("streammachine_group_pending", "Entries delivered to the group, not yet acked.",
-                                    labels=["stream", "group"])
-        lag = GaugeMetricFamily("streammachine_group_lag", "Entries in the stream not yet delivered to the group.",
-                                labels=["stream", "group"])
-        consumers = GaugeMetricFamily("streammachine_group_consumers", "Consumers known to the group.",
-                                      labels=["stream", "group"])
+        counters = {
+            key: CounterMetricFamily(f"streammachine_{name}", doc, labels=_AGENT_LABELS) for key, name, doc in _COUNTERS
+        }
+        seconds = SummaryMetricFamily(
+            "streammachine_handler_seconds", "Time spent in handlers: _count calls, _sum seconds.", labels=_AGENT_LABELS
+        )
+        runs = CounterMetricFamily(
+            "streammachine_timer_runs", "Timer runs that completed.", labels=["app", "timer", "worker"]
+        )
+        timer_failures = CounterMetricFamily(
+            "streammachine_timer_failures", "Timer runs that raised.", labels=["app", "timer", "worker"]
+        )
+        pending = GaugeMetricFamily(
+            "streammachine_group_pending", "Entries delivered to the group, not yet acked.", labels=["stream", "group"]
+        )
+        lag = GaugeMetricFamily(
+            "streammachine_group_lag",
+            "Entries in the stream not yet delivered to the group.",
+            labels=["stream", "group"],
+        )
+        consumers = GaugeMetricFamily(
+            "streammachine_group_consumers", "Consumers known to the group.", labels=["stream", "group"]
+        )
         groups: dict = {}
         for snap in snapshots:
             worker, app_name = snap["worker"], snap.get("app", "")
@@ -163,8 +189,11 @@ class StreamMachineCollector:
         yield from counters.values()
         yield from (seconds, runs, timer_failures, pending, lag, consumers)
         yield GaugeMetricFamily("streammachine_workers", "Worker processes reporting.", value=len(snapshots))
-        yield GaugeMetricFamily("streammachine_redis_up", "1 when the last snapshot reached Redis.",
-                                value=1 if snapshots and all(s["redis_up"] for s in snapshots) else 0)
+        yield GaugeMetricFamily(
+            "streammachine_redis_up",
+            "1 when the last snapshot reached Redis.",
+            value=1 if snapshots and all(s["redis_up"] for s in snapshots) else 0,
+        )
 
 
 def serve_metrics(source: Callable[[], List[dict]], port: int, host: str = "127.0.0.1"):
@@ -189,4 +218,3 @@ def registry_for(source: Callable[[], List[dict]]):
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StreamMachineCollector(source))
     return registry
-

@@ -1,4 +1,5 @@
 """What gets registered: agent and timer specs, their names, their counters."""
+
 from __future__ import annotations
 
 import inspect
@@ -9,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from .config import ConsumerConfig, TimerConfig
+from streammachine.config import ConsumerConfig, TimerConfig
 
 
 def handler_name(fn: Callable, name: Optional[str] = None) -> str:
@@ -47,7 +48,7 @@ def dead_local_owner(consumer: str) -> bool:
 
 
 def is_async_callable(fn: Callable) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004  (an instance with an async __call__)
 
 
 @dataclass
@@ -91,9 +92,14 @@ class AgentStats:
 
     def as_dict(self) -> dict:
         return {
-            "processed": self.processed, "failed": self.failed, "retried": self.retried,
-            "dead_lettered": self.dead_lettered, "skipped": self.skipped, "reconnects": self.reconnects,
-            "handler_seconds": round(self.handler_seconds, 6), "last_error": self.last_error,
+            "processed": self.processed,
+            "failed": self.failed,
+            "retried": self.retried,
+            "dead_lettered": self.dead_lettered,
+            "skipped": self.skipped,
+            "reconnects": self.reconnects,
+            "handler_seconds": round(self.handler_seconds, 6),
+            "last_error": self.last_error,
         }
 
 

@@ -3,19 +3,26 @@
 One reader for everything that shows a group's state: ``App.status()``, the
 notebook's status table and dashboard, the Prometheus metrics.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Iterable, Tuple
 
-from .stream_entries import as_text
+from streammachine.redis.entries import as_text
 
 GroupKey = Tuple[str, str]  # (stream, group)
 Groups = Dict[GroupKey, dict]  # -> {"pending": int, "lag": int | None, "consumers": int}
 
 
 def groups_from_xinfo(stream: str, reply: Iterable[dict]) -> Groups:
-    return {(stream, as_text(g["name"])): {"pending": g.get("pending"), "lag": g.get("lag"),
-                                           "consumers": g.get("consumers")} for g in reply}
+    return {
+        (stream, as_text(g["name"])): {
+            "pending": g.get("pending"),
+            "lag": g.get("lag"),
+            "consumers": g.get("consumers"),
+        }
+        for g in reply
+    }
 
 
 async def fetch_groups(client, streams: Iterable[str]) -> Groups:

@@ -14,6 +14,7 @@ keeps its last window on screen instead of emptying. Rows are held sorted by
 timestamp (rows with equal timestamps keep their arrival order); a row older
 than those held is inserted in place, which costs the rows after it.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,8 +57,10 @@ class TimeSeriesBuffer:
     """
 
     def __init__(self, max_age_seconds: float, timestamp_column: str = "timestamp_ms", max_rows: Optional[int] = None):
-        if isinstance(max_age_seconds, bool) or not isinstance(max_age_seconds, (int, float)) or not (
-            max_age_seconds > 0 and math.isfinite(max_age_seconds)
+        if (
+            isinstance(max_age_seconds, bool)
+            or not isinstance(max_age_seconds, (int, float))
+            or not (max_age_seconds > 0 and math.isfinite(max_age_seconds))
         ):
             raise ValueError(f"max_age_seconds={max_age_seconds!r}: expected a finite number of seconds > 0")
         if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
@@ -82,7 +85,10 @@ class TimeSeriesBuffer:
         """A copy of the held rows, oldest first."""
         window = slice(self._start, self._end)
         return pd.DataFrame(
-            {name: _restore(column.values[window].copy(), column.pandas_dtype) for name, column in self._columns.items()},
+            {
+                name: _restore(column.values[window].copy(), column.pandas_dtype)
+                for name, column in self._columns.items()
+            },
             index=pd.RangeIndex(len(self)),
         )
 
@@ -92,8 +98,10 @@ class TimeSeriesBuffer:
         self._newest: Optional[float] = None
 
     def __repr__(self) -> str:
-        return (f"TimeSeriesBuffer(rows={len(self)}, max_age_seconds={self.max_age_seconds}, "
-                f"max_rows={self.max_rows}, last_timestamp={self._newest})")
+        return (
+            f"TimeSeriesBuffer(rows={len(self)}, max_age_seconds={self.max_age_seconds}, "
+            f"max_rows={self.max_rows}, last_timestamp={self._newest})"
+        )
 
     # -- appending -----------------------------------------------------------
 
@@ -179,7 +187,7 @@ class TimeSeriesBuffer:
         if self._end > self._start:
             held = self._columns[self.timestamp_column].values
             if held[self._start] < cutoff:  # rows are sorted: the stale ones are a prefix
-                self._start += int(np.searchsorted(held[self._start:self._end], cutoff, side="left"))
+                self._start += int(np.searchsorted(held[self._start : self._end], cutoff, side="left"))
 
     def _enforce_max_rows(self) -> None:
         if self.max_rows is not None and self._end - self._start > self.max_rows:
@@ -199,13 +207,13 @@ class TimeSeriesBuffer:
         start, end = self._start, self._end
         if live == 0 or stamps[0] >= held[end - 1]:
             for name, values in incoming.items():
-                self._columns[name].values[end:end + count] = values
+                self._columns[name].values[end : end + count] = values
         else:  # older rows: merge them into the tail they belong in, stably (held rows first on ties)
             position = start + int(np.searchsorted(held[start:end], stamps[0], side="right"))
             order = np.argsort(np.concatenate([held[position:end], stamps]), kind="stable")
             for name, values in incoming.items():
                 target = self._columns[name].values
-                target[position:end + count] = np.concatenate([target[position:end], values])[order]
+                target[position : end + count] = np.concatenate([target[position:end], values])[order]
         self._end = end + count
 
     def _reserve(self, count: int) -> None:
@@ -216,7 +224,7 @@ class TimeSeriesBuffer:
         capacity = max(_MIN_CAPACITY, 2 * (live + count))
         for column in self._columns.values():
             grown = np.empty(capacity, dtype=column.values.dtype)
-            grown[:live] = column.values[self._start:self._end]
+            grown[:live] = column.values[self._start : self._end]
             column.replace(grown)
         self._start, self._end, self._capacity = 0, live, capacity
 
@@ -227,7 +235,7 @@ class TimeSeriesBuffer:
             dtype = _dtype_holding_missing(values.dtype) if live else values.dtype
             storage = np.empty(self._capacity, dtype=dtype)
             if live:
-                storage[self._start:self._end] = _missing_value(dtype)
+                storage[self._start : self._end] = _missing_value(dtype)
             self._columns[name] = _Column(storage, pandas_dtype)
             return
         if column.pandas_dtype is not None and column.pandas_dtype != pandas_dtype:
@@ -281,8 +289,10 @@ def _single_row(data: Any) -> Optional[Tuple[Mapping, Optional[Dict[Any, Any]]]]
         if len(data) != 1:
             return None
         names, arrays = data.columns.tolist(), _frame_arrays(data)
-        return ({name: values[0] for name, values in zip(names, arrays)},
-                {name: None if type(values) is np.ndarray else values.dtype for name, values in zip(names, arrays)})
+        return (
+            {name: values[0] for name, values in zip(names, arrays)},
+            {name: None if type(values) is np.ndarray else values.dtype for name, values in zip(names, arrays)},
+        )
     if type(data) is dict and not any(_is_sequence(v) for v in data.values()):
         return data, None
     return None
@@ -303,8 +313,11 @@ def _same_dtype(held: Any, incoming: Any, value: Any) -> bool:
     if held is incoming or held == incoming:
         return True
     # text: an object column of str reads back with pandas' str dtype whether it came as str dtype or not
-    return type(value) is str and isinstance(held, (pd.StringDtype, type(None))) and isinstance(
-        incoming, (pd.StringDtype, type(None)))
+    return (
+        type(value) is str
+        and isinstance(held, (pd.StringDtype, type(None)))
+        and isinstance(incoming, (pd.StringDtype, type(None)))
+    )
 
 
 def _is_sequence(value: Any) -> bool:

@@ -14,6 +14,7 @@ The signature covers the value, not the Redis key, so RENAME/COPY keep
 objects readable; a writer able to move values between keys could only
 swap one trusted object for another.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,8 +25,8 @@ import secrets
 from pathlib import Path
 from typing import Any, List, Optional
 
-from .config import Settings
-from .connection import RedisConnection
+from streammachine.config import Settings
+from streammachine.redis.connection import RedisConnection
 
 MAGIC = b"SMP1"  # StreamMachine signed pickle, format 1
 _DIGEST_SIZE = hashlib.sha256().digest_size
@@ -52,8 +53,8 @@ def verify(secret: bytes, blob: bytes, key: str = "") -> bytes:
     where = f" at {key!r}" if key else ""
     if not isinstance(blob, (bytes, bytearray)) or not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + _DIGEST_SIZE:
         raise SignatureError(f"value{where} is not a signed StreamMachine object; refusing to unpickle it")
-    digest = blob[len(MAGIC):len(MAGIC) + _DIGEST_SIZE]
-    payload = bytes(blob[len(MAGIC) + _DIGEST_SIZE:])
+    digest = blob[len(MAGIC) : len(MAGIC) + _DIGEST_SIZE]
+    payload = bytes(blob[len(MAGIC) + _DIGEST_SIZE :])
     expected = hmac.new(secret, MAGIC + payload, hashlib.sha256).digest()
     if not hmac.compare_digest(digest, expected):
         raise SignatureError(
@@ -121,8 +122,14 @@ class RedisObjectStorage:
     glob patterns below it and return/delete only keys under it.
     """
 
-    def __init__(self, connection: Optional[RedisConnection] = None, url: Optional[str] = None, prefix: str = "obj:",
-                 *, secret: Optional[bytes] = None) -> None:
+    def __init__(
+        self,
+        connection: Optional[RedisConnection] = None,
+        url: Optional[str] = None,
+        prefix: str = "obj:",
+        *,
+        secret: Optional[bytes] = None,
+    ) -> None:
         if connection is not None and url is not None:
             raise ValueError("RedisObjectStorage: pass connection= or url=, not both")
         self._owns_connection = connection is None
@@ -195,7 +202,7 @@ class RedisObjectStorage:
         if self._owns_connection:
             await self._connection.close()
 
-    async def __aenter__(self) -> "RedisObjectStorage":
+    async def __aenter__(self) -> RedisObjectStorage:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

