@@ -14,7 +14,7 @@ import logging
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Union
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Union
 
 from streammachine.config import AppConfig, ConsumerConfig, Settings, TimerConfig
 from streammachine.engine.executors import InProcessRunner, ProcessRunner, consumer_base
@@ -23,6 +23,8 @@ from streammachine.engine.timers import TimerRunner
 from streammachine.redis.connection import RedisConnection, ensure_group
 from streammachine.redis.inspect import fetch_groups
 from streammachine.state.storage import Storage
+from streammachine.state.table import _MISSING as _NO_DEFAULT
+from streammachine.state.table import Table
 
 log = logging.getLogger("streammachine.app")
 
@@ -71,6 +73,7 @@ class App:
         self._redis = RedisConnection(url=redis_url, settings=self.settings)
         self._agents: Dict[str, AgentSpec] = {}
         self._timers: Dict[str, TimerSpec] = {}
+        self._tables: Dict[str, Table] = {}
         self._stats: Dict[str, AgentStats] = {}
         self._runners: Dict[str, Union[InProcessRunner, ProcessRunner]] = {}
         self._timer_runners: Dict[str, TimerRunner] = {}
@@ -123,12 +126,20 @@ class App:
         name: Optional[str] = None,
         config: Optional[ConsumerConfig] = None,
         threaded: bool = False,
+        output: Optional[str] = None,
+        tables: Sequence[Table] = (),
         **options: Any,
     ) -> Callable:
         """Register a stream consumer. Re-registering a name replaces it (hot swap when running).
 
         ``threaded=True`` runs a sync handler in the App's thread pool
         (``max_threads``), so blocking code does not stall the event loop.
+
+        A stage: ``output=STREAM`` writes what the handler returns (a record, a
+        list of them, ``Emit(stream, record)`` for other streams) and
+        ``tables=[...]`` lets it change ``app.table`` tables; both are committed
+        with the ack of the entry, in one atomic step per read (see
+        ``engine/commit.py``).
 
         ``options`` override fields of ``ConsumerConfig`` (count, block_ms,
         start_id, max_deliveries, on_error, retry_delay_ms, claim_idle_ms,
@@ -147,12 +158,34 @@ class App:
                 batch=batch,
                 config=consumer_config,
                 threaded=threaded,
+                output=output,
+                tables=tuple(tables),
+                maxlen=self.config.stream_maxlen,
             )
             self._check_process_budget(spec)
             self._register_agent(spec)
             return fn
 
         return decorate
+
+    def table(self, name: str, *, default: Any = _NO_DEFAULT, ttl: Optional[float] = None) -> Table:
+        """Keyed state for stages: a dict-like table kept in Redis, changed with the ack of the entries.
+
+        Calling it again with the same name returns the same table (a re-run
+        notebook cell keeps its state); ``default`` and ``ttl`` then take the
+        new values.
+        """
+        table = self._tables.get(name)
+        if table is None:
+            table = self._tables[name] = Table(name, default=default, ttl=ttl)
+        else:
+            fresh = Table(name, default=default, ttl=ttl)  # validates the arguments
+            table.default, table.ttl_ms = fresh.default, fresh.ttl_ms
+        return table
+
+    @property
+    def tables(self) -> Dict[str, Table]:
+        return dict(self._tables)
 
     def timer(self, t: float, *, name: Optional[str] = None, run_immediately: bool = False) -> Callable:
         """Register a periodic task every ``t`` seconds (fixed rate, never overlapping itself)."""

@@ -13,6 +13,7 @@ jittered backoff and a retry with the same consumer name.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 import time
@@ -63,7 +64,9 @@ def _bind_handler(spec: AgentSpec, executor: Optional[Executor]):
     handler = spec.handler
 
     async def in_thread(argument):
-        return await asyncio.get_running_loop().run_in_executor(executor, handler, argument)
+        # the context travels with the call: a stage's tables find the running unit in it
+        call = contextvars.copy_context().run
+        return await asyncio.get_running_loop().run_in_executor(executor, call, handler, argument)
 
     return in_thread, True
 
@@ -180,58 +183,64 @@ class StreamConsumer:
         read: entries are still acknowledged only after their handler returned,
         in one round trip per read instead of two. If the round trip fails or
         is cancelled the ids stay queued and are acknowledged again (XACK is
-        idempotent).
+        idempotent). A stage puts its commit there instead (``engine/stage.py``).
         """
         config, spec = self.config, self.spec
         block = config.block_ms
         if self._retry_at:
             due_in = min(self._retry_at.values()) - time.monotonic()
             block = max(1, min(block, int(due_in * 1000) + 1))
-        ids, self._to_ack = self._to_ack, []
+        commands, token = self._take_pending()
         pool = direct_pool(self.client)
         self._in_read = True
         try:
             if pool is not None:
                 encoder = pool.get_encoder()
                 payload = encode_repeated(
-                    (
-                        "XREADGROUP",
-                        "GROUP",
-                        spec.group,
-                        self.name,
-                        "COUNT",
-                        config.count,
-                        "BLOCK",
-                        block,
-                        "STREAMS",
-                        spec.stream,
-                        ">",
-                    ),
+                    ("XREADGROUP", "GROUP", spec.group, self.name, "COUNT", config.count, "BLOCK", block,
+                     "STREAMS", spec.stream, ">"),
                     encoder,
-                )
-                if ids:
-                    payload = encode_command(("XACK", spec.stream, spec.group, *ids), encoder) + payload
-                replies = await round_trip(pool, payload, 2 if ids else 1)
+                )  # fmt: skip
+                if commands:
+                    payload = b"".join([encode_command(c, encoder) for c in commands]) + payload
+                replies = await round_trip(pool, payload, len(commands) + 1, errors_inline=self.errors_inline)
                 entries = entries_with_fields(replies[-1])
-            elif ids:
+            elif commands:
                 pipe = self.client.pipeline(transaction=False)
-                pipe.xack(spec.stream, spec.group, *ids)
+                for command in commands:
+                    pipe.execute_command(*command)
                 pipe.xreadgroup(spec.group, self.name, {spec.stream: ">"}, count=config.count, block=block)
-                entries = single_stream_entries((await pipe.execute())[1])
+                replies = await pipe.execute(raise_on_error=not self.errors_inline)
+                entries = single_stream_entries(replies[-1])
             else:
-                entries = single_stream_entries(
+                replies = [
                     await self.client.xreadgroup(
                         spec.group, self.name, {spec.stream: ">"}, count=config.count, block=block
                     )
-                )
+                ]
+                entries = single_stream_entries(replies[-1])
         except BaseException:
-            self._to_ack = ids + self._to_ack
+            self._pending_failed(token)
             raise
         finally:
             self._in_read = False
+        await self._pending_sent(token, replies[:-1])
+        return entries
+
+    # What rides in front of the next read. Here: the XACK of the entries handled since the last one.
+    errors_inline = False  # True: an error reply of those commands is returned to _pending_sent, not raised
+
+    def _take_pending(self) -> tuple:
+        """(commands to send before the next read, a token for ``_pending_failed``/``_pending_sent``)."""
+        ids, self._to_ack = self._to_ack, []
+        return ([("XACK", self.spec.stream, self.spec.group, *ids)] if ids else []), ids
+
+    def _pending_failed(self, ids: list) -> None:
+        self._to_ack = ids + self._to_ack
+
+    async def _pending_sent(self, ids: list, replies: list) -> None:
         if ids:
             self._forget_failures(ids)
-        return entries
 
     async def _recover_own_pending(self) -> None:
         """Take back what this consumer name left pending (a crash, a lost ack)."""

@@ -15,16 +15,26 @@ import os
 import signal
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Optional
+from typing import Any, Optional
 
 from streammachine.engine.consumer import StreamConsumer
 from streammachine.engine.specs import AgentSpec, AgentStats, consumer_base  # noqa: F401  (consumer_base: re-exported)
+from streammachine.engine.stage import StageConsumer
 from streammachine.redis.connection import RedisConnection, ensure_group, make_client
 
 log = logging.getLogger("streammachine.engine.executors")
 
 # What a worker process publishes for its parent (AgentStats fields).
-_SHARED_FIELDS = ("processed", "failed", "dead_lettered", "retried", "skipped", "reconnects", "handler_seconds")
+_SHARED_FIELDS = (
+    "processed",
+    "failed",
+    "dead_lettered",
+    "retried",
+    "skipped",
+    "reconnects",
+    "commit_retries",
+    "handler_seconds",
+)
 
 
 def consumer_client_options(spec: AgentSpec) -> dict:
@@ -53,9 +63,26 @@ async def stop_consumers(consumers: list, grace: float, finish_read: bool = True
 
 
 async def prepare(spec: AgentSpec, connection: RedisConnection) -> None:
-    """Create the group before start() returns, so what is sent next is not missed under start id "$"."""
+    """Create the group before start() returns, so what is sent next is not missed under start id "$";
+    load a stage's tables not loaded yet, so its handlers see committed state from the first entry."""
     client = await connection.get_client()
     await ensure_group(client, spec.stream, spec.group, spec.config.start_id)
+    await load_tables(spec, client, only_new=True)
+
+
+async def load_tables(spec: AgentSpec, client: Any, *, only_new: bool = False) -> None:
+    for table in spec.tables:
+        if not (only_new and table.loaded):
+            await table.load(client)
+
+
+def make_consumer(
+    client: Any, spec: AgentSpec, name: str, stats: AgentStats, executor: Optional[Executor]
+) -> StreamConsumer:
+    """A stage's consumer (outputs and tables committed with the ack) or a plain one."""
+    if spec.is_stage:
+        return StageConsumer(client, spec, name, stats, executor, maxlen=spec.maxlen)
+    return StreamConsumer(client, spec, name, stats, executor)
 
 
 class InProcessRunner:
@@ -79,7 +106,7 @@ class InProcessRunner:
         for slot in range(self.spec.concurrency):
             client = self.connection.new_client(max_connections=2, **consumer_client_options(self.spec))
             self._clients.append(client)
-            consumer = StreamConsumer(
+            consumer = make_consumer(
                 client, self.spec, consumer_name(self.base, self.spec, str(slot)), self.stats, self.executor
             )
             consumer.start()
@@ -212,7 +239,9 @@ async def _worker_async(spec, url, cluster, base, index, counters, grace, thread
     for slot in range(spec.concurrency):
         client = make_client(url, max_connections=2, cluster=cluster, **consumer_client_options(spec))
         clients.append(client)
-        consumer = StreamConsumer(client, spec, consumer_name(base, spec, f"w{index}.{slot}"), stats, executor)
+        if slot == 0:
+            await load_tables(spec, client)  # fresh from Redis: what the parent held at fork may be old
+        consumer = make_consumer(client, spec, consumer_name(base, spec, f"w{index}.{slot}"), stats, executor)
         consumer.start()
         consumers.append(consumer)
 

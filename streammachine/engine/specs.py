@@ -8,7 +8,7 @@ import re
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 from streammachine.config import ConsumerConfig, TimerConfig
 
@@ -61,6 +61,7 @@ class AgentStats:
     dead_lettered: int = 0
     skipped: int = 0
     reconnects: int = 0
+    commit_retries: int = 0  # a stage's commits refused (a table changed meanwhile) and handled again
     handler_seconds: float = 0.0
     last_error: Optional[str] = None
     last_error_at: Optional[float] = None
@@ -98,6 +99,7 @@ class AgentStats:
             "dead_lettered": self.dead_lettered,
             "skipped": self.skipped,
             "reconnects": self.reconnects,
+            "commit_retries": self.commit_retries,
             "handler_seconds": round(self.handler_seconds, 6),
             "last_error": self.last_error,
         }
@@ -114,8 +116,21 @@ class AgentSpec:
     batch: bool = False
     config: ConsumerConfig = field(default_factory=ConsumerConfig)
     threaded: bool = False
+    output: Optional[str] = None  # where the handler's return value goes (a stage)
+    tables: Tuple[Any, ...] = ()  # the tables its handler changes, committed with the ack (a stage)
+    maxlen: Optional[int] = None  # approximate MAXLEN of what a stage writes
+
+    @property
+    def is_stage(self) -> bool:
+        return self.output is not None or bool(self.tables)
 
     def __post_init__(self) -> None:
+        if self.output is not None and (not isinstance(self.output, str) or not self.output):
+            raise ValueError(f"agent {self.name!r}: output={self.output!r}, expected None or a non-empty str")
+        self.tables = tuple(self.tables)
+        for table in self.tables:
+            if not hasattr(table, "committed_get"):
+                raise TypeError(f"agent {self.name!r}: tables=[...{table!r}...]: expected tables from app.table()")
         if not isinstance(self.stream, str) or not self.stream:
             raise ValueError(f"agent {self.name!r}: stream={self.stream!r}, expected a non-empty str")
         if not isinstance(self.group, str) or not self.group:
