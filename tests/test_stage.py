@@ -7,13 +7,12 @@ from collections import Counter
 
 import pytest
 import redis.asyncio as aioredis
+from helpers import wait_until
 
-from streammachine import App, ConsumerConfig, Emit
+from streammachine import ConsumerConfig, Emit
 from streammachine.engine.commit import SCRIPT, CommitPlan
 from streammachine.engine.effects import ReadEffects
 from streammachine.redis.transport import Transport
-
-from helpers import wait_until
 
 
 def outputs(sync_redis, stream: str) -> list:
