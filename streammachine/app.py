@@ -14,7 +14,7 @@ import logging
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from streammachine.config import AppConfig, ConsumerConfig, Settings, TimerConfig
 from streammachine.engine.executors import InProcessRunner, ProcessRunner, consumer_base
@@ -128,6 +128,7 @@ class App:
         threaded: bool = False,
         output: Optional[str] = None,
         tables: Sequence[Table] = (),
+        periodic: Optional[Tuple[float, Callable[[], Any]]] = None,
         **options: Any,
     ) -> Callable:
         """Register a stream consumer. Re-registering a name replaces it (hot swap when running).
@@ -139,7 +140,10 @@ class App:
         list of them, ``Emit(stream, record)`` for other streams) and
         ``tables=[...]`` lets it change ``app.table`` tables; both are committed
         with the ack of the entry, in one atomic step per read (see
-        ``engine/commit.py``).
+        ``engine/commit.py``). ``periodic=(seconds, hook)``: a stage's hook run
+        every ``seconds`` in its consumer's task, its return value and table
+        writes committed like a handler's (e.g. closing the windows of quiet
+        keys by wall-clock time).
 
         ``options`` override fields of ``ConsumerConfig`` (count, block_ms,
         start_id, max_deliveries, on_error, retry_delay_ms, claim_idle_ms,
@@ -161,6 +165,7 @@ class App:
                 output=output,
                 tables=tuple(tables),
                 maxlen=self.config.stream_maxlen,
+                periodic=periodic,
             )
             self._check_process_budget(spec)
             self._register_agent(spec)

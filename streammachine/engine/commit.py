@@ -105,7 +105,7 @@ if ARGV[2] == 'gated' then
         if acked > 0 then
             acked = redis.call('XACK', stream, group, unpack(ARGV, unit[1], unit[1] + unit[2] - 1))
         end
-        if acked > 0 then outputs(unit) end
+        if acked > 0 or unit[2] == 0 then outputs(unit) end
         stale = stale + unit[2] - acked
     end
 else

@@ -143,6 +143,8 @@ class StreamConsumer:
                         entries = await self._read_new()
                         if entries:
                             await self._process(entries, None)
+                        if self._periodic_due is not None and time.monotonic() >= self._periodic_due:
+                            await self._run_periodic()
                 except asyncio.CancelledError:
                     if not self._stopping:
                         raise
@@ -173,6 +175,8 @@ class StreamConsumer:
                 await asyncio.shield(self._flush_acks())
             except (asyncio.CancelledError, *TRANSIENT):
                 pass
+            except ResponseError as exc:  # nothing was written: the entries stay pending for the next run
+                log.warning("agent %s: last acks/commit refused on the way out: %s", self.spec.name, exc)
 
     # -- reading -------------------------------------------------------------
 
@@ -187,9 +191,9 @@ class StreamConsumer:
         """
         config, spec = self.config, self.spec
         block = config.block_ms
-        if self._retry_at:
-            due_in = min(self._retry_at.values()) - time.monotonic()
-            block = max(1, min(block, int(due_in * 1000) + 1))
+        due = self._next_due()
+        if due is not None:
+            block = max(1, min(block, int((due - time.monotonic()) * 1000) + 1))
         commands, token = self._take_pending()
         pool = direct_pool(self.client)
         self._in_read = True
@@ -226,6 +230,18 @@ class StreamConsumer:
             self._in_read = False
         await self._pending_sent(token, replies[:-1])
         return entries
+
+    def _next_due(self) -> Optional[float]:
+        """When the next read must return at the latest (monotonic): a retry, or the periodic hook, is due."""
+        due = min(self._retry_at.values()) if self._retry_at else None
+        if self._periodic_due is not None and (due is None or self._periodic_due < due):
+            due = self._periodic_due
+        return due
+
+    _periodic_due: Optional[float] = None  # a stage's periodic hook (engine/stage.py); plain consumers have none
+
+    async def _run_periodic(self) -> None:
+        pass
 
     # What rides in front of the next read. Here: the XACK of the entries handled since the last one.
     errors_inline = False  # True: an error reply of those commands is returned to _pending_sent, not raised

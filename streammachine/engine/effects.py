@@ -46,13 +46,13 @@ class Unit:
         self.outputs: List[Tuple[str, dict]] = []
         self.writes: Dict[TableKey, Tuple[Any, Optional[bytes]]] = {}  # value (or DELETED) and its encoding
 
-    def read(self, table: Any, key: str) -> Tuple[bool, Any]:
+    def read(self, table: Any, key: str, copy: bool = True) -> Tuple[bool, Any]:
         """(found, value) of ``key`` as this unit sees it: its own writes, earlier units', then committed."""
         slot = (table, key)
         if slot in self.writes:
             value = self.writes[slot][0]
             return (False, None) if value is DELETED else (True, value)
-        return self.effects.read(table, key)
+        return self.effects.read(table, key, copy)
 
     def write(self, table: Any, key: str, value: Any, encoded: Optional[bytes]) -> None:
         self.effects.note_version(table, key)
@@ -88,13 +88,13 @@ class ReadEffects:
         if slot not in self.versions:
             self.versions[slot] = table.committed_version(key)
 
-    def read(self, table: Any, key: str) -> Tuple[bool, Any]:
+    def read(self, table: Any, key: str, copy: bool = True) -> Tuple[bool, Any]:
         self.note_version(table, key)
         slot = (table, key)
         if slot in self.overlay:
             value = self.overlay[slot][0]
             return (False, None) if value is DELETED else (True, value)
-        return table.committed_get(key)
+        return table.committed_get(key, copy)
 
     @property
     def ids(self) -> List[Any]:

@@ -62,6 +62,7 @@ class AgentStats:
     skipped: int = 0
     reconnects: int = 0
     commit_retries: int = 0  # a stage's commits refused (a table changed meanwhile) and handled again
+    commit_failures: int = 0  # a stage's commits that failed (an error reply: nothing written, entries pending)
     handler_seconds: float = 0.0
     last_error: Optional[str] = None
     last_error_at: Optional[float] = None
@@ -100,6 +101,7 @@ class AgentStats:
             "skipped": self.skipped,
             "reconnects": self.reconnects,
             "commit_retries": self.commit_retries,
+            "commit_failures": self.commit_failures,
             "handler_seconds": round(self.handler_seconds, 6),
             "last_error": self.last_error,
         }
@@ -119,15 +121,27 @@ class AgentSpec:
     output: Optional[str] = None  # where the handler's return value goes (a stage)
     tables: Tuple[Any, ...] = ()  # the tables its handler changes, committed with the ack (a stage)
     maxlen: Optional[int] = None  # approximate MAXLEN of what a stage writes
+    # (seconds, hook): a stage's hook run every ``seconds`` in its consumer's task, its effects committed like
+    # a handler's (e.g. completing the windows or candles of quiet keys by wall-clock time)
+    periodic: Optional[Tuple[float, Callable[[], Any]]] = None
 
     @property
     def is_stage(self) -> bool:
-        return self.output is not None or bool(self.tables)
+        return self.output is not None or bool(self.tables) or self.periodic is not None
 
     def __post_init__(self) -> None:
         if self.output is not None and (not isinstance(self.output, str) or not self.output):
             raise ValueError(f"agent {self.name!r}: output={self.output!r}, expected None or a non-empty str")
         self.tables = tuple(self.tables)
+        if self.periodic is not None:
+            seconds, hook = self.periodic
+            if (
+                isinstance(seconds, bool)
+                or not isinstance(seconds, (int, float))
+                or not seconds > 0
+                or not callable(hook)
+            ):
+                raise ValueError(f"agent {self.name!r}: periodic={self.periodic!r}, expected (seconds > 0, a callable)")
         for table in self.tables:
             if not hasattr(table, "committed_get"):
                 raise TypeError(f"agent {self.name!r}: tables=[...{table!r}...]: expected tables from app.table()")

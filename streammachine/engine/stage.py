@@ -46,6 +46,8 @@ class StageConsumer(StreamConsumer):
         self._warned_slots = False
         self._read_at = 0.0  # when the entries being handled were read
         self._fast_window = self.config.claim_idle_ms / 2000.0
+        if self.spec.periodic is not None:
+            self._periodic_due = time.monotonic() + self.spec.periodic[0]
 
     # -- handling ------------------------------------------------------------
 
@@ -112,6 +114,33 @@ class StageConsumer(StreamConsumer):
         finally:
             current_unit.reset(token)
 
+    async def _run_periodic(self) -> None:
+        """The agent's periodic hook (``AgentSpec.periodic``), run in this task as a unit with no entries.
+
+        In the consumer's own task, so it never interleaves with the handler
+        (both may change the same in-memory state); its outputs and table
+        writes are committed like a read's (with the next read).
+        """
+        interval, hook = self.spec.periodic  # type: ignore[misc]
+        self._periodic_due = time.monotonic() + interval
+        if self._commit is not None:
+            await asyncio.shield(self._flush_commit())
+        effects = ReadEffects(self.spec.output)
+        unit = effects.begin([])
+        token = current_unit.set(unit)
+        try:
+            result = hook()
+            if asyncio.iscoroutine(result):
+                result = await result
+            effects.keep(unit, result)
+        except Exception:
+            log.exception("agent %s: periodic hook %r failed; it runs again in %.1fs", self.spec.name, hook, interval)
+            return
+        finally:
+            current_unit.reset(token)
+        if unit.outputs or unit.writes:
+            self._queue(effects, [], None)
+
     # -- committing ----------------------------------------------------------
 
     def _queue(self, effects: ReadEffects, entries: list, deliveries: Optional[dict], attempt: int = 0) -> None:
@@ -170,17 +199,24 @@ class StageConsumer(StreamConsumer):
             await self._settle(plan, reply)
 
     async def _send(self, plan: CommitPlan) -> Any:
+        """Send ``plan`` on its own; an error reply is returned (for ``_settle``), not raised."""
         if self._crosses_slots(plan):
             commands = unsafe_commands(plan.effects, stream=self.spec.stream, group=self.spec.group, maxlen=self.maxlen)
             await self.transport.send(commands)
-            return [b"ok"]
-        return (await self.transport.send([plan.command]))[0]
+            return [b"ok", 0]
+        try:
+            return (await self.transport.send([plan.command]))[0]
+        except NoScriptError:  # a new or restarted server: load the script once, send again
+            await self.client.script_load(SCRIPT)
+            return await self._send(plan)
+        except ResponseError as exc:
+            return exc
 
-    async def _settle(self, plan: CommitPlan, reply: Any, redos: int = 0) -> None:
-        if isinstance(reply, NoScriptError) or (isinstance(reply, ResponseError) and "NOSCRIPT" in str(reply)):
-            await self.client.script_load(SCRIPT)  # a new or restarted server: load it once, send again
+    async def _settle(self, plan: CommitPlan, reply: Any) -> None:
+        if isinstance(reply, NoScriptError):  # a commit that rode with a read: send it again on its own
             reply = await self._send(plan)
         if isinstance(reply, Exception):
+            self.stats.commit_failures += 1
             raise reply  # nothing was written; the entries stay pending and come back with the recovery
         outcome = plan.outcome(reply)
         if outcome.kind == "ok":

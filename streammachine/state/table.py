@@ -68,13 +68,13 @@ class Table:
         entry = self._committed.get(key)
         return 0 if entry is None else entry[0]
 
-    def committed_get(self, key: str) -> Tuple[bool, Any]:
+    def committed_get(self, key: str, copy: bool = True) -> Tuple[bool, Any]:
         entry = self._committed.get(key)
         if entry is None or (entry[3] and entry[3] <= time.time() * 1000):
             return False, None
         value = entry[1]
         # hand out a copy of a mutable value: changing it in place must not change committed state
-        return True, (value if isinstance(value, _IMMUTABLE) else orjson.loads(entry[2]))
+        return True, (value if not copy or isinstance(value, _IMMUTABLE) else orjson.loads(entry[2]))
 
     def apply_stored(self, key: str, raw: Optional[bytes]) -> None:
         """Take ``raw`` (a stored field, None when absent) as the committed state of ``key``."""
@@ -134,6 +134,13 @@ class Table:
     def __getitem__(self, key: str) -> Any:
         found, value = self._lookup(self._check_key(key))
         return value if found else self._missing(key)
+
+    def peek(self, key: str, default: Any = None) -> Any:
+        """``get`` without the defensive copy of a mutable value: for a caller that will not change it."""
+        unit = current_unit.get()
+        key = self._check_key(key)
+        found, value = self.committed_get(key, copy=False) if unit is None else unit.read(self, key, copy=False)
+        return value if found else default
 
     def get(self, key: str, default: Any = None) -> Any:
         found, value = self._lookup(self._check_key(key))
