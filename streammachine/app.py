@@ -478,11 +478,14 @@ class App:
 
     async def health_check(self) -> dict:
         redis_ok = await self._redis.health_check()
+        expected = sum(r.expected for r in self._runners.values()) + len(self._timer_runners)
         active = sum(r.active for r in self._runners.values()) + sum(
             1 for r in self._timer_runners.values() if r.task is not None and not r.task.done()
         )
         return {
-            "status": "healthy" if redis_ok and self._state in ("running", "idle") else "degraded",
+            "status": "healthy"
+            if redis_ok and self._state in ("running", "idle") and active >= expected
+            else "degraded",
             "redis": "connected" if redis_ok else "disconnected",
             "active_tasks": active,
             "registered_agents": len(self._agents),

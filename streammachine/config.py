@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Optional
+from typing import Any, Callable, Literal, Mapping, Optional, Tuple
 
 ErrorPolicy = Literal["retry", "dead_letter", "skip"]
 
@@ -154,6 +155,13 @@ class ConsumerConfig:
     until ``max_deliveries``, then dead-letters it; ``"dead_letter"`` sends
     it to the dead-letter stream at the first failure; ``"skip"`` logs and
     acknowledges it (the only policy that drops data, on request).
+
+    Retries wait ``retry_delay_ms`` x ``retry_backoff`` ** (delivery - 1),
+    at most ``retry_max_delay_ms``, with jitter (half fixed, half random), so
+    a downstream outage does not burn through ``max_deliveries`` in a few
+    seconds. ``retry_on``: only these exception types are retried, others are
+    dead-lettered at once (default: every ``Exception``); ``dead_letter_on``:
+    these are dead-lettered at once whatever ``retry_on`` says.
     """
 
     count: int = 10
@@ -164,6 +172,10 @@ class ConsumerConfig:
     retry_delay_ms: int = 500
     claim_idle_ms: int = 30000
     dead_letter_stream: str = "{stream}:dead"
+    retry_backoff: float = 2.0
+    retry_max_delay_ms: Optional[int] = None  # None: 30 s, or retry_delay_ms when that is longer
+    retry_on: Tuple[type, ...] = (Exception,)
+    dead_letter_on: Tuple[type, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("count", "block_ms", "max_deliveries", "claim_idle_ms"):
@@ -174,6 +186,37 @@ class ConsumerConfig:
             raise ConfigError(f"ConsumerConfig.on_error={self.on_error!r}: expected 'retry', 'dead_letter' or 'skip'")
         if not isinstance(self.retry_delay_ms, int) or self.retry_delay_ms < 0:
             raise ConfigError(f"ConsumerConfig.retry_delay_ms={self.retry_delay_ms!r}: expected milliseconds >= 0")
+        if (
+            isinstance(self.retry_backoff, bool)
+            or not isinstance(self.retry_backoff, (int, float))
+            or not (self.retry_backoff >= 1)
+        ):
+            raise ConfigError(f"ConsumerConfig.retry_backoff={self.retry_backoff!r}: expected a factor >= 1")
+        if self.retry_max_delay_ms is not None and (
+            not isinstance(self.retry_max_delay_ms, int) or self.retry_max_delay_ms < self.retry_delay_ms
+        ):
+            raise ConfigError(
+                f"ConsumerConfig.retry_max_delay_ms={self.retry_max_delay_ms!r}: expected milliseconds >= "
+                f"retry_delay_ms ({self.retry_delay_ms})"
+            )
+        for name in ("retry_on", "dead_letter_on"):
+            value = getattr(self, name)
+            if isinstance(value, type):
+                object.__setattr__(self, name, (value,))
+            elif not (
+                isinstance(value, tuple) and all(isinstance(v, type) and issubclass(v, BaseException) for v in value)
+            ):
+                raise ConfigError(f"ConsumerConfig.{name}={value!r}: expected an exception class or a tuple of them")
+
+    def retry_delay(self, delivered: int) -> float:
+        """Seconds before the retry of an entry that failed on its ``delivered``-th delivery (with jitter)."""
+        cap = max(30000, self.retry_delay_ms) if self.retry_max_delay_ms is None else self.retry_max_delay_ms
+        delay = min(self.retry_delay_ms * self.retry_backoff ** max(delivered - 1, 0), cap)
+        return (delay / 2 + random.uniform(0, delay / 2)) / 1000.0
+
+    def retries(self, exc: BaseException) -> bool:
+        """Whether a failure with ``exc`` is retried (rather than dead-lettered at once)."""
+        return isinstance(exc, self.retry_on) and not isinstance(exc, self.dead_letter_on)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConsumerConfig:

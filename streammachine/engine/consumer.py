@@ -27,7 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from streammachine.engine.specs import AgentSpec, AgentStats, dead_local_owner
 from streammachine.message import received_messages
 from streammachine.redis.connection import ensure_group
-from streammachine.redis.entries import as_text, single_stream_entries
+from streammachine.redis.entries import as_text, id_before, parse_stream_id, single_stream_entries
 from streammachine.redis.resp import direct_pool, encode_command, encode_repeated, entries_with_fields, round_trip
 from streammachine.redis.transport import same_slot
 
@@ -35,6 +35,30 @@ log = logging.getLogger("streammachine.engine.consumer")
 
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
 DLQ_PREFIX = b"_dlq_"
+
+
+def _bytes_keys(fields: dict) -> dict:
+    return {(k.encode() if isinstance(k, str) else k): v for k, v in fields.items()}
+
+
+class HandlerCancelled(RuntimeError):
+    """A handler raised CancelledError without the consumer being stopped: a failure like any other."""
+
+    def __init__(self) -> None:
+        super().__init__("the handler raised CancelledError (it awaited a task or future something else cancelled)")
+
+
+def own_cancellation(stopping: bool) -> bool:
+    """Whether a CancelledError in the consumer's task is its own cancellation (a stop), not a handler's.
+
+    A handler that awaits a task something else cancelled raises CancelledError
+    too: that is a handler failure (retry, dead letter), not a reason to end.
+    """
+    if stopping:
+        return True
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+    return cancelling is None or cancelling() > 0
 
 
 class Backoff:
@@ -99,6 +123,8 @@ class StreamConsumer:
         self._inflight_since = 0.0
         self._next_claim = 0.0
         self._claim_cursor = "0-0"
+        self._joined = False  # the group was made (or found) once: a later re-creation must not skip ahead
+        self._last_read: Optional[str] = None  # the last id XREADGROUP ">" delivered
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -130,7 +156,7 @@ class StreamConsumer:
         try:
             while not self._stopping:
                 try:
-                    await ensure_group(self.client, self.spec.stream, self.spec.group, self.config.start_id)
+                    await self._ensure_group()
                     await self._flush_acks()
                     await self._adopt_dead_local_consumers()
                     await self._recover_own_pending()
@@ -177,6 +203,41 @@ class StreamConsumer:
                 pass
             except ResponseError as exc:  # nothing was written: the entries stay pending for the next run
                 log.warning("agent %s: last acks/commit refused on the way out: %s", self.spec.name, exc)
+
+    async def _ensure_group(self) -> None:
+        """The group exists: created at ``start_id`` on the first start; if it vanished since (DEL of the
+        stream, XGROUP DESTROY, FLUSHDB, a restart without persistence, a failover), re-created where this
+        consumer stopped reading, so nothing written meanwhile is skipped (see ``_resume_at``)."""
+        stream, group = self.spec.stream, self.spec.group
+        start = self.config.start_id if not self._joined else await self._resume_at()
+        created = await ensure_group(self.client, stream, group, start)
+        if created and self._joined:
+            replay = sorted(self._retry_at)
+            self._retry_at.clear()
+            self._deliveries.clear()
+            log.warning(
+                "agent %s: consumer group %r of stream %r had vanished; re-created at %s (what was read before it "
+                "was handled; %d entries awaiting retry are delivered again, and what follows them)",
+                self.spec.name, group, stream, start, len(replay),
+            )  # fmt: skip
+        self._joined = True
+
+    async def _resume_at(self) -> str:
+        """Where a re-created group starts: after the last id read, before any entry awaiting retry, at 0
+        when the stream itself is newer than what was read (it was deleted and written again)."""
+        if self._last_read is None:
+            return "0"
+        start = self._last_read
+        if self._retry_at:
+            oldest = min(self._retry_at, key=parse_stream_id)
+            start = min(start, id_before(oldest), key=parse_stream_id)
+        try:
+            first = (await self.client.xinfo_stream(self.spec.stream)).get("first-entry")
+        except ResponseError:  # no stream: MKSTREAM makes an empty one
+            return "0"
+        if first and parse_stream_id(first[0]) > parse_stream_id(start):
+            return "0"
+        return start
 
     # -- reading -------------------------------------------------------------
 
@@ -229,6 +290,8 @@ class StreamConsumer:
         finally:
             self._in_read = False
         await self._pending_sent(token, replies[:-1])
+        if entries:
+            self._last_read = as_text(entries[-1][0])
         return entries
 
     def _next_due(self) -> Optional[float]:
@@ -394,6 +457,11 @@ class StreamConsumer:
                 except Exception as exc:
                     await self._failed(entry_id, fields, exc, deliveries)
                     continue
+                except asyncio.CancelledError as exc:
+                    if own_cancellation(self._stopping):
+                        raise
+                    await self._failed(entry_id, fields, exc, deliveries)
+                    continue
                 done_append(entry_id)
         finally:
             self._inflight = []
@@ -422,7 +490,9 @@ class StreamConsumer:
                     result = self._handler(messages)
                     if self._is_async:
                         await result
-                except Exception:
+                except (Exception, asyncio.CancelledError) as exc:
+                    if isinstance(exc, asyncio.CancelledError) and own_cancellation(self._stopping):
+                        raise
                     await self._isolate(entries, messages, deliveries)
                 else:
                     self.stats.processed += len(ids)
@@ -448,13 +518,17 @@ class StreamConsumer:
                 result = handler([message])
                 if is_async:
                     await result
-            except Exception as exc:
+            except (Exception, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and own_cancellation(self._stopping):
+                    raise
                 await self._failed(entry_id, fields, exc, deliveries)
             else:
                 self.stats.processed += 1
                 self._to_ack.append(entry_id)
 
-    async def _failed(self, entry_id, fields: dict, exc: Exception, deliveries: Optional[dict]) -> None:
+    async def _failed(self, entry_id, fields: dict, exc: BaseException, deliveries: Optional[dict]) -> None:
+        if isinstance(exc, asyncio.CancelledError):
+            exc = HandlerCancelled()
         key = as_text(entry_id)
         delivered = (deliveries or {}).get(key, 1)
         self.stats.record_error(exc)
@@ -470,7 +544,7 @@ class StreamConsumer:
             self.stats.skipped += 1
             self._to_ack.append(entry_id)
             return
-        if policy == "dead_letter" or delivered >= self.config.max_deliveries:
+        if policy == "dead_letter" or delivered >= self.config.max_deliveries or not self.config.retries(exc):
             await self._dead_letter(entry_id, fields, exc, delivered)
             return
         log.warning(
@@ -483,12 +557,13 @@ class StreamConsumer:
             exc,
         )
         self._deliveries[key] = delivered
-        self._retry_at[key] = time.monotonic() + self.config.retry_delay_ms / 1000.0
+        self._retry_at[key] = time.monotonic() + self.config.retry_delay(delivered)
 
-    async def _dead_letter(self, entry_id, fields: dict, exc: Exception, delivered: int) -> None:
+    async def _dead_letter(self, entry_id, fields: dict, exc: BaseException, delivered: int) -> None:
         key = as_text(entry_id)
         target = self.config.dead_letter_for(self.spec.stream)
-        record = dict(fields)
+        # a record's own _dlq_* fields (a dead letter replayed and failing again) are kept, renamed _orig_dlq_*
+        record = {(b"_orig" + k if k.startswith(DLQ_PREFIX) else k): v for k, v in _bytes_keys(fields).items()}
         record.update(
             {
                 DLQ_PREFIX + b"stream": self.spec.stream,

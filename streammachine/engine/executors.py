@@ -100,6 +100,8 @@ class InProcessRunner:
         self.executor = executor
         self.consumers: list[StreamConsumer] = []
         self._clients: list = []
+        self._stopping = False
+        self.restarts = 0
 
     async def start(self) -> None:
         await prepare(self.spec, self.connection)
@@ -109,14 +111,38 @@ class InProcessRunner:
             consumer = make_consumer(
                 client, self.spec, consumer_name(self.base, self.spec, str(slot)), self.stats, self.executor
             )
-            consumer.start()
             self.consumers.append(consumer)
+            self._start(slot)
+
+    def _start(self, slot: int) -> None:
+        task = self.consumers[slot].start()
+        task.add_done_callback(lambda done, slot=slot: self._ended(slot, done))
+
+    def _ended(self, slot: int, task: asyncio.Task) -> None:
+        """A consumer task that ends while the agent runs is a defect somewhere: say so loudly, start it again."""
+        if self._stopping or slot >= len(self.consumers) or self.consumers[slot].task is not task:
+            return
+        error = None if task.cancelled() else task.exception()
+        log.error(
+            "agent %s: consumer %s ended unexpectedly (%s); starting it again",
+            self.spec.name, self.consumers[slot].name, "cancelled" if task.cancelled() else repr(error),
+            exc_info=error,
+        )  # fmt: skip
+        self.restarts += 1
+        old = self.consumers[slot]
+        self.consumers[slot] = make_consumer(old.client, self.spec, old.name, self.stats, self.executor)
+        self._start(slot)
+
+    @property
+    def expected(self) -> int:
+        return self.spec.concurrency
 
     @property
     def active(self) -> int:
         return sum(1 for c in self.consumers if c.task is not None and not c.task.done())
 
     async def stop(self, grace: float, finish_read: bool = True) -> None:
+        self._stopping = True
         await stop_consumers(self.consumers, grace, finish_read)
         for client in self._clients:
             await client.aclose()
@@ -191,6 +217,10 @@ class ProcessRunner:
     @property
     def active(self) -> int:
         return len(self.pids) * self.spec.concurrency
+
+    @property
+    def expected(self) -> int:
+        return (self.spec.processes or 1) * self.spec.concurrency
 
     async def stop(self, grace: float, finish_read: bool = True) -> None:
         """SIGTERM the workers: each finishes its read in hand within ``grace`` (``finish_read`` is moot here)."""

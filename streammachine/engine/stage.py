@@ -24,7 +24,7 @@ from typing import Any, Optional
 from redis.exceptions import NoScriptError, ResponseError
 
 from streammachine.engine.commit import SCRIPT, CommitPlan, Outcome, refresh, unsafe_commands
-from streammachine.engine.consumer import StreamConsumer
+from streammachine.engine.consumer import StreamConsumer, own_cancellation
 from streammachine.engine.effects import ReadEffects, current_unit
 from streammachine.message import received_messages
 from streammachine.redis.entries import as_text
@@ -107,7 +107,9 @@ class StageConsumer(StreamConsumer):
                 result = await result
             effects.keep(unit, result)
             return True
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and own_cancellation(self._stopping):
+                raise
             if entry is not None:
                 await self._failed(entry[0], entry[1], exc, deliveries)
             return False

@@ -13,7 +13,7 @@ from redis.exceptions import ResponseError
 from streammachine._redact import redact_url
 from streammachine.config import Settings
 from streammachine.embedded import default_url
-from streammachine.redis.entries import single_stream_entries
+from streammachine.redis.entries import as_text, single_stream_entries
 from streammachine.redis.records import encode_record, find_unencodable
 from streammachine.redis.resp import direct_pool, encode_commands, round_trip
 
@@ -57,7 +57,18 @@ def make_client(url: str, *, max_connections: int, cluster: bool = False, **kwar
 
 
 async def ensure_group(client, stream: str, group: str, start_id: str = "$") -> bool:
-    """Create the consumer group (and the stream); True if it was created."""
+    """Create the consumer group (and the stream) unless it exists; True if it was created.
+
+    It looks first (XINFO GROUPS): XGROUP CREATE ... MKSTREAM is refused at
+    maxmemory (it may allocate), and a consumer reconnecting to a full server
+    must still be able to read and ack what is there.
+    """
+    try:
+        if any(as_text(g["name"]) == group for g in await client.xinfo_groups(stream)):
+            return False
+    except ResponseError as exc:
+        if "no such key" not in str(exc).lower():
+            raise
     try:
         await client.xgroup_create(stream, group, id=start_id, mkstream=True)
         return True

@@ -54,6 +54,14 @@ def parse_stream_id(entry_id: Union[str, bytes]) -> Tuple[int, int]:
     return millis, int(seq)
 
 
+def id_before(entry_id: Union[str, bytes]) -> str:
+    """The greatest stream id below ``entry_id`` ("0-0" for the smallest): a start id that includes ``entry_id``."""
+    ms, seq = parse_stream_id(entry_id)
+    if seq:
+        return f"{ms}-{seq - 1}"
+    return f"{ms - 1}-18446744073709551615" if ms else "0-0"
+
+
 def parse_stream_id_timestamp(entry_id: Union[str, bytes]) -> int:
     """The milliseconds part of a stream id: ``"1638360000000-0"`` -> ``1638360000000``."""
     return parse_stream_id(entry_id)[0]
