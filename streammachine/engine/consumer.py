@@ -18,7 +18,7 @@ import logging
 import random
 import time
 from concurrent.futures import Executor
-from typing import Optional
+from typing import Any, Optional
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -314,10 +314,10 @@ class StreamConsumer:
         ids, self._to_ack = self._to_ack, []
         return ([("XACK", self.spec.stream, self.spec.group, *ids)] if ids else []), ids
 
-    def _pending_failed(self, ids: list) -> None:
+    def _pending_failed(self, ids: Any) -> None:
         self._to_ack = ids + self._to_ack
 
-    async def _pending_sent(self, ids: list, replies: list) -> None:
+    async def _pending_sent(self, ids: Any, replies: list) -> None:
         if ids:
             self._forget_failures(ids)
 

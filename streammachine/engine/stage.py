@@ -164,14 +164,14 @@ class StageConsumer(StreamConsumer):
             plan = None
         return ([plan.command] if plan is not None else []) + commands, (plan, ids)
 
-    def _pending_failed(self, token: tuple) -> None:
+    def _pending_failed(self, token: Any) -> None:
         plan, ids = token
         if plan is not None:
             plan.gate()  # it may have gone through: sent again, each entry's ack says whether its outputs go
             self._commit = plan
         super()._pending_failed(ids)
 
-    async def _pending_sent(self, token: tuple, replies: list) -> None:
+    async def _pending_sent(self, token: Any, replies: list) -> None:
         plan, ids = token
         if plan is not None:
             reply, replies = replies[0], replies[1:]

@@ -96,7 +96,7 @@ class FastOHLCConsumer:
             raise ValueError("FastOHLCConsumer: pass app= or connection=, not both")
         if isinstance(grace_ms, bool) or not isinstance(grace_ms, int) or grace_ms < 0:
             raise ValueError(f"grace_ms={grace_ms!r}: expected milliseconds >= 0")
-        self.aggregator = create_ohlc_aggregator(DEFAULT_INTERVALS if intervals is None else intervals)
+        self.aggregator: Any = create_ohlc_aggregator(DEFAULT_INTERVALS if intervals is None else intervals)
         self.input_stream, self.group = input_stream, group
         self.fields = {"price_field": price_field, "volume_field": volume_field, "symbol_field": symbol_field}
         self.output_streams: Dict[int, str] = {
@@ -187,9 +187,9 @@ class FastOHLCConsumer:
         self.aggregator.process_stream_batch(entries, **self.fields)
         now = time.monotonic()
         out: List[Emit] = []
-        touched = {self._symbol_of(fields) for _, fields in entries}
-        touched.discard(None)
+        touched = {self._symbol_of(fields) for _, fields in entries} - {None}
         for symbol in touched:
+            assert symbol is not None
             latest = self.aggregator.latest_timestamp(symbol)
             if latest is not None:
                 self._arrivals[symbol] = (latest, now)
