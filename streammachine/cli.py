@@ -35,7 +35,7 @@ from streammachine.config import ConfigError, ConsumerConfig, Settings
 from streammachine.embedded import EmbeddedServerError, shared_server_status, shared_server_url, stop_shared_server
 from streammachine.redis.connection import resolve_url
 from streammachine.redis.entries import as_text
-from streammachine.redis.records import encode_record, find_unencodable
+from streammachine.redis.producer import send_sync, validated_fields
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -213,12 +213,11 @@ def cmd_send(args, settings: Settings) -> int:
         raise argparse.ArgumentTypeError(f"argument FIELD=VALUE: {exc}") from None
     if not record:
         raise argparse.ArgumentTypeError('no fields to send: give FIELD=VALUE pairs or --json \'{"field": "value"}\'')
-    fields = encode_record(args.stream, record)
-    unencodable = find_unencodable(args.stream, [fields])  # argv holds lone surrogates for non-UTF-8 bytes
-    if unencodable is not None:
-        raise argparse.ArgumentTypeError(str(unencodable))
-    new_id = _client(args, settings).xadd(args.stream, fields, maxlen=settings.stream_maxlen, approximate=True)
-    print(as_text(new_id))
+    try:  # before connecting: bad input never starts a server (argv holds lone surrogates for non-UTF-8 bytes)
+        validated_fields(args.stream, record)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    print(send_sync(_client(args, settings), args.stream, record, maxlen=settings.stream_maxlen))
     return 0
 
 

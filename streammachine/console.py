@@ -18,7 +18,7 @@ from streammachine._redact import redact_url
 from streammachine.embedded import read_runtime_file
 from streammachine.redis.connection import resolve_url
 from streammachine.redis.entries import as_text
-from streammachine.redis.records import encode_record
+from streammachine.redis.producer import send_sync
 
 
 def server_url(app) -> str:
@@ -49,10 +49,9 @@ def parse_fields(pairs: List[str]) -> Dict[str, str]:
     return fields
 
 
-def send(client, stream: str, pairs: List[str]) -> str:
-    fields = encode_record(stream, parse_fields(pairs))
-    new_id = client.xadd(stream, fields)
-    return new_id.decode() if isinstance(new_id, bytes) else new_id
+def send(client, stream: str, pairs: List[str], *, maxlen: Optional[int]) -> str:
+    """XADD ``key=value`` pairs; ``maxlen`` is required so no caller forgets the App's stream_maxlen."""
+    return send_sync(client, stream, parse_fields(pairs), maxlen=maxlen)
 
 
 def tail(client, stream: str, count: int):

@@ -38,12 +38,15 @@ def parse_stream_id(entry_id: Union[str, bytes]) -> Tuple[int, int]:
     Raises ValueError naming the id for anything that is not two runs of
     ASCII digits joined by ``-``, or whose milliseconds overflow int64.
     """
+    ms: Union[str, bytes]
+    sep: Union[str, bytes]
+    seq: Union[str, bytes]
     if type(entry_id) is bytes:
         ms, sep, seq = entry_id.partition(b"-")
-        valid = sep and ms.isdigit() and seq.isdigit()  # bytes.isdigit is ASCII-only
+        valid = bool(sep) and ms.isdigit() and seq.isdigit()  # bytes.isdigit is ASCII-only
     elif isinstance(entry_id, str):
         ms, sep, seq = entry_id.partition("-")
-        valid = sep and ms.isascii() and ms.isdigit() and seq.isascii() and seq.isdigit()
+        valid = bool(sep) and ms.isascii() and ms.isdigit() and seq.isascii() and seq.isdigit()
     else:
         raise ValueError(f"malformed stream id {_short(entry_id)}: {_ID_EXPECTED}")
     if not valid:
@@ -123,4 +126,4 @@ def as_text(value: Optional[Union[str, bytes]]) -> Optional[str]:
     """A stream or field name as str (bytes decoded as UTF-8, undecodable bytes replaced)."""
     if type(value) is bytes:
         return value.decode("utf-8", "replace")
-    return value
+    return value  # type: ignore[return-value]  # (type() is, not isinstance: mypy does not narrow it)
