@@ -263,16 +263,13 @@ def cmd_tail(args, settings: Settings) -> int:
 
 
 def stream_details(client, stream: str, dead_letter_stream: Optional[str] = None) -> dict:
-    """``info`` plus each group's consumers and the dead-letter stream's length."""
-    from streammachine.console import info
+    """``info`` plus each group's consumers (listed where XINFO GROUPS counts them) and the dead-letter length."""
+    from streammachine.redis.inspect import stream_info_sync
 
-    details = info(client, stream)  # raises KeyError when the stream does not exist
-    for group in details["groups"]:
-        group["consumers"] = [
-            {as_text(k): as_text(v) for k, v in c.items()} for c in client.xinfo_consumers(stream, group["name"])
-        ]
     dead = dead_letter_stream or ConsumerConfig().dead_letter_for(stream)
-    details["dead_letter"] = {"stream": dead, "length": client.xlen(dead)}
+    details = stream_info_sync(client, stream, consumers=True, dead_letter_stream=dead)  # KeyError: no stream
+    for group in details["groups"]:
+        group["consumers"] = group.pop("consumer_details")
     return details
 
 

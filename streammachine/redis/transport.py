@@ -122,6 +122,10 @@ class Transport:
             return await self.send_encoded(
                 prepared.payload, len(prepared.commands), atomic=atomic, raise_on_error=raise_on_error
             )
+        if atomic and is_cluster_client(self.client):
+            # redis-py (8.1) queues each command of a cluster transaction by asyncio.run in a new thread: a
+            # client first initialized there keeps connections bound to that thread's (closed) loop.
+            await self.client.initialize()
         pipe = self.client.pipeline(transaction=atomic)
         for command in prepared.commands:
             pipe.execute_command(*command)
