@@ -26,7 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from streammachine.engine.specs import AgentSpec, AgentStats, dead_local_owner
 from streammachine.message import received_messages
 from streammachine.redis.connection import ensure_group
-from streammachine.redis.entries import as_text, single_stream_entries
+from streammachine.redis.entries import as_text, id_after, single_stream_entries
 from streammachine.redis.resp import direct_pool, encode_command, encode_repeated, entries_with_fields, round_trip
 from streammachine.redis.transport import same_slot
 
@@ -243,9 +243,7 @@ class StreamConsumer:
             if not rows:
                 return
             await self._reclaim({row["message_id"]: row["times_delivered"] for row in rows})
-            last = as_text(rows[-1]["message_id"])
-            ms, seq = last.split("-")
-            start = f"{ms}-{int(seq) + 1}"
+            start = id_after(rows[-1]["message_id"])
 
     async def _adopt_dead_local_consumers(self) -> None:
         """Take over what a crashed predecessor on this host left pending, without waiting claim_idle_ms.

@@ -12,14 +12,14 @@ input stream id whose tick the snapshot includes.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import orjson
 from redis.exceptions import NoScriptError
 
 from streammachine.ohlc.candle import FIELDS as CANDLE_FIELDS
-from streammachine.redis.resp import direct_pool, encode_command, round_trip
-from streammachine.redis.transport import same_slot
+from streammachine.redis.entries import parse_stream_id
+from streammachine.redis.transport import Transport, same_slot
 
 FORMAT = 1
 RECORD_FIELDS = ("symbol", "interval_ms", *CANDLE_FIELDS)  # format_candle_for_redis's order
@@ -71,13 +71,6 @@ def checkpoint_key(input_stream: str, group: str) -> str:
     return f"{base}:ohlc:{group}:state"
 
 
-def id_key(entry_id: Any) -> StreamId:
-    """A stream id (bytes or str ``ms-seq``) as a comparable (ms, seq)."""
-    text = entry_id.decode() if isinstance(entry_id, (bytes, bytearray)) else str(entry_id)
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
 def id_text(key: StreamId) -> str:
     return f"{key[0]}-{key[1]}"
 
@@ -95,7 +88,7 @@ def decode(raw: bytes) -> Tuple[int, Optional[StreamId], dict]:
         if checkpoint.get("format") != FORMAT:
             raise ValueError(f"format {checkpoint.get('format')!r}, expected {FORMAT}")
         last = checkpoint["last_id"]
-        return int(checkpoint["seq"]), None if last is None else id_key(last), checkpoint["aggregator"]
+        return int(checkpoint["seq"]), None if last is None else parse_stream_id(last), checkpoint["aggregator"]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"OHLC checkpoint: not a checkpoint this version reads ({exc})") from None
 
@@ -137,11 +130,7 @@ class CheckpointWriter:
 
     @staticmethod
     async def _run(client, command: tuple) -> None:
-        pool = direct_pool(client)
-        if pool is None:  # a cluster client: it routes by the first key
-            await client.execute_command(*command)
-        else:  # the usual case: encoded in one go, a per-batch cost that matters
-            await round_trip(pool, encode_command(command, pool.get_encoder()), 1)
+        await Transport(client).send([command])  # raw RESP, a per-batch cost that matters; a cluster routes by key
 
     async def read(self, client) -> Optional[Tuple[int, Optional[StreamId], dict]]:
         raw = await client.get(self.key)

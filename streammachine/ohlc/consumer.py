@@ -79,6 +79,7 @@ from streammachine.ohlc import checkpoint
 from streammachine.ohlc.candle import format_candle_for_redis, interval_suffix
 from streammachine.ohlc.ticks import DEFAULT_INTERVALS, coerce_symbol
 from streammachine.redis.connection import RedisConnection
+from streammachine.redis.entries import parse_stream_id
 
 log = logging.getLogger("streammachine.ohlc")
 
@@ -265,16 +266,16 @@ class FastOHLCConsumer:
     def _fresh(self, entries: list) -> list:
         """The entries not applied yet (ids above the last applied one). A read's ids ascend."""
         last = self._last_id
-        if last is None or not entries or checkpoint.id_key(entries[0][0]) > last:
+        if last is None or not entries or parse_stream_id(entries[0][0]) > last:
             return entries
-        return [entry for entry in entries if checkpoint.id_key(entry[0]) > last]
+        return [entry for entry in entries if parse_stream_id(entry[0]) > last]
 
     def _apply(self, entries: list) -> None:
         """Ticks into the aggregator, completed candles of the symbols they touched into the outbox."""
         self.aggregator.process_stream_batch(entries, **self.fields)
-        newest = checkpoint.id_key(entries[-1][0])
-        if len(entries) > 1 and newest < checkpoint.id_key(entries[0][0]):  # not ascending (a re-delivery mix)
-            newest = max(checkpoint.id_key(entry[0]) for entry in entries)
+        newest = parse_stream_id(entries[-1][0])
+        if len(entries) > 1 and newest < parse_stream_id(entries[0][0]):  # not ascending (a re-delivery mix)
+            newest = max(parse_stream_id(entry[0]) for entry in entries)
         if self._last_id is None or newest > self._last_id:
             self._last_id = newest
         now = time.monotonic()
@@ -363,7 +364,7 @@ class FastOHLCConsumer:
                 break
             self._apply(entries)
             await self._write()
-            low = "(" + checkpoint.id_text(checkpoint.id_key(entries[-1][0]))
+            low = "(" + checkpoint.id_text(parse_stream_id(entries[-1][0]))
 
     async def _last_delivered(self, client) -> Optional[checkpoint.StreamId]:
         try:
@@ -375,7 +376,7 @@ class FastOHLCConsumer:
         for group in groups:
             name = group.get("name")
             if (name.decode() if isinstance(name, bytes) else name) == self.group:
-                return checkpoint.id_key(group["last-delivered-id"])
+                return parse_stream_id(group["last-delivered-id"])
         return None
 
     async def _write(self) -> None:

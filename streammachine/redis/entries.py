@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any, Iterator, Optional, Sequence, Tuple, Union
 
 MAX_TIMESTAMP_MS = 2**63 - 1  # timestamps are held as int64
+MAX_SEQUENCE = 2**64 - 1  # Redis's sequence part is an unsigned 64-bit number
 
 StreamName = Union[str, bytes, None]
 
@@ -55,6 +56,12 @@ def parse_stream_id(entry_id: Union[str, bytes]) -> Tuple[int, int]:
     if millis > MAX_TIMESTAMP_MS:
         raise ValueError(f"stream id {_short(entry_id)}: milliseconds exceed int64")
     return millis, int(seq)
+
+
+def id_after(entry_id: Union[str, bytes]) -> str:
+    """The smallest stream id after ``entry_id`` (an exclusive range start for XRANGE/XPENDING)."""
+    millis, seq = parse_stream_id(entry_id)
+    return f"{millis}-{seq + 1}" if seq < MAX_SEQUENCE else f"{millis + 1}-0"
 
 
 def parse_stream_id_timestamp(entry_id: Union[str, bytes]) -> int:
