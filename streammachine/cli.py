@@ -31,6 +31,7 @@ from typing import List, Optional
 
 from streammachine._redact import redact_url, scrub
 from streammachine._speedups import decode_dict_bytes_to_utf8
+from streammachine._validate import check_number
 from streammachine.config import ConfigError, ConsumerConfig, Settings
 from streammachine.embedded import EmbeddedServerError, shared_server_status, shared_server_url, stop_shared_server
 from streammachine.redis.connection import resolve_url
@@ -52,12 +53,9 @@ def _int_in(low: int, high: Optional[int], expected: str):
 
     def convert(text: str) -> int:
         try:
-            value = int(text)
+            return check_number("value", int(text), integer=True, minimum=low, inclusive=True, maximum=high)
         except ValueError:
-            value = None
-        if value is None or value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}")
-        return value
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}") from None
 
     return convert
 

@@ -71,6 +71,7 @@ import logging
 import time
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from streammachine._validate import check_non_negative
 from streammachine.config import ConsumerConfig, TimerConfig
 from streammachine.engine.executors import InProcessRunner, consumer_base
 from streammachine.engine.specs import AgentSpec, AgentStats, TimerSpec
@@ -110,8 +111,7 @@ class FastOHLCConsumer:
 
         if app is not None and connection is not None:
             raise ValueError("FastOHLCConsumer: pass app= or connection=, not both")
-        if isinstance(grace_ms, bool) or not isinstance(grace_ms, int) or grace_ms < 0:
-            raise ValueError(f"grace_ms={grace_ms!r}: expected milliseconds >= 0")
+        check_non_negative("grace_ms", grace_ms, integer=True, expected="milliseconds >= 0")
         self.aggregator = create_ohlc_aggregator(DEFAULT_INTERVALS if intervals is None else intervals)
         self.input_stream, self.group = input_stream, group
         self.fields = {"price_field": price_field, "volume_field": volume_field, "symbol_field": symbol_field}
