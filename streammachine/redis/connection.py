@@ -159,22 +159,40 @@ class RedisConnection:
     def _maxlen(self, maxlen: Optional[int]) -> Optional[int]:
         return self.settings.stream_maxlen if maxlen is None else maxlen
 
-    async def consumer(
+    def consumer(
         self,
         stream: str,
-        group: str,
-        consumer_name: str,
-        *,
+        *positional: Any,
+        group: Optional[str] = None,
+        consumer_name: Optional[str] = None,
         count: int = 10,
         block_ms: int = 1000,
         start_id: str = "$",
     ) -> AsyncIterator[Message]:
-        """Iterate a consumer group: each entry is acknowledged once the loop body for it finished.
+        """Iterate a consumer group: ``async for message in redis.consumer(stream, group=..., consumer_name=...)``.
 
-        Pending entries of ``consumer_name`` come first, so a restarted
-        consumer picks up where it stopped. An exception in the loop body
-        leaves the current entry pending (at-least-once).
+        Each entry is acknowledged once the loop body for it finished; pending
+        entries of ``consumer_name`` come first, so a restarted consumer picks
+        up where it stopped; an exception in the loop body leaves the current
+        entry pending (at-least-once). ``group`` defaults to
+        STREAMMACHINE_DEFAULT_GROUP. ``group`` and ``consumer_name`` are
+        keyword-only: upstream's positional order is (channel, consumer, group),
+        so a positional call is refused rather than guessed.
         """
+        if positional:
+            given = ", ".join(repr(arg) for arg in (stream, *positional))
+            raise TypeError(
+                f"RedisConnection.consumer({given}): group and consumer_name are keyword-only "
+                "(positional order differs between versions: upstream's is (channel, consumer, group)); "
+                "call consumer(stream, group=..., consumer_name=...)"
+            )
+        if not consumer_name:
+            raise TypeError(f"RedisConnection.consumer({stream!r}): consumer_name= is required (this consumer's name)")
+        return self._consume(stream, group or self.settings.default_group, consumer_name, count, block_ms, start_id)
+
+    async def _consume(
+        self, stream: str, group: str, consumer_name: str, count: int, block_ms: int, start_id: str
+    ) -> AsyncIterator[Message]:
         from streammachine.message import received_messages
 
         client = await self.get_client()
