@@ -470,9 +470,13 @@ class App:
         """XADD one record; returns its id."""
         return await self._redis.xadd(topic, record, maxlen=self.config.stream_maxlen)
 
-    async def send_batch(self, topic: str, records: List[dict]) -> List[str]:
-        """XADD many records in pipelined round trips; returns their ids in order."""
-        return await self._redis.pipeline_xadd(topic, records, maxlen=self.config.stream_maxlen)
+    async def send_batch(self, topic: str, records: List[dict], *, atomic: bool = False) -> List[str]:
+        """XADD many records in pipelined round trips; returns their ids in order.
+
+        ``atomic=True`` writes all or none (one MULTI/EXEC). Otherwise, when Redis refuses
+        some records, ``BatchSendError`` (streammachine.redis.producer) says which were written.
+        """
+        return await self._redis.pipeline_xadd(topic, records, maxlen=self.config.stream_maxlen, atomic=atomic)
 
     # -- observing -----------------------------------------------------------
 

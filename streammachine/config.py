@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Optional, Tuple
 
+from streammachine._validate import check_non_negative, check_positive
+
 ErrorPolicy = Literal["retry", "dead_letter", "skip"]
 
 
@@ -33,17 +35,11 @@ def _parse(env: Mapping[str, str], name: str, default: Any, convert: Callable[[s
 
 
 def _positive_int(raw: str) -> int:
-    value = int(raw)
-    if value <= 0:
-        raise ValueError(raw)
-    return value
+    return check_positive("value", int(raw), integer=True)  # _parse words the error for the variable
 
 
 def _non_negative_int(raw: str) -> int:
-    value = int(raw)
-    if value < 0:
-        raise ValueError(raw)
-    return value
+    return check_non_negative("value", int(raw), integer=True)
 
 
 def _bool(raw: str) -> bool:
@@ -179,13 +175,22 @@ class ConsumerConfig:
 
     def __post_init__(self) -> None:
         for name in ("count", "block_ms", "max_deliveries", "claim_idle_ms"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"ConsumerConfig.{name}={value!r}: expected a positive integer")
+            check_positive(
+                f"ConsumerConfig.{name}",
+                getattr(self, name),
+                integer=True,
+                expected="a positive integer",
+                error=ConfigError,
+            )
         if self.on_error not in ("retry", "dead_letter", "skip"):
             raise ConfigError(f"ConsumerConfig.on_error={self.on_error!r}: expected 'retry', 'dead_letter' or 'skip'")
-        if not isinstance(self.retry_delay_ms, int) or self.retry_delay_ms < 0:
-            raise ConfigError(f"ConsumerConfig.retry_delay_ms={self.retry_delay_ms!r}: expected milliseconds >= 0")
+        check_non_negative(
+            "ConsumerConfig.retry_delay_ms",
+            self.retry_delay_ms,
+            integer=True,
+            expected="milliseconds >= 0",
+            error=ConfigError,
+        )
         if (
             isinstance(self.retry_backoff, bool)
             or not isinstance(self.retry_backoff, (int, float))
@@ -249,8 +254,7 @@ class TimerConfig:
     run_immediately: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.interval, bool) or not isinstance(self.interval, (int, float)) or not self.interval > 0:
-            raise ConfigError(f"timer interval={self.interval!r}: expected seconds > 0")
+        check_positive("timer interval", self.interval, expected="seconds > 0", error=ConfigError)
 
 
 @dataclass(frozen=True)

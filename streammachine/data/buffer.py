@@ -17,13 +17,14 @@ than those held is inserted in place, which costs the rows after it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import pandas as pd
 from pandas.api.extensions import ExtensionArray
+
+from streammachine._validate import check_positive
 
 _MIN_CAPACITY = 64
 # scalar types a one-row append may write into a column of each numpy kind without changing it
@@ -57,14 +58,8 @@ class TimeSeriesBuffer:
     """
 
     def __init__(self, max_age_seconds: float, timestamp_column: str = "timestamp_ms", max_rows: Optional[int] = None):
-        if (
-            isinstance(max_age_seconds, bool)
-            or not isinstance(max_age_seconds, (int, float))
-            or not (max_age_seconds > 0 and math.isfinite(max_age_seconds))
-        ):
-            raise ValueError(f"max_age_seconds={max_age_seconds!r}: expected a finite number of seconds > 0")
-        if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
-            raise ValueError(f"max_rows={max_rows!r}: expected None or an int >= 1")
+        check_positive("max_age_seconds", max_age_seconds, expected="a finite number of seconds > 0")
+        max_rows = check_positive("max_rows", max_rows, integer=True, optional=True)
         self.max_age_seconds = float(max_age_seconds)
         self.timestamp_column = timestamp_column
         self.max_rows = max_rows

@@ -12,13 +12,13 @@ text. Entries missing a field get NaN (numeric) or None (text) there.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 import pandas as pd
 
+from streammachine._validate import check_non_negative
 from streammachine.data.buffer import TimeSeriesBuffer
 from streammachine.redis.entries import _short, as_text, is_entry, iter_stream_batches, parse_stream_id
 
@@ -173,12 +173,7 @@ def prune_old_dataframe_rows(
     exactly ``cutoff_seconds`` old is kept. Returns a new frame; ``df`` is
     not modified.
     """
-    if (
-        isinstance(cutoff_seconds, bool)
-        or not isinstance(cutoff_seconds, (int, float))
-        or not (math.isfinite(cutoff_seconds) and cutoff_seconds >= 0)
-    ):
-        raise ValueError(f"cutoff_seconds={cutoff_seconds!r}: expected a finite number of seconds >= 0")
+    check_non_negative("cutoff_seconds", cutoff_seconds, expected="a finite number of seconds >= 0")
     if timestamp_column not in df.columns:
         raise ValueError(
             f"timestamp_column {timestamp_column!r} is not a column of the frame (columns: {list(df.columns)})"

@@ -27,7 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from streammachine.engine.specs import AgentSpec, AgentStats, dead_local_owner
 from streammachine.message import received_messages
 from streammachine.redis.connection import ensure_group
-from streammachine.redis.entries import as_text, id_before, parse_stream_id, single_stream_entries
+from streammachine.redis.entries import as_text, id_after, id_before, parse_stream_id, single_stream_entries
 from streammachine.redis.resp import direct_pool, encode_command, encode_repeated, entries_with_fields, round_trip
 from streammachine.redis.transport import same_slot
 
@@ -268,7 +268,7 @@ class StreamConsumer:
                 )  # fmt: skip
                 if commands:
                     payload = b"".join([encode_command(c, encoder) for c in commands]) + payload
-                replies = await round_trip(pool, payload, len(commands) + 1, errors_inline=self.errors_inline)
+                replies = await round_trip(pool, payload, len(commands) + 1, raise_on_error=not self.errors_inline)
                 entries = entries_with_fields(replies[-1])
             elif commands:
                 pipe = self.client.pipeline(transaction=False)
@@ -331,9 +331,7 @@ class StreamConsumer:
             if not rows:
                 return
             await self._reclaim({row["message_id"]: row["times_delivered"] for row in rows})
-            last = as_text(rows[-1]["message_id"])
-            ms, seq = last.split("-")
-            start = f"{ms}-{int(seq) + 1}"
+            start = id_after(rows[-1]["message_id"])
 
     async def _adopt_dead_local_consumers(self) -> None:
         """Take over what a crashed predecessor on this host left pending, without waiting claim_idle_ms.

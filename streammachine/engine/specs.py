@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Tuple
 
+from streammachine._validate import check_positive
 from streammachine.config import ConsumerConfig, TimerConfig
 
 
@@ -149,10 +150,8 @@ class AgentSpec:
             raise ValueError(f"agent {self.name!r}: stream={self.stream!r}, expected a non-empty str")
         if not isinstance(self.group, str) or not self.group:
             raise ValueError(f"agent {self.name!r}: group={self.group!r}, expected a non-empty str")
-        if not isinstance(self.concurrency, int) or self.concurrency < 1:
-            raise ValueError(f"agent {self.name!r}: concurrency={self.concurrency!r}, expected an int >= 1")
-        if self.processes is not None and (not isinstance(self.processes, int) or self.processes < 1):
-            raise ValueError(f"agent {self.name!r}: processes={self.processes!r}, expected None or an int >= 1")
+        check_positive(f"agent {self.name!r}: concurrency", self.concurrency, integer=True)
+        check_positive(f"agent {self.name!r}: processes", self.processes, integer=True, optional=True)
         if not callable(self.handler):
             raise TypeError(f"agent {self.name!r}: handler {self.handler!r} is not callable")
         self.is_async = is_async_callable(self.handler)

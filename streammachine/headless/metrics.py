@@ -50,7 +50,7 @@ _AGENT_LABELS = ["app", "agent", "stream", "group", "worker"]
 async def group_states(client, pairs: Iterable[tuple]) -> List[dict]:
     """Pending, lag and consumer count of each (stream, group) as XINFO GROUPS reports them."""
     wanted = set(pairs)
-    groups = await fetch_groups(client, (stream for stream, _ in wanted))
+    groups = await fetch_groups(client, (stream for stream, _ in wanted), strict=True)  # an outage must show
     return [
         {"stream": stream, "group": group, **state}
         for (stream, group), state in groups.items()

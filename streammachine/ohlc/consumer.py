@@ -46,6 +46,7 @@ import time
 import uuid
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from streammachine._validate import check_non_negative
 from streammachine.config import ConsumerConfig, TimerConfig
 from streammachine.engine.effects import Emit
 from streammachine.ohlc.candle import format_candle_for_redis, interval_suffix
@@ -94,8 +95,7 @@ class FastOHLCConsumer:
 
         if app is not None and connection is not None:
             raise ValueError("FastOHLCConsumer: pass app= or connection=, not both")
-        if isinstance(grace_ms, bool) or not isinstance(grace_ms, int) or grace_ms < 0:
-            raise ValueError(f"grace_ms={grace_ms!r}: expected milliseconds >= 0")
+        check_non_negative("grace_ms", grace_ms, integer=True, expected="milliseconds >= 0")
         self.aggregator: Any = create_ohlc_aggregator(DEFAULT_INTERVALS if intervals is None else intervals)
         self.input_stream, self.group = input_stream, group
         self.fields = {"price_field": price_field, "volume_field": volume_field, "symbol_field": symbol_field}

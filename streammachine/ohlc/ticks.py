@@ -13,6 +13,7 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
+from streammachine._validate import check_positive
 from streammachine.redis.entries import MAX_TIMESTAMP_MS, _short
 
 DEFAULT_INTERVALS = (60_000, 300_000)
@@ -34,9 +35,15 @@ def normalise_intervals(intervals: Any) -> Tuple[int, ...]:
         raise ValueError("intervals=[]: expected at least one candle length in ms, e.g. [60000]")
     checked = set()
     for value in values:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 < value <= MAX_TIMESTAMP_MS:
-            raise ValueError(f"interval {_short(value)}: expected a positive integer number of milliseconds")
-        checked.add(int(value))
+        checked.add(
+            check_positive(
+                "interval",
+                value,
+                integer=True,
+                maximum=MAX_TIMESTAMP_MS,
+                expected="a positive integer number of milliseconds",
+            )
+        )
     return tuple(sorted(checked))
 
 

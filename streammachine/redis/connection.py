@@ -1,4 +1,4 @@
-"""RedisConnection: where to connect, the client pool, pipelined XADD."""
+"""RedisConnection: where to connect, the client pool and its transport; XADD through ``producer``."""
 
 from __future__ import annotations
 
@@ -13,18 +13,14 @@ from redis.exceptions import ResponseError
 from streammachine._redact import redact_url
 from streammachine.config import Settings
 from streammachine.embedded import default_url
+from streammachine.redis import producer
 from streammachine.redis.entries import as_text, single_stream_entries
-from streammachine.redis.records import encode_record, find_unencodable
-from streammachine.redis.resp import direct_pool, encode_commands, round_trip
+from streammachine.redis.transport import Transport
 
 if TYPE_CHECKING:
     from streammachine.message import Message
 
 log = logging.getLogger("streammachine.redis.connection")
-
-# Pipelines are sent in slices so a huge send_batch never builds one giant
-# request buffer in memory.
-PIPELINE_CHUNK = 5000
 
 
 def explicit_url(settings: Settings, *, url=None, host=None, port=None, db=None) -> Optional[str]:
@@ -78,32 +74,6 @@ async def ensure_group(client, stream: str, group: str, start_id: str = "$") -> 
         raise
 
 
-async def _xadd_chunks(pool, topic: str, encoded: List[Mapping], maxlen: Optional[int]) -> List[str]:
-    """``pipeline_xadd`` on a plain client: XADDs in RESP written straight to a pooled connection, chunk by chunk.
-
-    Every chunk is encoded before the first is written, so a string that is
-    not valid UTF-8 (named in the error) leaves the batch unsent.
-    """
-    head = ("XADD", topic, "MAXLEN", "~", maxlen, "*") if maxlen is not None else ("XADD", topic, "*")
-    encoder = pool.get_encoder()
-    chunks = []
-    try:
-        for start in range(0, len(encoded), PIPELINE_CHUNK):
-            commands = []
-            for fields in encoded[start : start + PIPELINE_CHUNK]:
-                args = list(head)
-                for pair in fields.items():
-                    args += pair
-                commands.append(args)
-            chunks.append((encode_commands(commands, encoder), len(commands)))
-    except UnicodeEncodeError:
-        raise find_unencodable(topic, encoded) or ValueError(f"stream {topic!r}: a field is not valid UTF-8") from None
-    ids: List[str] = []
-    for payload, count in chunks:
-        ids.extend(i.decode() if type(i) is bytes else i for i in await round_trip(pool, payload, count))
-    return ids
-
-
 class RedisConnection:
     """Async Redis connection manager with connection pooling.
 
@@ -127,6 +97,7 @@ class RedisConnection:
         self._explicit = dict(url=url, host=host, port=port, db=db)
         self.url: Optional[str] = explicit_url(self.settings, **self._explicit)
         self._client = None
+        self._transport: Optional[Transport] = None
         self._lock: Optional[asyncio.Lock] = None
 
     @property
@@ -165,60 +136,74 @@ class RedisConnection:
             raise RuntimeError("RedisConnection.resolve() must run first")
         return make_client(self.url, max_connections=max_connections, cluster=self.is_cluster, **kwargs)
 
+    async def transport(self) -> Transport:
+        """How commands reach the connected client (raw RESP or redis-py), chosen once per client."""
+        client = await self.get_client()
+        if self._transport is None or self._transport.client is not client:
+            self._transport = Transport(client)
+        return self._transport
+
     async def pipeline_xadd(
-        self, topic: str, records: Sequence[Mapping[str, Any]], *, maxlen: Optional[int] = None
+        self,
+        topic: str,
+        records: Sequence[Mapping[str, Any]],
+        *,
+        maxlen: Optional[int] = None,
+        atomic: bool = False,
     ) -> List[str]:
         """XADD every record in pipelined round trips; returns the new ids in order.
 
         Every record is validated before anything is sent, so a bad one
-        (named in the error) never leaves the batch half-written.
+        (named in the error) never leaves the batch half-written. ``maxlen``
+        defaults to STREAMMACHINE_STREAM_MAXLEN. ``atomic=True``: one
+        MULTI/EXEC, all or nothing. Otherwise records Redis refuses raise
+        ``producer.BatchSendError`` naming what was written.
         """
-        encoded = [encode_record(topic, r) for r in records]
-        client = await self.get_client()
-        pool = direct_pool(client)
-        if pool is not None:
-            return await _xadd_chunks(pool, topic, encoded, maxlen)
-        unencodable = find_unencodable(topic, encoded)  # chunks go out one by one: refuse before the first
-        if unencodable is not None:
-            raise unencodable
-        ids: List[str] = []
-        for start in range(0, len(encoded), PIPELINE_CHUNK):
-            pipe = client.pipeline(transaction=False)
-            for fields in encoded[start : start + PIPELINE_CHUNK]:
-                pipe.xadd(topic, fields, maxlen=maxlen, approximate=True)
-            ids.extend(i.decode() if isinstance(i, bytes) else i for i in await pipe.execute())
-        return ids
+        return await producer.send_batch(
+            await self.transport(), topic, records, maxlen=self._maxlen(maxlen), atomic=atomic
+        )
 
     async def xadd(self, topic: str, record: Mapping[str, Any], *, maxlen: Optional[int] = None) -> str:
-        fields = encode_record(topic, record)
-        client = await self.get_client()
-        pool = direct_pool(client)
-        if pool is not None:
-            return (await _xadd_chunks(pool, topic, [fields], maxlen))[0]
-        try:
-            new_id = await client.xadd(topic, fields, maxlen=maxlen, approximate=True)
-        except UnicodeEncodeError:  # raised while packing the command: nothing was sent
-            raise find_unencodable(topic, [fields]) or ValueError(
-                f"stream {topic!r}: a field is not valid UTF-8"
-            ) from None
-        return new_id.decode() if isinstance(new_id, bytes) else new_id
+        """XADD one record; its new id. ``maxlen`` defaults to STREAMMACHINE_STREAM_MAXLEN."""
+        return await producer.send(await self.transport(), topic, record, maxlen=self._maxlen(maxlen))
 
-    async def consumer(
+    def _maxlen(self, maxlen: Optional[int]) -> Optional[int]:
+        return self.settings.stream_maxlen if maxlen is None else maxlen
+
+    def consumer(
         self,
         stream: str,
-        group: str,
-        consumer_name: str,
-        *,
+        *positional: Any,
+        group: Optional[str] = None,
+        consumer_name: Optional[str] = None,
         count: int = 10,
         block_ms: int = 1000,
         start_id: str = "$",
     ) -> AsyncIterator[Message]:
-        """Iterate a consumer group: each entry is acknowledged once the loop body for it finished.
+        """Iterate a consumer group: ``async for message in redis.consumer(stream, group=..., consumer_name=...)``.
 
-        Pending entries of ``consumer_name`` come first, so a restarted
-        consumer picks up where it stopped. An exception in the loop body
-        leaves the current entry pending (at-least-once).
+        Each entry is acknowledged once the loop body for it finished; pending
+        entries of ``consumer_name`` come first, so a restarted consumer picks
+        up where it stopped; an exception in the loop body leaves the current
+        entry pending (at-least-once). ``group`` defaults to
+        STREAMMACHINE_DEFAULT_GROUP. ``group`` and ``consumer_name`` are
+        keyword-only: upstream's positional order is (channel, consumer, group),
+        so a positional call is refused rather than guessed.
         """
+        if positional:
+            given = ", ".join(repr(arg) for arg in (stream, *positional))
+            raise TypeError(
+                f"RedisConnection.consumer({given}): group and consumer_name are keyword-only "
+                "(positional order differs between versions: upstream's is (channel, consumer, group)); "
+                "call consumer(stream, group=..., consumer_name=...)"
+            )
+        if not consumer_name:
+            raise TypeError(f"RedisConnection.consumer({stream!r}): consumer_name= is required (this consumer's name)")
+        return self._consume(stream, group or self.settings.default_group, consumer_name, count, block_ms, start_id)
+
+    async def _consume(
+        self, stream: str, group: str, consumer_name: str, count: int, block_ms: int, start_id: str
+    ) -> AsyncIterator[Message]:
         from streammachine.message import received_messages
 
         client = await self.get_client()
@@ -246,7 +231,7 @@ class RedisConnection:
 
     async def close(self) -> None:
         if self._client is not None:
-            client, self._client = self._client, None
+            client, self._client, self._transport = self._client, None, None
             await client.aclose()
 
     async def __aenter__(self) -> RedisConnection:

@@ -80,24 +80,24 @@ def encode_repeated(args: tuple, encoder) -> bytes:
     return encoded
 
 
-async def round_trip(pool, payload: bytes, replies: int, *, errors_inline: bool = False) -> List:
+async def round_trip(pool, payload: bytes, replies: int, *, raise_on_error: bool = True) -> List:
     """Write ``payload`` (encoded commands) in one go and read ``replies`` raw replies.
 
-    An error reply raises, unless ``errors_inline``: then it takes its place in
-    the list (as a ``ResponseError``) and the later replies are still read,
-    so a failed command does not hide the outcome of the ones after it.
+    The first error reply raises; with ``raise_on_error=False`` every reply is read and an error
+    reply comes back in place, as a ``ResponseError`` (the connection stays in step: the error was
+    read whole).
     """
     connection = await _take_connection(pool)
     try:
         await connection.send_packed_command(payload)
         read = connection.read_response
-        if not errors_inline:
+        if raise_on_error:
             return [await read() for _ in range(replies)]
         out: List = []
         for _ in range(replies):
             try:
                 out.append(await read())
-            except ResponseError as exc:  # the whole error reply was read: the connection stays in step
+            except ResponseError as exc:
                 out.append(exc)
         return out
     except BaseException:
@@ -112,7 +112,7 @@ def entries_with_fields(reply) -> list:
     if not reply:
         return []
     entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
-    out = []
+    out: list = []
     append = out.append
     for entry_id, flat in entries:
         if flat is None:  # deleted while pending

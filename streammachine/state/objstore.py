@@ -25,6 +25,7 @@ import secrets
 from pathlib import Path
 from typing import Any, List, Optional
 
+from streammachine._validate import check_positive
 from streammachine.config import Settings
 from streammachine.redis.connection import RedisConnection
 
@@ -153,8 +154,7 @@ class RedisObjectStorage:
 
     async def store_with_pickle(self, key: str, obj: Any, ttl: Optional[float] = None) -> bool:
         """Pickle, sign and SET ``obj``; ``ttl`` in seconds (fractions allowed) makes it expire."""
-        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0):
-            raise ValueError(f"ttl={ttl!r}: expected None or seconds > 0")
+        check_positive("ttl", ttl, optional=True, expected="seconds > 0")
         blob = sign(self._signing_key(), pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
         client = await self._connection.get_client()
         expiry = {} if ttl is None else {"px": max(1, round(ttl * 1000))}
