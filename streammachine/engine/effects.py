@@ -62,10 +62,11 @@ class Unit:
 class ReadEffects:
     """The units of one read, and the table versions they relied on (checked at commit)."""
 
-    __slots__ = ("default_stream", "units", "versions", "overlay")
+    __slots__ = ("default_stream", "tables", "units", "versions", "overlay")
 
-    def __init__(self, default_stream: Optional[str]) -> None:
+    def __init__(self, default_stream: Optional[str], tables: Iterable[Any] = ()) -> None:
         self.default_stream = default_stream
+        self.tables = frozenset(tables)  # the ones the agent declared: the only ones its units may change
         self.units: List[Unit] = []
         self.versions: Dict[TableKey, int] = {}  # every key read or written -> the version it had
         self.overlay: Dict[TableKey, Tuple[Any, Optional[bytes]]] = {}  # writes of the units that succeeded

@@ -62,7 +62,7 @@ class StageConsumer(StreamConsumer):
 
     async def _handle(self, entries: list, deliveries: Optional[dict]) -> ReadEffects:
         spec, stats = self.spec, self.stats
-        effects = ReadEffects(spec.output)
+        effects = ReadEffects(spec.output, spec.tables)
         self._read_at = time.monotonic()
         messages = list(received_messages(spec.stream, self.name, time.time(), entries))
         self._inflight = [entry[0] for entry in entries]
@@ -127,7 +127,7 @@ class StageConsumer(StreamConsumer):
         self._periodic_due = time.monotonic() + interval
         if self._commit is not None:
             await asyncio.shield(self._flush_commit())
-        effects = ReadEffects(self.spec.output)
+        effects = ReadEffects(self.spec.output, self.spec.tables)
         unit = effects.begin([])
         token = current_unit.set(unit)
         try:

@@ -122,8 +122,13 @@ class Table:
             raise TypeError(f"table {self.name!r}: key {key!r} is a {type(key).__name__}, expected str")
         return key
 
-    def _lookup(self, key: str) -> Tuple[bool, Any]:
+    def _unit(self) -> Any:
+        """The running unit of a stage that declared this table, else None (a plain read of committed state)."""
         unit = current_unit.get()
+        return unit if unit is not None and self in unit.effects.tables else None
+
+    def _lookup(self, key: str) -> Tuple[bool, Any]:
+        unit = self._unit()
         return self.committed_get(key) if unit is None else unit.read(self, key)
 
     def _missing(self, key: str) -> Any:
@@ -137,7 +142,7 @@ class Table:
 
     def peek(self, key: str, default: Any = None) -> Any:
         """``get`` without the defensive copy of a mutable value: for a caller that will not change it."""
-        unit = current_unit.get()
+        unit = self._unit()
         key = self._check_key(key)
         found, value = self.committed_get(key, copy=False) if unit is None else unit.read(self, key, copy=False)
         return value if found else default
@@ -167,7 +172,7 @@ class Table:
         return value
 
     def _writing(self, key: str) -> Any:
-        unit = current_unit.get()
+        unit = self._unit()
         if unit is None:
             raise RuntimeError(
                 f"table {self.name!r}: key {key!r} can only change inside the handler of an agent that declares "
