@@ -82,7 +82,9 @@ class TimeSeriesBuffer:
         return self._newest
 
     def get(self) -> pd.DataFrame:
-        """A copy of the held rows, oldest first."""
+        """A copy of the held rows, oldest first (before any row: an empty frame with the timestamp column)."""
+        if not self._columns:
+            return pd.DataFrame({self.timestamp_column: np.array([], dtype=np.int64)})
         window = slice(self._start, self._end)
         return pd.DataFrame(
             {
