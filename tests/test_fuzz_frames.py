@@ -133,17 +133,18 @@ def test_process_stream_batch_on_junk(value):
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(entries)
 def test_process_stream_batch_counts_and_parity(batch):
-    for reply in reply_shapes(b"ticks", batch):
+    for shape, reply in enumerate(reply_shapes(b"ticks", batch)):
         result = _ohlc_run(PythonFastOHLC, reply)
         assert result[0] != "ValueError", result
         taken, rejected, _, _ = result
         assert taken + rejected == len(batch)
+        stream = None if shape == 2 else b"ticks"  # a bare list of entries names no stream
         valid = 0
         for _, f in batch:
             try:
-                price, volume = float(f[b"price"]), float(f[b"volume"])
-                symbol = f[b"symbol"].decode("utf-8")
-            except (KeyError, ValueError):
+                price, volume = float(f[b"price"]), float(f.get(b"volume", b"0"))  # no volume: 0
+                symbol = f.get(b"symbol", stream).decode("utf-8")  # no symbol: the stream's name
+            except (KeyError, ValueError, AttributeError):
                 continue
             valid += bool(math.isfinite(price) and math.isfinite(volume) and volume >= 0 and symbol)
         assert taken == valid
