@@ -94,7 +94,7 @@ def _sent(message: Message) -> Optional[float]:
     return value
 
 
-Message.sent = property(_sent, _SENT_SLOT.__set__, doc="When the record was sent (epoch seconds).")  # type: ignore[misc]
+Message.sent = property(_sent, _SENT_SLOT.__set__, doc="When the record was sent (epoch seconds).")  # type: ignore[misc,assignment]
 
 
 def _sent_field(fields: dict) -> Optional[float]:
