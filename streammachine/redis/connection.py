@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from typing import TYPE_CHECKING, Any, AsyncIterator, List, Mapping, Optional, Sequence
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from streammachine._redact import redact_url
-from streammachine.config import Settings
+from streammachine._redact import redact_url, scrub
+from streammachine.config import BadRedisURL, Settings, check_redis_url
 from streammachine.embedded import default_url
 from streammachine.redis.entries import as_text, single_stream_entries
 from streammachine.redis.records import encode_record, find_unencodable
@@ -45,14 +46,41 @@ def resolve_url(settings: Settings, **explicit: Any) -> str:
     return explicit_url(settings, **explicit) or default_url(settings.home, embedded=settings.embedded)
 
 
-def make_client(url: str, *, max_connections: int, cluster: bool = False, **kwargs: Any):
-    """A redis.asyncio client for ``url`` (a RedisCluster for redis+cluster:// or cluster=True)."""
-    if cluster or url.startswith(("redis+cluster://", "rediss+cluster://")):
-        from redis.asyncio.cluster import RedisCluster
+def _keepalive_options() -> dict:
+    """Probe an idle connection after 30 s, every 10 s, give up after 3 misses (where the platform has the knobs)."""
+    wanted = {"TCP_KEEPIDLE": 30, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 3}
+    return {getattr(socket, name): value for name, value in wanted.items() if hasattr(socket, name)}
 
-        plain = url.replace("+cluster", "", 1)
-        return RedisCluster.from_url(plain, max_connections=max_connections, **kwargs)
-    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30, **kwargs)
+
+# Set explicitly, whatever the redis-py version's defaults (5.x has no timeouts at all: a server that stops
+# answering would hang a send forever). Callers override them (a consumer's socket_timeout exceeds its BLOCK).
+CLIENT_DEFAULTS = {
+    "socket_connect_timeout": 5.0,
+    "socket_timeout": 10.0,
+    "socket_keepalive": True,
+    "socket_keepalive_options": _keepalive_options(),
+}
+
+
+def make_client(url: str, *, max_connections: int, cluster: bool = False, **kwargs: Any):
+    """A redis.asyncio client for ``url`` (a RedisCluster for redis+cluster:// or cluster=True).
+
+    A URL that does not parse raises BadRedisURL (password hidden).
+    """
+    check_redis_url(url)
+    defaults = CLIENT_DEFAULTS
+    if url.startswith("unix://"):  # no TCP there, and its connection class takes no keepalive options
+        defaults = {k: v for k, v in defaults.items() if not k.startswith("socket_keepalive")}
+    kwargs = {**defaults, **kwargs}
+    try:
+        if cluster or url.startswith(("redis+cluster://", "rediss+cluster://")):
+            from redis.asyncio.cluster import RedisCluster
+
+            plain = url.replace("+cluster", "", 1)
+            return RedisCluster.from_url(plain, max_connections=max_connections, **kwargs)
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30, **kwargs)
+    except ValueError as exc:  # e.g. a query argument redis-py cannot parse
+        raise BadRedisURL(f"bad Redis URL {redact_url(url)}: {scrub(str(exc), [url])}") from None
     return aioredis.Redis(connection_pool=pool)
 
 
