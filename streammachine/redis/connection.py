@@ -13,7 +13,7 @@ from redis.exceptions import ResponseError
 
 from streammachine._redact import redact_url, scrub
 from streammachine.config import BadRedisURL, Settings, check_redis_url
-from streammachine.embedded import default_url
+from streammachine.embedded import default_url, ping, read_runtime_file, recover_shared_server, url_address
 from streammachine.redis.entries import as_text, single_stream_entries
 from streammachine.redis.records import encode_record, find_unencodable
 from streammachine.redis.resp import direct_pool, encode_commands, round_trip
@@ -26,6 +26,12 @@ log = logging.getLogger("streammachine.redis.connection")
 # Pipelines are sent in slices so a huge send_batch never builds one giant
 # request buffer in memory.
 PIPELINE_CHUNK = 5000
+
+
+# The embedded server a connection found through the fallback is pinged this often; after this many silent
+# pings in a row, recover() runs (a stall of a few seconds is ridden out without it).
+EMBEDDED_WATCH_SECONDS = 1.0
+EMBEDDED_WATCH_MISSES = 3
 
 
 def explicit_url(settings: Settings, *, url=None, host=None, port=None, db=None) -> Optional[str]:
@@ -156,6 +162,8 @@ class RedisConnection:
         self.url: Optional[str] = explicit_url(self.settings, **self._explicit)
         self._client = None
         self._lock: Optional[asyncio.Lock] = None
+        self.embedded = False  # the URL is the per-user embedded server's, found through the fallback
+        self._watchdog: Optional[asyncio.Task] = None
 
     @property
     def configured(self) -> bool:
@@ -171,8 +179,50 @@ class RedisConnection:
 
     async def resolve(self) -> str:
         if self.url is None:
-            self.url = await asyncio.to_thread(resolve_url, self.settings, **self._explicit)
+            url = await asyncio.to_thread(resolve_url, self.settings, **self._explicit)
+            info = read_runtime_file(self.settings.home)
+            self.embedded = bool(info and info["url"] == url)
+            self.url = url
         return self.url
+
+    async def recover(self) -> Optional[str]:
+        """The hook for repeated connection failures: a new URL to reconnect to, or None (keep retrying).
+
+        Only for the embedded server found through the fallback: the runtime
+        file is read again (the server may have been started elsewhere, on
+        another port), and a server this process started that died is started
+        again on the same port and password. When the URL changed, the pooled
+        client follows it; clients made earlier with ``new_client()`` must be
+        replaced by the caller.
+        """
+        if not self.embedded or self.url is None:
+            return None
+        moved = await asyncio.to_thread(recover_shared_server, self.settings.home, self.url)
+        if moved is None or moved == self.url:
+            return None
+        log.warning("the embedded server moved to %s; reconnecting there", redact_url(moved))
+        self.url = moved
+        old, self._client = self._client, None
+        if old is not None:
+            await old.aclose()
+        return moved
+
+    async def _watch_embedded(self) -> None:
+        """Keep the embedded server this connection uses reachable: after a few seconds of silence, recover()."""
+        misses = 0
+        while True:
+            await asyncio.sleep(EMBEDDED_WATCH_SECONDS)
+            host, port, password = url_address(self.url or "")
+            if port is not None and await ping(host, port, password):
+                misses = 0
+                continue
+            misses += 1
+            if misses >= EMBEDDED_WATCH_MISSES:
+                misses = 0
+                try:
+                    await self.recover()
+                except Exception as exc:  # a failed restart is retried at the next misses, never fatal
+                    log.error("could not restart the embedded server: %s", exc)
 
     async def get_client(self):
         """The connected client (created on first use)."""
@@ -185,6 +235,10 @@ class RedisConnection:
                     self._client = make_client(
                         url, max_connections=self.max_connections, cluster=self.settings.redis_cluster
                     )
+                    if self.embedded and self._watchdog is None:
+                        self._watchdog = asyncio.get_running_loop().create_task(
+                            self._watch_embedded(), name="streammachine:embedded-watchdog"
+                        )
         return self._client
 
     def new_client(self, *, max_connections: int = 2, **kwargs: Any):
@@ -273,6 +327,9 @@ class RedisConnection:
             return False
 
     async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
