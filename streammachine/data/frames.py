@@ -22,7 +22,7 @@ import math
 import re
 import time
 from decimal import Decimal
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, cast
 
 import numpy as np
 import pandas as pd
@@ -110,13 +110,13 @@ def _field_columns(rows: List[Any]) -> Dict[str, Any]:
     width = len(first)
     if all(len(fields) == width for fields in rows):
         try:
-            return {as_text(key): _parse_column([fields[key] for fields in rows]) for key in first}
+            return {_field_name(key): _parse_column([fields[key] for fields in rows]) for key in first}
         except KeyError:
             pass  # same width, different names: fall through to the general path
     raw_keys_by_name: Dict[str, List[Any]] = {}
     for fields in rows:
         for key in fields:
-            keys = raw_keys_by_name.setdefault(as_text(key), [])
+            keys = raw_keys_by_name.setdefault(_field_name(key), [])
             if key not in keys:
                 keys.append(key)
     columns = {}
@@ -128,6 +128,10 @@ def _field_columns(rows: List[Any]) -> Dict[str, Any]:
             values = [next((fields[k] for k in keys if k in fields), None) for fields in rows]
         columns[name] = _parse_column(values)
     return columns
+
+
+def _field_name(key: Any) -> str:
+    return cast(str, as_text(key))  # a field name is never None (a hand-built reply's odd key passes through)
 
 
 def _parse_column(values: List[Any]) -> Any:
@@ -174,11 +178,13 @@ def _parse_numbers(values: List[Any]) -> Optional[np.ndarray]:
         values = [as_text(v) if isinstance(v, (str, bytes)) else str(v) for v in values]
         types = {str}
     as_bytes = types == {bytes}
-    joined = (b"\x00" if as_bytes else "\x00").join(values)
-    if not as_bytes:
-        if not joined.isascii():
+    if as_bytes:
+        joined = b"\x00".join(values)
+    else:
+        text_joined = "\x00".join(values)
+        if not text_joined.isascii():
             return None
-        joined = joined.encode("ascii")
+        joined = text_joined.encode("ascii")
     # NUL: numpy drops a trailing one (b"1\x00" -> 1) and int() refuses it, so such a value is text
     if joined.count(b"\x00") != len(values) - 1 or joined.translate(None, _NUMBER_BYTES + b"\x00"):
         return None
@@ -208,7 +214,8 @@ def _parse_numbers(values: List[Any]) -> Optional[np.ndarray]:
     if rows.size:
         printed_alike = (floats[rows].astype(text) == array[rows]) & np.isfinite(floats[rows])
         for index in rows[~printed_alike].tolist():
-            if not _same_decimal(as_text(values[index]), floats[index].item()):
+            value = values[index]
+            if not _same_decimal(value.decode("ascii") if as_bytes else value, floats[index].item()):
                 return None
     return floats
 

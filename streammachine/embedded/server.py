@@ -255,11 +255,11 @@ class EmbeddedServer:
 
     def pause(self) -> None:
         """Freeze the server (SIGSTOP), as a network stall would."""
-        if self.is_running():
+        if self.process is not None and self.is_running():
             os.kill(self.process.pid, signal.SIGSTOP)
 
     def resume(self) -> None:
-        if self.is_running():
+        if self.process is not None and self.is_running():
             os.kill(self.process.pid, signal.SIGCONT)
 
     def __enter__(self) -> EmbeddedServer:

@@ -69,7 +69,7 @@ def url_address(url: str) -> Tuple[str, Optional[int], Optional[str]]:
 
 def _alive(info: dict) -> bool:
     host, port, password = url_address(info.get("url", ""))
-    return bool(port) and _ping(host, port, password)
+    return port is not None and _ping(host, port, password)
 
 
 def _port_free(port: int) -> bool:

@@ -134,8 +134,8 @@ def completion_cut(
                 f"before_timestamp={_short(before_timestamp)} and as_of_ms={_short(as_of_ms)}: pass one horizon, "
                 "not both (before_timestamp: exactly that time; as_of_ms: the latest tick or that time, if later)"
             )
-        horizon = coerce_timestamp(before_timestamp, "before_timestamp")
-        return horizon - horizon % interval_ms
+        cut = coerce_timestamp(before_timestamp, "before_timestamp")
+        return cut - cut % interval_ms
     horizon = latest_ms
     if as_of_ms is not None:
         as_of = coerce_timestamp(as_of_ms, "as_of_ms")
@@ -160,9 +160,8 @@ def prepare_tick_arrays(symbols: Any, prices: Any, volumes: Any, timestamps_ms: 
     count = len(prices_f)
     volumes_f, volumes_ok = _float_column(volumes, "volumes")
     stamps, stamps_ok = _timestamp_column(timestamps_ms)
-    if isinstance(symbols, (str, bytes)):
-        symbol_column = symbols
-    else:
+    symbol_column: Any = symbols
+    if not isinstance(symbols, (str, bytes)):
         symbol_column = np.asarray(symbols, dtype=object)
         if symbol_column.ndim != 1:
             raise ValueError(

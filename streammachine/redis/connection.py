@@ -112,7 +112,7 @@ async def ensure_group(client, stream: str, group: str, start_id: str = "$") -> 
         raise
 
 
-async def _xadd_chunks(pool, topic: str, encoded: List[Mapping], maxlen: Optional[int]) -> List[str]:
+async def _xadd_chunks(pool, topic: str, encoded: Sequence[Mapping], maxlen: Optional[int]) -> List[str]:
     """``pipeline_xadd`` on a plain client: XADDs in RESP written straight to a pooled connection, chunk by chunk.
 
     Every chunk is encoded before the first is written, so a string that is
