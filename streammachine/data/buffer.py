@@ -160,7 +160,8 @@ class TimeSeriesBuffer:
         columns = self._columns
         if self._end == self._start or self._end == self._capacity or len(row) != len(columns):
             return False
-        stamp, newest = row.get(self.timestamp_column), self._newest
+        stamp: Any = row.get(self.timestamp_column)  # checked to be a number just below
+        newest = self._newest
         if newest is None or type(stamp) not in _NUMBERS or not stamp >= newest:  # (NaN fails >=)
             return False
         for name, value in row.items():
