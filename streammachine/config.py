@@ -9,6 +9,7 @@ per-timer knobs; their defaults come from ``Settings``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import random
 from dataclasses import dataclass, field
@@ -17,6 +18,19 @@ from typing import Any, Callable, Literal, Mapping, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
 ErrorPolicy = Literal["retry", "dead_letter", "skip"]
+
+
+log = logging.getLogger("streammachine.config")
+
+# An HMAC key guessed or brute-forced means forged pickles, and unpickling runs code: below this, say so.
+MIN_SECRET_KEY_LENGTH = 32
+_warned: set = set()
+
+
+def _warn_once(topic: str, message: str, *args: Any) -> None:
+    if topic not in _warned:
+        _warned.add(topic)
+        log.warning(message, *args)
 
 
 class ConfigError(ValueError):
@@ -135,10 +149,19 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> Settings:
         env = os.environ if environ is None else environ
-        secret = env.get("STREAMMACHINE_SECRET_KEY")
         redis_url = env.get("REDIS_URL") or None
         if redis_url is not None:
             check_redis_url(redis_url, "REDIS_URL")
+        secret = env.get("STREAMMACHINE_SECRET_KEY")
+        if secret and len(secret) < MIN_SECRET_KEY_LENGTH:
+            _warn_once(
+                "secret_key",
+                "STREAMMACHINE_SECRET_KEY is %d characters: the key that signs stored objects (unpickling runs "
+                "code) should be at least %d random characters, e.g. python -c 'import secrets; "
+                "print(secrets.token_hex(32))'",
+                len(secret),
+                MIN_SECRET_KEY_LENGTH,
+            )
         return cls(
             redis_url=redis_url,
             redis_host=env.get("REDIS_HOST") or None,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -127,3 +129,49 @@ async def test_a_send_to_a_server_that_never_answers_fails_instead_of_hanging(bl
         with pytest.raises((redis.exceptions.TimeoutError, asyncio.TimeoutError)):
             # the outer bound only keeps a regression from hanging the suite; the client's own timeout fires first
             await asyncio.wait_for(connection.xadd("s", {"a": 1}), timeout=CLIENT_DEFAULTS["socket_timeout"] + 20)
+
+
+def _run_until_ready_then_stop(tmp_path, url, *args, **env):
+    target = tmp_path / "ready_app.py"
+    target.write_text(APP.format(extra="") + "\n@app.on_startup\nasync def ready():\n    print('READY', flush=True)\n")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "STREAMMACHINE_"))}
+    environ.update(REDIS_URL=url, STREAMMACHINE_HOME=os.environ["STREAMMACHINE_HOME"], **env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streammachine", "run", str(target), *args],
+        env=environ,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert "READY" in proc.stdout.readline()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.stderr.read()
+
+
+def test_weak_settings_are_warned_about(redis_url, tmp_path):
+    """Issue 11 item 18: a short STREAMMACHINE_SECRET_KEY and a metrics endpoint open to other hosts get a WARNING
+    (the key itself never printed); the defaults and a proper key get none."""
+    weak_key = "hunter2"
+    err = _run_until_ready_then_stop(
+        tmp_path,
+        redis_url,
+        "--metrics-port",
+        "0",
+        "--metrics-host",
+        "0.0.0.0",
+        STREAMMACHINE_SECRET_KEY=weak_key,
+    )
+    assert "WARNING" in err and "STREAMMACHINE_SECRET_KEY is 7 characters" in err, err
+    assert "--metrics-host 0.0.0.0 is reachable from other hosts" in err, err
+    assert weak_key not in err
+    err = _run_until_ready_then_stop(
+        tmp_path, redis_url, "--metrics-port", "0", STREAMMACHINE_SECRET_KEY=secrets.token_hex(32)
+    )
+    assert "STREAMMACHINE_SECRET_KEY" not in err and "reachable from other hosts" not in err, err
