@@ -228,7 +228,7 @@ def is_loopback(host: str) -> bool:
         return False
     if not host or not addresses:
         return False
-    return all(ipaddress.ip_address(address.split("%", 1)[0]).is_loopback for address in addresses)
+    return all(ipaddress.ip_address(str(address).split("%", 1)[0]).is_loopback for address in addresses)
 
 
 def registry_for(source: Callable[[], List[dict]]):
