@@ -18,6 +18,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tup
 
 from streammachine.config import AppConfig, ConsumerConfig, Settings, TimerConfig
 from streammachine.engine.executors import InProcessRunner, ProcessRunner, consumer_base
+from streammachine.engine.limits import ensure_open_files
 from streammachine.engine.specs import AgentSpec, AgentStats, TimerSpec, handler_name
 from streammachine.engine.timers import TimerRunner
 from streammachine.redis.connection import RedisConnection, ensure_group
@@ -369,6 +370,7 @@ class App:
                 await asyncio.wait_for(client.ping(), timeout=10)
             except Exception as exc:
                 raise ConnectionError(f"cannot reach Redis at {self._redis.safe_url}: {exc}") from None
+            ensure_open_files(self._agents.values(), self._redis.max_connections, self.name)
             # groups first, so whatever startup hooks send is not missed under start id "$"
             for spec in self._agents.values():
                 await ensure_group(client, spec.stream, spec.group, spec.config.start_id)

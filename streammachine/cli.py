@@ -32,7 +32,7 @@ from typing import List, Optional
 from streammachine._redact import redact_url, scrub
 from streammachine._speedups import decode_dict_bytes_to_utf8
 from streammachine._validate import check_number
-from streammachine.config import ConfigError, ConsumerConfig, Settings
+from streammachine.config import BadRedisURL, ConfigError, ConsumerConfig, Settings, check_redis_url
 from streammachine.embedded import EmbeddedServerError, shared_server_status, shared_server_url, stop_shared_server
 from streammachine.redis.connection import resolve_url
 from streammachine.redis.entries import as_text
@@ -181,7 +181,7 @@ def _client(args, settings: Settings):
     try:
         return sync_client(url, cluster=settings.redis_cluster)
     except ValueError as exc:  # the URL does not parse (scheme, port, db)
-        raise CommandError(f"bad Redis URL {redact_url(url)}: {exc}") from None
+        raise BadRedisURL(f"bad Redis URL {redact_url(url)}: {scrub(str(exc), [url])}") from None
     except RedisClusterException as exc:  # a cluster client connects at once (not a RedisError)
         raise CommandError(f"cannot reach the cluster at {redact_url(url)}: {exc}") from None
 
@@ -357,6 +357,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         settings = Settings.from_env()
+        if args.redis_url:
+            check_redis_url(args.redis_url, "--redis-url")
     except ConfigError as exc:
         parser.exit(2, f"streammachine: {exc}\n")
     args.log_level = args.log_level or settings.log_level
@@ -380,7 +382,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return COMMANDS[args.command](args, settings)
     except argparse.ArgumentTypeError as exc:
         parser.exit(2, f"streammachine {args.command}: error: {exc}\n")
-    except TargetError as exc:
+    except (TargetError, BadRedisURL) as exc:  # BadRedisURL: an App(redis_url=...) in the target, say
         print(f"streammachine {args.command}: {exc}", file=sys.stderr)
         return 2
     except (CommandError, ConfigError, ConnectionError, EmbeddedServerError, OSError) as exc:

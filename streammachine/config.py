@@ -9,19 +9,67 @@ per-timer knobs; their defaults come from ``Settings``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Optional, Tuple
+from urllib.parse import unquote, urlsplit
 
 from streammachine._validate import check_non_negative, check_positive
 
 ErrorPolicy = Literal["retry", "dead_letter", "skip"]
 
 
+log = logging.getLogger("streammachine.config")
+
+# An HMAC key guessed or brute-forced means forged pickles, and unpickling runs code: below this, say so.
+MIN_SECRET_KEY_LENGTH = 32
+_warned: set = set()
+
+
+def _warn_once(topic: str, message: str, *args: Any) -> None:
+    if topic not in _warned:
+        _warned.add(topic)
+        log.warning(message, *args)
+
+
 class ConfigError(ValueError):
     """An environment variable or option has a value StreamMachine cannot use."""
+
+
+class BadRedisURL(ConfigError):
+    """A Redis URL that does not parse; the message shows it with its password hidden."""
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+
+
+def check_redis_url(url: str, source: str = "") -> str:
+    """``url`` if it parses as a Redis URL, else BadRedisURL naming ``source`` (e.g. REDIS_URL) and the URL, redacted.
+
+    The same rules as redis-py's parser, plus one it lets pass silently: a
+    database path that is not a number (redis-py would connect to db 0).
+    """
+    from streammachine._redact import redact_url, scrub
+
+    problem = None
+    try:
+        parts = urlsplit(url)
+        if parts.scheme not in REDIS_SCHEMES:
+            problem = "expected a redis://, rediss://, unix://, redis+cluster:// or rediss+cluster:// URL"
+        elif parts.scheme != "unix":
+            parts.port  # noqa: B018  (raises ValueError for a port that is no number in 0-65535)
+            database = unquote(parts.path).strip("/")
+            if database and not database.isdigit():
+                problem = f"database {database!r} (the path after the host): expected a number >= 0"
+    except (ValueError, TypeError) as exc:
+        problem = str(exc)
+    if problem is not None:
+        where = f"{source}: " if source else ""
+        raise BadRedisURL(f"{where}bad Redis URL {redact_url(str(url))}: {scrub(problem, [str(url)])}")
+    return url
 
 
 def _parse(env: Mapping[str, str], name: str, default: Any, convert: Callable[[str], Any], expected: str) -> Any:
@@ -97,9 +145,21 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> Settings:
         env = os.environ if environ is None else environ
+        redis_url = env.get("REDIS_URL") or None
+        if redis_url is not None:
+            check_redis_url(redis_url, "REDIS_URL")
         secret = env.get("STREAMMACHINE_SECRET_KEY")
+        if secret and len(secret) < MIN_SECRET_KEY_LENGTH:
+            _warn_once(
+                "secret_key",
+                "STREAMMACHINE_SECRET_KEY is %d characters: the key that signs stored objects (unpickling runs "
+                "code) should be at least %d random characters, e.g. python -c 'import secrets; "
+                "print(secrets.token_hex(32))'",
+                len(secret),
+                MIN_SECRET_KEY_LENGTH,
+            )
         return cls(
-            redis_url=env.get("REDIS_URL") or None,
+            redis_url=redis_url,
             redis_host=env.get("REDIS_HOST") or None,
             redis_port=_parse(env, "REDIS_PORT", None, _positive_int, "a port number"),
             redis_db=_parse(env, "REDIS_DB", None, _non_negative_int, "a database number >= 0"),

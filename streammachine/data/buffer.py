@@ -77,7 +77,9 @@ class TimeSeriesBuffer:
         return self._newest
 
     def get(self) -> pd.DataFrame:
-        """A copy of the held rows, oldest first."""
+        """A copy of the held rows, oldest first (before any row: an empty frame with the timestamp column)."""
+        if not self._columns:
+            return pd.DataFrame({self.timestamp_column: np.array([], dtype=np.int64)})
         window = slice(self._start, self._end)
         return pd.DataFrame(
             {
@@ -153,8 +155,9 @@ class TimeSeriesBuffer:
         columns = self._columns
         if self._end == self._start or self._end == self._capacity or len(row) != len(columns):
             return False
-        stamp = row.get(self.timestamp_column)
-        if type(stamp) not in _NUMBERS or not stamp >= self._newest:  # (NaN fails >=)
+        stamp: Any = row.get(self.timestamp_column)  # checked to be a number just below
+        newest = self._newest
+        if newest is None or type(stamp) not in _NUMBERS or not stamp >= newest:  # (NaN fails >=)
             return False
         for name, value in row.items():
             column = columns.get(name)
@@ -173,8 +176,9 @@ class TimeSeriesBuffer:
         except (OverflowError, ValueError, TypeError):  # e.g. an int beyond int64: the general path widens
             return False  # what was written lies past the end: not held
         self._end = end + 1
-        self._newest = stamp.item() if isinstance(stamp, np.generic) else stamp
-        self._drop_older_than(self._newest - self._max_age_ms)
+        newest = stamp.item() if isinstance(stamp, np.generic) else stamp
+        self._newest = newest
+        self._drop_older_than(newest - self._max_age_ms)
         self._enforce_max_rows()
         return True
 

@@ -184,7 +184,8 @@ class FastOHLCConsumer:
         self._take_up_committed()
         self._token = None  # changing: if this raises, the next call starts again from the committed snapshot
         entries = [m.data for m in messages]
-        self.aggregator.process_stream_batch(entries, **self.fields)
+        # as a read reply of the input stream: a tick without a symbol field belongs to the stream (upstream)
+        self.aggregator.process_stream_batch([[self.input_stream, entries]], **self.fields)
         now = time.monotonic()
         out: List[Emit] = []
         touched = {self._symbol_of(fields) for _, fields in entries} - {None}
@@ -251,6 +252,8 @@ class FastOHLCConsumer:
 
     def _symbol_of(self, fields: dict) -> Optional[str]:
         raw = fields.get(self._symbol_key[0], fields.get(self._symbol_key[1]))
+        if raw is None:
+            return self.input_stream
         try:
             return coerce_symbol(raw)
         except ValueError:

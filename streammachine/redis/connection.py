@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from typing import TYPE_CHECKING, Any, AsyncIterator, List, Mapping, Optional, Sequence
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from streammachine._redact import redact_url
-from streammachine.config import Settings
-from streammachine.embedded import default_url
+from streammachine._redact import redact_url, scrub
+from streammachine.config import BadRedisURL, Settings, check_redis_url
+from streammachine.embedded import default_url, ping, read_runtime_file, recover_shared_server, url_address
 from streammachine.redis import producer
 from streammachine.redis.entries import as_text, single_stream_entries
 from streammachine.redis.transport import Transport
@@ -21,6 +22,12 @@ if TYPE_CHECKING:
     from streammachine.message import Message
 
 log = logging.getLogger("streammachine.redis.connection")
+
+
+# The embedded server a connection found through the fallback is pinged this often; after this many silent
+# pings in a row, recover() runs (a stall of a few seconds is ridden out without it).
+EMBEDDED_WATCH_SECONDS = 1.0
+EMBEDDED_WATCH_MISSES = 3
 
 
 def explicit_url(settings: Settings, *, url=None, host=None, port=None, db=None) -> Optional[str]:
@@ -41,14 +48,41 @@ def resolve_url(settings: Settings, **explicit: Any) -> str:
     return explicit_url(settings, **explicit) or default_url(settings.home, embedded=settings.embedded)
 
 
-def make_client(url: str, *, max_connections: int, cluster: bool = False, **kwargs: Any):
-    """A redis.asyncio client for ``url`` (a RedisCluster for redis+cluster:// or cluster=True)."""
-    if cluster or url.startswith(("redis+cluster://", "rediss+cluster://")):
-        from redis.asyncio.cluster import RedisCluster
+def _keepalive_options() -> dict:
+    """Probe an idle connection after 30 s, every 10 s, give up after 3 misses (where the platform has the knobs)."""
+    wanted = {"TCP_KEEPIDLE": 30, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 3}
+    return {getattr(socket, name): value for name, value in wanted.items() if hasattr(socket, name)}
 
-        plain = url.replace("+cluster", "", 1)
-        return RedisCluster.from_url(plain, max_connections=max_connections, **kwargs)
-    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30, **kwargs)
+
+# Set explicitly, whatever the redis-py version's defaults (5.x has no timeouts at all: a server that stops
+# answering would hang a send forever). Callers override them (a consumer's socket_timeout exceeds its BLOCK).
+CLIENT_DEFAULTS = {
+    "socket_connect_timeout": 5.0,
+    "socket_timeout": 10.0,
+    "socket_keepalive": True,
+    "socket_keepalive_options": _keepalive_options(),
+}
+
+
+def make_client(url: str, *, max_connections: int, cluster: bool = False, **kwargs: Any):
+    """A redis.asyncio client for ``url`` (a RedisCluster for redis+cluster:// or cluster=True).
+
+    A URL that does not parse raises BadRedisURL (password hidden).
+    """
+    check_redis_url(url)
+    defaults = CLIENT_DEFAULTS
+    if url.startswith("unix://"):  # no TCP there, and its connection class takes no keepalive options
+        defaults = {k: v for k, v in defaults.items() if not k.startswith("socket_keepalive")}
+    kwargs = {**defaults, **kwargs}
+    try:
+        if cluster or url.startswith(("redis+cluster://", "rediss+cluster://")):
+            from redis.asyncio.cluster import RedisCluster
+
+            plain = url.replace("+cluster", "", 1)
+            return RedisCluster.from_url(plain, max_connections=max_connections, **kwargs)
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30, **kwargs)
+    except ValueError as exc:  # e.g. a query argument redis-py cannot parse
+        raise BadRedisURL(f"bad Redis URL {redact_url(url)}: {scrub(str(exc), [url])}") from None
     return aioredis.Redis(connection_pool=pool)
 
 
@@ -99,6 +133,8 @@ class RedisConnection:
         self._client = None
         self._transport: Optional[Transport] = None
         self._lock: Optional[asyncio.Lock] = None
+        self.embedded = False  # the URL is the per-user embedded server's, found through the fallback
+        self._watchdog: Optional[asyncio.Task] = None
 
     @property
     def configured(self) -> bool:
@@ -114,8 +150,50 @@ class RedisConnection:
 
     async def resolve(self) -> str:
         if self.url is None:
-            self.url = await asyncio.to_thread(resolve_url, self.settings, **self._explicit)
+            url = await asyncio.to_thread(resolve_url, self.settings, **self._explicit)
+            info = read_runtime_file(self.settings.home)
+            self.embedded = bool(info and info["url"] == url)
+            self.url = url
         return self.url
+
+    async def recover(self) -> Optional[str]:
+        """The hook for repeated connection failures: a new URL to reconnect to, or None (keep retrying).
+
+        Only for the embedded server found through the fallback: the runtime
+        file is read again (the server may have been started elsewhere, on
+        another port), and a server this process started that died is started
+        again on the same port and password. When the URL changed, the pooled
+        client follows it; clients made earlier with ``new_client()`` must be
+        replaced by the caller.
+        """
+        if not self.embedded or self.url is None:
+            return None
+        moved = await asyncio.to_thread(recover_shared_server, self.settings.home, self.url)
+        if moved is None or moved == self.url:
+            return None
+        log.warning("the embedded server moved to %s; reconnecting there", redact_url(moved))
+        self.url = moved
+        old, self._client = self._client, None
+        if old is not None:
+            await old.aclose()
+        return moved
+
+    async def _watch_embedded(self) -> None:
+        """Keep the embedded server this connection uses reachable: after a few seconds of silence, recover()."""
+        misses = 0
+        while True:
+            await asyncio.sleep(EMBEDDED_WATCH_SECONDS)
+            host, port, password = url_address(self.url or "")
+            if port is not None and await ping(host, port, password):
+                misses = 0
+                continue
+            misses += 1
+            if misses >= EMBEDDED_WATCH_MISSES:
+                misses = 0
+                try:
+                    await self.recover()
+                except Exception as exc:  # a failed restart is retried at the next misses, never fatal
+                    log.error("could not restart the embedded server: %s", exc)
 
     async def get_client(self):
         """The connected client (created on first use)."""
@@ -128,6 +206,10 @@ class RedisConnection:
                     self._client = make_client(
                         url, max_connections=self.max_connections, cluster=self.settings.redis_cluster
                     )
+                    if self.embedded and self._watchdog is None:
+                        self._watchdog = asyncio.get_running_loop().create_task(
+                            self._watch_embedded(), name="streammachine:embedded-watchdog"
+                        )
         return self._client
 
     def new_client(self, *, max_connections: int = 2, **kwargs: Any):
@@ -230,6 +312,9 @@ class RedisConnection:
             return False
 
     async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._client is not None:
             client, self._client, self._transport = self._client, None, None
             await client.aclose()
