@@ -130,6 +130,10 @@ class Transport:
         replies = pipe.execute(raise_on_error=raise_on_error or atomic)
         if inspect.isawaitable(replies):  # a redis.asyncio client (a sync one has done the round trip already)
             replies = await replies
+        for reply in replies:
+            # a cluster pipeline returns a lost node's ConnectionError in place too: that is no reply, raise it
+            if isinstance(reply, Exception) and not isinstance(reply, ResponseError):
+                raise reply
         return list(replies)
 
     async def send_encoded(
