@@ -26,8 +26,7 @@ coroutine over it.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, List, NamedTuple, Optional, Sequence, Union
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -60,8 +59,7 @@ def same_slot(client: Any, *keys: Union[str, bytes]) -> bool:
     return len({key_slot(k.encode() if isinstance(k, str) else k) for k in keys}) <= 1
 
 
-@dataclass(frozen=True)
-class Prepared:
+class Prepared(NamedTuple):
     """Commands checked for sending: their RESP encoding on a raw transport, else the commands as they are."""
 
     commands: Sequence[Command]
@@ -132,6 +130,10 @@ class Transport:
         replies = pipe.execute(raise_on_error=raise_on_error or atomic)
         if inspect.isawaitable(replies):  # a redis.asyncio client (a sync one has done the round trip already)
             replies = await replies
+        for reply in replies:
+            # a cluster pipeline returns a lost node's ConnectionError in place too: that is no reply, raise it
+            if isinstance(reply, Exception) and not isinstance(reply, ResponseError):
+                raise reply
         return list(replies)
 
     async def send_encoded(
