@@ -53,7 +53,7 @@ def make_client(url: str, *, max_connections: int, cluster: bool = False, **kwar
         plain = url.replace("+cluster", "", 1)
         return RedisCluster.from_url(plain, max_connections=max_connections, **kwargs)
     pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30, **kwargs)
-    return aioredis.Redis(connection_pool=pool)
+    return aioredis.Redis.from_pool(pool)  # the client owns its pool: aclose() disconnects it too
 
 
 async def ensure_group(client, stream: str, group: str, start_id: str = "$") -> bool:
