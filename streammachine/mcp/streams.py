@@ -124,11 +124,15 @@ def register(tool, state) -> None:
             bound = stream_id("cursor", cursor, special=())
             start, end = (start, bound) if latest else (bound, end)
         client = await state.client()
-        await require_stream(client, ns.stream(stream))
-        if latest:
-            raw = await client.xrevrange(stream, max=end, min=start, count=count + 1)
-        else:
-            raw = await client.xrange(stream, min=start, max=end, count=count + 1)
+        try:  # one round trip in the common case: the key's type is asked only when the read says nothing
+            if latest:
+                raw = await client.xrevrange(ns.stream(stream), max=end, min=start, count=count + 1)
+            else:
+                raw = await client.xrange(ns.stream(stream), min=start, max=end, count=count + 1)
+        except ResponseError as exc:
+            raise await wrong_type(client, stream, exc) from None
+        if not raw:
+            await require_stream(client, stream)  # missing, or just nothing in the range
         rows = entry_rows(raw[:count])
         page, truncated = pack(rows, limits.page_budget)
         more = len(raw) > count or len(page) < len(rows)
