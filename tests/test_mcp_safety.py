@@ -11,7 +11,7 @@ from helpers import wait_until
 from mcp import Client
 from mcp_client import call, connected
 
-from streammachine.config import Settings
+from streammachine.config import ConfigError, Settings
 from streammachine.mcp import build_server
 from streammachine.mcp.server import WRITE_TOOLS
 from streammachine.state.objstore import RedisObjectStorage
@@ -327,3 +327,23 @@ async def test_the_lifespan_owns_the_redis_connection(private_server):
     async with Client(server) as again:  # a new session opens a new connection
         assert not (await again.call_tool("redis_ping", {})).is_error
     await wait_until(lambda: _server_connections(sync_redis) == baseline, 10, what="the connections to close again")
+
+
+def test_mcp_settings_parse_and_bad_values_name_the_variable():
+    settings = Settings.from_env(
+        {
+            "STREAMMACHINE_MCP_ALLOWED_HOSTS": "a.example, b.example:8000,",
+            "STREAMMACHINE_MCP_TOKEN": "tok-123",
+            "STREAMMACHINE_MCP_OBJECT_PREFIX": "app:obj:",
+        }
+    )
+    assert settings.mcp_allowed_hosts == ("a.example", "b.example:8000")
+    assert settings.mcp_object_prefix == "app:obj:" and "tok-123" not in repr(settings)
+    for name, value in (
+        ("STREAMMACHINE_MCP_OBJECT_PREFIX", "obj:*"),
+        ("STREAMMACHINE_MCP_OBJECT_PREFIX", "  "),
+        ("STREAMMACHINE_MCP_MAX_RESULT_BYTES", "100"),
+        ("STREAMMACHINE_MCP_MAX_REQUEST_BYTES", "4MB"),
+    ):
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env({name: value})
