@@ -30,8 +30,12 @@ def json_bytes(value: Any) -> bytes:
 
 
 def wire_cost(encoded: bytes) -> int:
-    """Bytes ``encoded`` (compact JSON) costs on the wire: itself, plus itself as an escaped JSON string."""
-    return len(encoded) + len(orjson.dumps(encoded.decode("utf-8")))
+    """Bytes ``encoded`` (compact JSON) costs on the wire: itself, plus itself as an escaped JSON string.
+
+    Inside a JSON string only its quotes and backslashes gain an escape (control characters are escaped
+    already, and non-ASCII text stays as it is), so counting them is exact.
+    """
+    return 2 * len(encoded) + encoded.count(b'"') + encoded.count(b"\\") + 2
 
 
 def cost(value: Any) -> int:
