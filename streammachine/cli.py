@@ -11,7 +11,7 @@
     tail STREAM [-n N] [--no-follow] [--json]          last N entries, then follow
     info STREAM [--json]                               length, groups, pending, lag, consumers
     server start|stop|status                           the per-user embedded server
-    mcp [--transport stdio|streamable-http] [--host H] [--port P] [--read-only]
+    mcp [--transport stdio|streamable-http] [--host H] [--port P] [--read-only] [--allowed-host H]...
 
 ``--redis-url`` (before or after the command) wins over REDIS_URL and
 REDIS_HOST/PORT/DB; with nothing configured the local default or the
@@ -162,6 +162,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="hide the tools that write (also STREAMMACHINE_MCP_READ_ONLY=1)",
+    )
+    mcp.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME[:PORT]",
+        help="a Host header HTTP clients may use, beyond loopback (repeatable; also STREAMMACHINE_MCP_ALLOWED_HOSTS)",
+    )
+    mcp.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="SCHEME://NAME[:PORT]",
+        help="an Origin header HTTP clients may send (repeatable; also STREAMMACHINE_MCP_ALLOWED_ORIGINS)",
     )
     return parser
 
@@ -330,7 +344,12 @@ def cmd_mcp(args, settings: Settings) -> int:
         ) from None
 
     serve(
-        dataclasses.replace(settings, log_level=args.log_level),
+        dataclasses.replace(
+            settings,
+            log_level=args.log_level,
+            mcp_allowed_hosts=settings.mcp_allowed_hosts + tuple(args.allowed_host),
+            mcp_allowed_origins=settings.mcp_allowed_origins + tuple(args.allowed_origin),
+        ),
         transport=args.transport,
         host=args.host,
         port=args.port,

@@ -90,6 +90,16 @@ def _non_negative_int(raw: str) -> int:
     return check_non_negative("value", int(raw), integer=True)
 
 
+def _at_least(low: int) -> Callable[[str], int]:
+    def convert(raw: str) -> int:
+        value = int(raw)
+        if value < low:
+            raise ValueError(raw)
+        return value
+
+    return convert
+
+
 def _bool(raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -106,6 +116,18 @@ def _choice(*options: str) -> Callable[[str], str]:
         return raw
 
     return convert
+
+
+def _names(raw: str) -> tuple:
+    """A comma-separated list (hosts, origins), blanks dropped."""
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _key_prefix(raw: str) -> str:
+    """A key prefix that confines a namespace: non-empty and free of glob characters."""
+    if any(c in raw for c in "*?[]\\") or not raw.strip():
+        raise ValueError(raw)
+    return raw
 
 
 def _default_home(env: Mapping[str, str]) -> Path:
@@ -138,6 +160,12 @@ class Settings:
     secret_key: Optional[bytes] = None
     storage_backend: str = "manager"
     mcp_read_only: bool = False
+    mcp_object_prefix: str = "obj:"
+    mcp_max_result_bytes: int = 512 * 1024
+    mcp_max_request_bytes: int = 4 * 1024 * 1024
+    mcp_allowed_hosts: tuple = ()
+    mcp_allowed_origins: tuple = ()
+    mcp_token: Optional[str] = None
     log_level: str = "INFO"
     gc_freeze: bool = True
     pure_python: bool = False
@@ -182,6 +210,20 @@ class Settings:
                 env, "STREAMMACHINE_STORAGE", "manager", _choice("manager", "redis"), "'manager' or 'redis'"
             ),
             mcp_read_only=_parse(env, "STREAMMACHINE_MCP_READ_ONLY", False, _bool, "0 or 1"),
+            mcp_object_prefix=_parse(
+                env, "STREAMMACHINE_MCP_OBJECT_PREFIX", "obj:", _key_prefix, "a non-empty key prefix without * ? [ ] \\"
+            ),
+            mcp_max_result_bytes=_parse(
+                env, "STREAMMACHINE_MCP_MAX_RESULT_BYTES", 512 * 1024, _at_least(4096), "bytes >= 4096"
+            ),
+            mcp_max_request_bytes=_parse(
+                env, "STREAMMACHINE_MCP_MAX_REQUEST_BYTES", 4 * 1024 * 1024, _at_least(4096), "bytes >= 4096"
+            ),
+            mcp_allowed_hosts=_parse(env, "STREAMMACHINE_MCP_ALLOWED_HOSTS", (), _names, "host[:port],..."),
+            mcp_allowed_origins=_parse(
+                env, "STREAMMACHINE_MCP_ALLOWED_ORIGINS", (), _names, "scheme://host[:port],..."
+            ),
+            mcp_token=env.get("STREAMMACHINE_MCP_TOKEN") or None,
             log_level=(env.get("STREAMMACHINE_LOG_LEVEL") or "INFO").upper(),
             gc_freeze=_parse(env, "STREAMMACHINE_GC_FREEZE", True, _bool, "0 or 1"),
             pure_python=_parse(env, "STREAMMACHINE_PURE_PYTHON", False, _bool, "0 or 1"),
@@ -195,6 +237,8 @@ class Settings:
             shown["redis_url"] = redact_url(self.redis_url)
         if self.secret_key:
             shown["secret_key"] = "***"
+        if self.mcp_token:
+            shown["mcp_token"] = "***"
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     @property

@@ -83,7 +83,7 @@ def make_client(url: str, *, max_connections: int, cluster: bool = False, **kwar
         pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30, **kwargs)
     except ValueError as exc:  # e.g. a query argument redis-py cannot parse
         raise BadRedisURL(f"bad Redis URL {redact_url(url)}: {scrub(str(exc), [url])}") from None
-    return aioredis.Redis(connection_pool=pool)
+    return aioredis.Redis.from_pool(pool)  # the client owns its pool: aclose() disconnects it too
 
 
 async def ensure_group(client, stream: str, group: str, start_id: str = "$") -> bool:
