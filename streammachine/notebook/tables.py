@@ -78,4 +78,5 @@ def live_table(table: Any, *, fps: float = 2, max_rows: int = 50, title: Optiona
     """
     view = LiveTable(table, fps=fps, max_rows=max_rows, title=title)
     view.refresh()  # something to show at once, even for an empty table
-    return view.start()
+    view.start()
+    return view
