@@ -1,5 +1,5 @@
-"""The in-memory copy of a stage's table (what ``table[k]``, ``to_dataframe()`` and ``live_table`` show)
-after the consumer that committed to it stops: a hot swap, an app stop."""
+"""Tables as the README states them: writes only in handlers that declare the table; the in-memory copy
+(what ``table[k]``, ``to_dataframe()`` and ``live_table`` show) holds the last commit after a stop or hot swap."""
 
 from __future__ import annotations
 
@@ -63,3 +63,28 @@ async def test_after_stop_the_local_table_holds_the_last_commit(app_factory, syn
     await app.stop()
     assert stored_value(sync_redis, "stop_local", "n") == "1"
     assert totals.to_dict() == {"n": 1}, "the stopped app's table misses its last commit"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect (state/table.py _writing): any stage's handler may write any table; the declared tables= are "
+    "only the ones loaded at start, so the rule the error message states (writes only in a handler that declares "
+    "the table) is not enforced",
+)
+async def test_a_stage_cannot_write_a_table_it_does_not_declare(app_factory, sync_redis):
+    app = app_factory(consumer_config=ConsumerConfig(count=10, block_ms=100, on_error="dead_letter"))
+    declared = app.table("declared", default=0)
+    other = app.table("other", default=0)
+
+    @app.agent("in", group="g", output="out", tables=[declared])
+    async def stage(message):
+        declared["n"] += 1
+        other["n"] += 1
+        return {"x": 1}
+
+    await app.startup()
+    await app.send("in", {"x": 1})
+    await wait_until(lambda: sync_redis.xlen("out") + sync_redis.xlen("in:dead") == 1, what="the entry settled")
+    assert sync_redis.exists("streammachine:table:other") == 0, "a write to an undeclared table was committed"
+    error = sync_redis.xrange("in:dead")[0][1]["_dlq_error"]
+    assert "'other'" in error and "tables=" in error
