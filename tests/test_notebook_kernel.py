@@ -141,6 +141,35 @@ started = app.start()
     assert kernel.value("(len(got), view.frames == closed_at, view.running)") == (250, True, False)
 
 
+def test_live_table_follows_a_stage_while_the_kernel_is_idle(kernel, sync_redis):
+    kernel.run("""
+import time
+from streammachine.notebook import live_table
+app = App("tables", consumer_config=ConsumerConfig(block_ms=100, count=50))
+totals = app.table("totals", default=0)
+
+@app.agent("orders", group="g", output="orders:done", tables=[totals])
+async def add(message):
+    totals[message.message["customer"]] += int(message.message["amount"])
+    return {"customer": message.message["customer"]}
+
+app.start()
+await until(lambda: app.is_running, 20, what="app running")
+view = live_table(totals, max_rows=2, fps=10)
+shown_at = time.monotonic()
+view
+""")
+    assert "application/vnd.jupyter.widget-view+json" in kernel.displayed[-1]
+    for n in range(90):  # the kernel is idle from here: the stage commits and the view redraws on its loop
+        sync_redis.xadd("orders", {"customer": "abc"[n % 3], "amount": n})
+    wait_until_sync(lambda: fully_consumed(sync_redis, "orders", "g", 90), 10, what="90 orders committed")
+    expected = {c: sum(n for n in range(90) if "abc"[n % 3] == c) for c in "ab"}
+    kernel.run(f"await until(lambda: view.frame['value'].to_dict() == {expected!r}, 10, what='the view')")
+    checks = "(view.keys, 'first 2 by key' in view.header.value, view.frames <= 10 * (time.monotonic() - shown_at) + 2)"
+    assert kernel.value(checks) == (3, True, True)  # at most fps redraws a second
+    kernel.run("view.close()")
+
+
 AGENT_CELL = """
 @app.agent("orders", group="g")
 async def handle(message):

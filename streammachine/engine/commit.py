@@ -221,8 +221,11 @@ def refresh(outcome: Outcome) -> None:
         table.apply_stored(key, raw)
 
 
-def unsafe_commands(effects: ReadEffects, *, stream: str, group: str, maxlen: Optional[int]) -> List[Sequence[Any]]:
-    """The at-least-once commit for keys in several cluster slots: outputs (with a ``_source`` dedupe key), then acks."""
+def unsafe_commands(
+    effects: ReadEffects, *, stream: str, group: str, maxlen: Optional[int]
+) -> Tuple[List[Sequence[Any]], List[Sequence[Any]]]:
+    """The at-least-once commit for keys in several cluster slots: (the outputs, with a ``_source`` dedupe key;
+    the acks), to send one after the other: an entry is acknowledged only once its outputs were written."""
     if effects.versions:
         raise ValueError(
             f"stream {stream!r}: a stage's tables must share the input stream's cluster slot "
@@ -238,6 +241,4 @@ def unsafe_commands(effects: ReadEffects, *, stream: str, group: str, maxlen: Op
                 args.extend(pair)
             commands.append(args)
     ids = effects.ids
-    if ids:
-        commands.append(("XACK", stream, group, *ids))
-    return commands
+    return commands, ([("XACK", stream, group, *ids)] if ids else [])

@@ -203,8 +203,14 @@ class StageConsumer(StreamConsumer):
     async def _send(self, plan: CommitPlan) -> Any:
         """Send ``plan`` on its own; an error reply is returned (for ``_settle``), not raised."""
         if self._crosses_slots(plan):
-            commands = unsafe_commands(plan.effects, stream=self.spec.stream, group=self.spec.group, maxlen=self.maxlen)
-            await self.transport.send(commands)
+            outputs, ack = unsafe_commands(
+                plan.effects, stream=self.spec.stream, group=self.spec.group, maxlen=self.maxlen
+            )
+            try:
+                await self.transport.send(outputs)  # every output written (or an error: no ack, all sent again)...
+            except ResponseError as exc:
+                return exc
+            await self.transport.send(ack)  # ...before the entries are acknowledged
             return [b"ok", 0]
         try:
             return (await self.transport.send([plan.command]))[0]
@@ -224,6 +230,7 @@ class StageConsumer(StreamConsumer):
         if outcome.kind == "ok":
             self._forget_failures(plan.effects.ids)
             return
+        refresh(outcome)  # the values Redis holds now (maybe this very commit's, when a resend found it done)
         if self._stopping:
             return  # nothing written: the entries stay pending for the next run
         await self._redo(plan, outcome)
@@ -236,7 +243,6 @@ class StageConsumer(StreamConsumer):
         that claimed it) has had its effects, and must not have them twice.
         """
         self.stats.commit_retries += 1
-        refresh(outcome)
         attempt = plan.attempt + 1
         if attempt > MAX_QUICK_REDOS:
             await asyncio.sleep(min(0.005 * 2 ** (attempt - MAX_QUICK_REDOS), 1.0))

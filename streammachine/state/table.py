@@ -61,6 +61,7 @@ class Table:
         self.ttl_ms = None if ttl is None else int(ttl * 1000)
         self._committed: Dict[str, Committed] = {}
         self.loaded = False
+        self.revision = 0  # bumped by every change of the committed state: a cheap "changed?" for live views
 
     # -- committed state (what Redis holds, as far as this process knows) -----
 
@@ -78,6 +79,7 @@ class Table:
 
     def apply_stored(self, key: str, raw: Optional[bytes]) -> None:
         """Take ``raw`` (a stored field, None when absent) as the committed state of ``key``."""
+        self.revision += 1
         if raw is None:
             self._committed.pop(key, None)
             return
@@ -88,7 +90,14 @@ class Table:
             self._committed[key] = (version, orjson.loads(body), body, expires)
 
     def apply_committed(self, key: str, version: int, value: Any, encoded: Optional[bytes]) -> None:
-        """A commit that wrote ``key`` (``encoded``: what ``encode`` made of the value) succeeded with ``version``."""
+        """A commit that wrote ``key`` (``encoded``: what ``encode`` made of the value) succeeded with ``version``.
+
+        Its reply may come late (with the next read): a newer version known meanwhile (another consumer's
+        commit, a refresh) stays.
+        """
+        if self.committed_version(key) > version:
+            return
+        self.revision += 1
         if value is DELETED or encoded is None:
             self._committed[key] = (version, None, b"null", 1)
         else:
@@ -99,6 +108,7 @@ class Table:
         """Read the whole table from Redis (HSCAN), replacing what is in memory."""
         fresh: Dict[str, Committed] = {}
         self._committed = fresh
+        self.revision += 1
         async for field, raw in client.hscan_iter(self.key, count=1000):
             self.apply_stored(field.decode() if isinstance(field, bytes) else field, raw)
         self.loaded = True
