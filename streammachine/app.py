@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Union
 
 from streammachine.config import AppConfig, ConsumerConfig, Settings, TimerConfig
-from streammachine.engine.executors import InProcessRunner, ProcessRunner, consumer_base
+from streammachine.engine.executors import InProcessRunner, ProcessRunner
+from streammachine.engine.identity import app_consumer_base
 from streammachine.engine.specs import AgentSpec, AgentStats, TimerSpec, handler_name
 from streammachine.engine.timers import TimerRunner
 from streammachine.redis.connection import RedisConnection, ensure_group
@@ -82,7 +83,7 @@ class App:
         self._swap_locks: Dict[str, asyncio.Lock] = {}
         self.last_swap_ms: Optional[float] = None
         self._executor: Optional[ThreadPoolExecutor] = None
-        self._base = f"{consumer_base(self.settings.consumer_name)}-{name}"
+        self._base = app_consumer_base(self.settings.consumer_name, name)
 
     # -- properties ----------------------------------------------------------
 

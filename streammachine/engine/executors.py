@@ -18,7 +18,8 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Optional
 
 from streammachine.engine.consumer import StreamConsumer
-from streammachine.engine.specs import AgentSpec, AgentStats, consumer_base  # noqa: F401  (consumer_base: re-exported)
+from streammachine.engine.identity import consumer_name
+from streammachine.engine.specs import AgentSpec, AgentStats
 from streammachine.redis.connection import RedisConnection, ensure_group, make_client
 
 log = logging.getLogger("streammachine.engine.executors")
@@ -31,10 +32,6 @@ def consumer_client_options(spec: AgentSpec) -> dict:
     """A read timeout above the BLOCK time: redis-py's default (5 s) would fail every longer blocking read,
     while no timeout at all would hang forever on a half-open connection."""
     return {"socket_timeout": spec.config.block_ms / 1000 + 10}
-
-
-def consumer_name(base: str, spec: AgentSpec, slot: str) -> str:
-    return f"{base}:{spec.name.rsplit('.', 1)[-1]}:{slot}"
 
 
 async def stop_consumers(consumers: list, grace: float, finish_read: bool = True) -> None:
@@ -80,7 +77,7 @@ class InProcessRunner:
             client = self.connection.new_client(max_connections=2, **consumer_client_options(self.spec))
             self._clients.append(client)
             consumer = StreamConsumer(
-                client, self.spec, consumer_name(self.base, self.spec, str(slot)), self.stats, self.executor
+                client, self.spec, consumer_name(self.base, self.spec.name, str(slot)), self.stats, self.executor
             )
             consumer.start()
             self.consumers.append(consumer)
@@ -212,7 +209,7 @@ async def _worker_async(spec, url, cluster, base, index, counters, grace, thread
     for slot in range(spec.concurrency):
         client = make_client(url, max_connections=2, cluster=cluster, **consumer_client_options(spec))
         clients.append(client)
-        consumer = StreamConsumer(client, spec, consumer_name(base, spec, f"w{index}.{slot}"), stats, executor)
+        consumer = StreamConsumer(client, spec, consumer_name(base, spec.name, f"w{index}.{slot}"), stats, executor)
         consumer.start()
         consumers.append(consumer)
 

@@ -72,7 +72,8 @@ import time
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from streammachine.config import ConsumerConfig, TimerConfig
-from streammachine.engine.executors import InProcessRunner, consumer_base
+from streammachine.engine.executors import InProcessRunner
+from streammachine.engine.identity import consumer_base
 from streammachine.engine.specs import AgentSpec, AgentStats, TimerSpec
 from streammachine.engine.timers import TimerRunner
 from streammachine.ohlc import checkpoint
