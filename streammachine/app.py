@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Union
 
 from streammachine.config import AppConfig, ConsumerConfig, Settings, TimerConfig
+from streammachine.engine import loop as event_loop
 from streammachine.engine.executors import InProcessRunner, ProcessRunner
 from streammachine.engine.identity import app_consumer_base
 from streammachine.engine.specs import AgentSpec, AgentStats, TimerSpec, handler_name
@@ -289,26 +290,14 @@ class App:
             task = loop.create_task(self.startup(), name=f"streammachine:{self.name}:startup")
             task.add_done_callback(_log_task_error)
             return task
-        try:
-            import uvloop
-
-            uvloop.run(self._run_headless())
-        except ImportError:
-            asyncio.run(self._run_headless())
+        event_loop.run(self._run_headless())
         return None
 
     async def _run_headless(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._request_stop, sig)
-        try:
+        with event_loop.StopSignals(self._request_stop, who=f"app {self.name!r}"):
             await self.run()
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
 
     def _request_stop(self, sig: signal.Signals) -> None:
-        log.info("received %s: shutting down", sig.name)
         if self._stopped is not None:
             self._stopped.set()
 

@@ -3,7 +3,7 @@
 import asyncio
 
 import pytest
-from helpers import wait_until
+from helpers import wait_until, wait_until_sync
 
 from streammachine import App, Message
 from streammachine.app import AppStateError
@@ -416,3 +416,43 @@ async def test_threaded_sync_handler_does_not_block_the_loop(app_factory):
         @app.agent("x", threaded=True)
         async def not_sync(record):
             pass
+
+
+def test_headless_start_second_signal_exits_at_once(redis_url, tmp_path):
+    """The first SIGTERM waits for the handler in hand (grace 60 s); a second one exits at once (128 + 15)."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    import redis as redis_sync
+
+    script = tmp_path / "stuck.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import asyncio
+        from streammachine import App
+        app = App("stuck", redis_url={redis_url!r}, grace_seconds=60)
+        @app.agent("st", group="g", block_ms=100)
+        async def h(record):
+            client = await app.redis.get_client()
+            await client.set("in_hand", 1)
+            await asyncio.sleep(120)
+        @app.on_startup
+        async def ready():
+            await app.send("st", {{"i": 1}})
+        app.start()
+    """)
+    )
+    client = redis_sync.Redis.from_url(redis_url)
+    proc = subprocess.Popen([sys.executable, str(script)])
+    try:
+        wait_until_sync(lambda: client.get("in_hand"), 20, what="the handler in hand")
+        proc.send_signal(signal.SIGTERM)
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(1)  # the first signal waits for the handler (grace 60 s)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+        client.close()

@@ -17,6 +17,7 @@ import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Optional
 
+from streammachine.engine import loop as event_loop
 from streammachine.engine.consumer import StreamConsumer
 from streammachine.engine.identity import consumer_name
 from streammachine.engine.specs import AgentSpec, AgentStats
@@ -187,24 +188,20 @@ def _worker_main(
 ) -> None:
     """Entry point of a forked worker: a fresh event loop, its own connections."""
     signal.set_wakeup_fd(-1)  # the parent's loop owns the inherited wakeup pipe
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    try:
-        import uvloop
-
-        run = uvloop.run
-    except ImportError:
-        run = asyncio.run
-    run(_worker_async(spec, url, cluster, base, index, counters, grace, threads))
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # until the worker's own loop handles it
+    event_loop.run(_worker_async(spec, url, cluster, base, index, counters, grace, threads))
     os._exit(0)  # skip inherited atexit handlers (the parent's Manager, pools)
 
 
 async def _worker_async(spec, url, cluster, base, index, counters, grace, threads) -> None:
+    stopped = asyncio.Event()
+    with event_loop.StopSignals(lambda _sig: stopped.set(), who=f"agent {spec.name} worker {index}", worker=True):
+        await _worker_serve(spec, url, cluster, base, index, counters, grace, threads, stopped)
+
+
+async def _worker_serve(spec, url, cluster, base, index, counters, grace, threads, stopped: asyncio.Event) -> None:
     stats = AgentStats()
     executor = ThreadPoolExecutor(threads, thread_name_prefix="streammachine-handler") if spec.threaded else None
-    stopped = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stopped.set)
     clients, consumers = [], []
     for slot in range(spec.concurrency):
         client = make_client(url, max_connections=2, cluster=cluster, **consumer_client_options(spec))

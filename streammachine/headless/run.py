@@ -41,6 +41,7 @@ from typing import Optional
 
 from streammachine._redact import redact_url
 from streammachine.config import Settings
+from streammachine.engine import loop as event_loop
 from streammachine.headless.metrics import (
     SNAPSHOT_INTERVAL,
     DirectorySource,
@@ -80,40 +81,21 @@ def run(options: RunOptions, settings: Optional[Settings] = None) -> int:
     if options.workers > 1 and options.worker_index is None:
         parse_target(options.target)  # a missing file fails here, not N times in the workers
         return Supervisor(options, settings or Settings.from_env()).run()
-    try:
-        import uvloop
-
-        return uvloop.run(serve(options))
-    except ImportError:
-        return asyncio.run(serve(options))
+    return event_loop.run(serve(options))
 
 
 async def serve(options: RunOptions) -> int:
     """Load the app, start it, wait for a signal (or the app stopping), shut it down."""
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     worker_mode = options.worker_index is not None
-    received: list = []
-
     who = f"worker {options.worker_index}" if worker_mode else "runner"
+    with event_loop.StopSignals(lambda _sig: stop.set(), who=who, worker=worker_mode):
+        return await _serve(options, stop, who)
 
-    def on_signal(sig: signal.Signals) -> None:
-        received.append(sig)
-        if len(received) == 1:
-            log.info("%s: received %s: stopping (work in hand finishes and is acknowledged)", who, sig.name)
-            stop.set()
-        else:
-            log.warning("%s: received %s again: exiting at once", who, sig.name)
-            os._exit(128 + sig)
 
-    if worker_mode:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides, via SIGTERM
-        handled = (signal.SIGTERM,)
-    else:
-        handled = (signal.SIGINT, signal.SIGTERM)
-    for sig in handled:
-        loop.add_signal_handler(sig, on_signal, sig)
-
+async def _serve(options: RunOptions, stop: asyncio.Event, who: str) -> int:
+    loop = asyncio.get_running_loop()
+    worker_mode = options.worker_index is not None
     app = await load_app(options.target)
     index = options.worker_index or 0
     if index > 0:
@@ -157,8 +139,6 @@ async def serve(options: RunOptions) -> int:
             write_snapshot(options.stats_dir, await snapshot(app, str(index)))
         if metrics is not None:
             metrics.shutdown()
-        for sig in handled:
-            loop.remove_signal_handler(sig)
     log.info("%s: app %r stopped", who, app.name)
     return EXIT_OK
 
