@@ -111,10 +111,7 @@ async def _serve(options: RunOptions, stop: asyncio.Event, who: str) -> int:
             log.info(
                 "the target stopped app %r while loading (a notebook's last cell?); starting it to serve", app.name
             )
-        if app.state in ("idle", "stopped"):
-            await app.startup()
-        while app.state == "starting":  # the target started it itself (App.start() at import)
-            await asyncio.sleep(0.05)
+        await app.ensure_running()  # the target may have started it itself (a notebook's app.start())
         if worker_mode:
             log.info(
                 "worker %d (pid %d): app %r running, %d agents, %d timers",

@@ -265,9 +265,7 @@ async def run_notebook(path: Path) -> dict:
     namespace: dict = {"__name__": "__main__", "__file__": str(path.resolve()), "display": _display}
 
     async def start_app() -> None:
-        app = _cell_app(namespace, f"notebook {path.name!r}")
-        if app.state in ("idle", "stopped"):
-            await app.startup()
+        await _cell_app(namespace, f"notebook {path.name!r}").ensure_running()
 
     namespace[START_FUNCTION] = start_app
     if str(path.resolve().parent) not in sys.path:

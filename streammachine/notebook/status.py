@@ -76,4 +76,6 @@ def status_frame(rows: List[dict]):
     import pandas as pd
 
     # object dtype: counts stay ints and absent values stay None (timers have no pending or lag)
-    return pd.DataFrame(rows, columns=AGENT_COLUMNS, dtype=object).set_index("name")
+    index = ["app", "name"] if rows and "app" in rows[0] else ["name"]
+    columns = [c for c in index if c != "name"] + AGENT_COLUMNS
+    return pd.DataFrame(rows, columns=columns, dtype=object).set_index(index)
