@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--worker-index", type=_count, help=argparse.SUPPRESS)
     run.add_argument("--stats-dir", help=argparse.SUPPRESS)
+    run.add_argument("--ready-fd", type=_count, help=argparse.SUPPRESS)
+    run.add_argument("--supervisor-pid", type=_count, help=argparse.SUPPRESS)
 
     send = command("send", "add one entry to a stream and print its id")
     send.add_argument("stream")
@@ -189,7 +191,8 @@ def _client(args, settings: Settings):
 
 
 def cmd_run(args, settings: Settings) -> int:
-    from streammachine.headless.run import RunOptions, run
+    from streammachine.headless.options import RunOptions
+    from streammachine.headless.run import run
 
     options = RunOptions(
         target=args.target,
@@ -199,6 +202,8 @@ def cmd_run(args, settings: Settings) -> int:
         log_level=args.log_level,
         worker_index=args.worker_index,
         stats_dir=args.stats_dir,
+        ready_fd=args.ready_fd,
+        supervisor_pid=args.supervisor_pid,
     )
     return run(options, settings)
 

@@ -179,9 +179,9 @@ class StreamMachineCollector:
                 runs.add_metric([app_name, timer["timer"], worker], timer["runs"])
                 timer_failures.add_metric([app_name, timer["timer"], worker], timer["failures"])
             for group in snap["groups"]:  # the freshest report of each group wins
-                key = (group["stream"], group["group"])
-                if key not in groups or snap["time"] > groups[key][0]:
-                    groups[key] = (snap["time"], group)
+                pair = (group["stream"], group["group"])
+                if pair not in groups or snap["time"] > groups[pair][0]:
+                    groups[pair] = (snap["time"], group)
         for (stream, group_name), (_, group) in sorted(groups.items()):
             for family, field in ((pending, "pending"), (lag, "lag"), (consumers, "consumers")):
                 if group.get(field) is not None:

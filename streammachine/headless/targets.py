@@ -250,7 +250,7 @@ def _drop_display_calls(source: str) -> str:
         return source
     lines = source.splitlines()
     for node in drop:
-        for lineno in range(node.lineno - 1, node.end_lineno):
+        for lineno in range(node.lineno - 1, node.end_lineno or node.lineno):
             lines[lineno] = ""
         lines[node.lineno - 1] = " " * node.col_offset + "pass"
     return "\n".join(lines)
