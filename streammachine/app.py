@@ -23,7 +23,7 @@ from streammachine.config import AppConfig, ConsumerConfig, Settings, TimerConfi
 from streammachine.engine.executors import InProcessRunner, ProcessRunner
 from streammachine.engine.identity import app_consumer_base
 from streammachine.engine.lifecycle import ACTIVE_STATES, STOPPED_STATES, Lifecycle, Transition, running_loop
-from streammachine.engine.specs import AgentSpec, AgentStats, TimerSpec, handler_name
+from streammachine.engine.specs import AgentSpec, AgentStats, TimerSpec, TimerStats, handler_name
 from streammachine.engine.timers import TimerRunner
 from streammachine.redis.connection import RedisConnection, ensure_group
 from streammachine.redis.inspect import fetch_groups
@@ -102,6 +102,7 @@ class App(Lifecycle):
         self._agents: Dict[str, AgentSpec] = {}
         self._timers: Dict[str, TimerSpec] = {}
         self._stats: Dict[str, AgentStats] = {}
+        self._timer_stats: Dict[str, TimerStats] = {}
         self._runners: Dict[str, Union[InProcessRunner, ProcessRunner]] = {}
         self._timer_runners: Dict[str, TimerRunner] = {}
         self._startup_hooks: List[Hook] = []
@@ -192,7 +193,9 @@ class App(Lifecycle):
         config = TimerConfig(interval=t, name=name, run_immediately=run_immediately)
 
         def decorate(fn: Callable) -> Callable:
-            spec = TimerSpec(name=handler_name(fn, name), handler=fn, config=config)
+            key = handler_name(fn, name)
+            # the counters carry over a re-registration (a re-run timer cell), as an agent's do
+            spec = TimerSpec(name=key, handler=fn, config=config, stats=self._timer_stats.setdefault(key, TimerStats()))
             replaced = spec.name in self._timers
             self._timers[spec.name] = spec
             if self._state == "running" or spec.name in self._timer_runners:

@@ -100,15 +100,34 @@ class AgentSpec:
 
 
 @dataclass
+class TimerStats:
+    """A timer's counters; they outlive a re-registration of the timer, as an agent's do."""
+
+    runs: int = 0
+    failures: int = 0
+    last_error: Optional[str] = None
+
+
+@dataclass
 class TimerSpec:
     name: str
     handler: Callable[..., Any]
     config: TimerConfig
-    runs: int = 0
-    failures: int = 0
-    last_error: Optional[str] = None
+    stats: TimerStats = field(default_factory=TimerStats)
 
     def __post_init__(self) -> None:
         if not callable(self.handler):
             raise TypeError(f"timer {self.name!r}: handler {self.handler!r} is not callable")
         self.is_async = is_async_callable(self.handler)
+
+    @property
+    def runs(self) -> int:
+        return self.stats.runs
+
+    @property
+    def failures(self) -> int:
+        return self.stats.failures
+
+    @property
+    def last_error(self) -> Optional[str]:
+        return self.stats.last_error

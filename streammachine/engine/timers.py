@@ -67,12 +67,12 @@ class TimerRunner:
             result = self.spec.handler()
             if self.spec.is_async:
                 await result
-            self.spec.runs += 1
+            self.spec.stats.runs += 1
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self.spec.failures += 1
-            self.spec.last_error = f"{type(exc).__name__}: {exc}"
+            self.spec.stats.failures += 1
+            self.spec.stats.last_error = f"{type(exc).__name__}: {exc}"
             log.exception("timer %s failed; it keeps its schedule", self.spec.name)
         finally:
             self._running_handler = False
