@@ -24,9 +24,10 @@ from streammachine.engine.executors import InProcessRunner, ProcessRunner
 from streammachine.engine.identity import app_consumer_base
 from streammachine.engine.lifecycle import ACTIVE_STATES, STOPPED_STATES, Lifecycle, Transition, running_loop
 from streammachine.engine.specs import AgentSpec, AgentStats, TimerSpec, TimerStats, handler_name
+from streammachine.engine.status import AppStatus, app_status
 from streammachine.engine.timers import TimerRunner
 from streammachine.redis.connection import RedisConnection, ensure_group
-from streammachine.redis.inspect import fetch_groups
+from streammachine.redis.inspect import Groups, fetch_groups
 from streammachine.state.storage import Storage
 
 log = logging.getLogger("streammachine.app")
@@ -425,39 +426,18 @@ class App(Lifecycle):
             "server": self._redis.safe_url,
         }
 
-    async def status(self) -> List[dict]:
-        """Per agent: counters, rate, and (from Redis) pending and lag of its group."""
-        rows = []
-        groups = {}
-        if self._state == "running":
-            groups = await fetch_groups(await self._redis.get_client(), [s.stream for s in self._agents.values()])
-        for name, spec in self._agents.items():
-            stats = self._stats.setdefault(name, AgentStats())
-            group = groups.get((spec.stream, spec.group), {})
-            rows.append(
-                {
-                    "agent": name,
-                    "stream": spec.stream,
-                    "group": spec.group,
-                    "rate": round(stats.rate(), 1),
-                    "running": name in self._runners,
-                    **stats.as_dict(),
-                    "pending": group.get("pending"),
-                    "lag": group.get("lag"),
-                }
-            )
-        for name, timer in self._timers.items():
-            rows.append(
-                {
-                    "timer": name,
-                    "interval": timer.config.interval,
-                    "runs": timer.runs,
-                    "failures": timer.failures,
-                    "last_error": timer.last_error,
-                    "running": name in self._timer_runners,
-                }
-            )
-        return rows
+    def status_now(self, groups: Optional[Groups] = None, redis_up: Optional[bool] = None) -> AppStatus:
+        """The status of every agent and timer from what is in hand (``groups``: fetched by the caller); no I/O."""
+        agents = {name: (spec, self._stats.setdefault(name, AgentStats())) for name, spec in self._agents.items()}
+        running = set(self._runners) | set(self._timer_runners)
+        return app_status(self.name, self._state, self._redis.safe_url, agents, self._timers, running, groups, redis_up)
+
+    async def status(self) -> AppStatus:
+        """Per agent: counters, rate, and (while running, from Redis) pending, lag and consumers of its group."""
+        if self._state != "running":
+            return self.status_now()
+        client = await self._redis.get_client()
+        return self.status_now(await fetch_groups(client, [s.stream for s in self._agents.values()]), redis_up=True)
 
     def stats(self, name: str) -> AgentStats:
         return self._stats[self._resolve_name(name)]

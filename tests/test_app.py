@@ -221,9 +221,13 @@ async def test_health_check_and_status(app_factory):
     assert health["status"] == "healthy" and health["redis"] == "connected"
     assert health["registered_agents"] == 1 and health["registered_timers"] == 1
     assert health["active_tasks"] == 2
-    rows = await app.status()
-    assert rows[0]["agent"].endswith(".h") and rows[0]["pending"] == 0 and rows[0]["lag"] == 0
-    assert rows[1]["timer"].endswith(".t")
+    status = await app.status()
+    (agent,), (timer,) = status.agents, status.timers
+    assert agent.name.endswith(".h") and agent.pending == 0 and agent.lag == 0 and agent.consumers is not None
+    assert agent.running and timer.running and timer.name.endswith(".t") and status.redis_up
+    rows = status.rows()  # the table the notebook shows, in one shape for agents and timers
+    assert [row["kind"] for row in rows] == ["agent", "timer"] and rows[1]["pending"] is None
+    assert status.as_dict()["agents"][0]["stream"] == "h"
 
 
 async def test_unreachable_configured_server_is_a_clear_error(tmp_path):

@@ -99,7 +99,8 @@ async def test_live_scrape_over_http_sees_new_work(app_factory):
 async def test_directory_source_sums_workers_and_keeps_the_freshest_group(app_factory, tmp_path):
     app = await _flaky_app(app_factory)
     first = await snapshot(app, "0")
-    second = dict(await snapshot(app, "1"), time=first["time"] + 1, groups=[dict(first["groups"][0], pending=5, lag=2)])
+    second = await snapshot(app, "1")
+    second.update(time=first["time"] + 1, agents=[dict(first["agents"][0], pending=5, lag=2)])
     write_snapshot(tmp_path, first)
     write_snapshot(tmp_path, second)
     (tmp_path / "worker-9.json").write_text("{half a fi")  # being rewritten: skipped, not an error

@@ -34,7 +34,7 @@ from streammachine import console as commands
 from streammachine.app import App, running_apps
 from streammachine.cells import MagicArgumentError, RaisingParser, cell_parser, cell_registration
 from streammachine.engine.lifecycle import Transition
-from streammachine.notebook.status import status_frame, status_rows
+from streammachine.notebook.status import status_frame
 from streammachine.redis.inspect import fetch_groups_sync
 
 USAGE = __doc__.split("\n\n", 1)[1].rsplit("\n\n", 1)[0]
@@ -163,7 +163,7 @@ class StreamMachineMagics(Magics):
         if app.redis.url is not None:  # never start a server just to show a table
             streams = [spec.stream for spec in app.agents.values()]
             groups = fetch_groups_sync(self._client(app), streams)
-        rows = status_rows(app, groups)
+        rows = app.status_now(groups).rows()
         return [dict(row, app=app.name) for row in rows] if with_app else rows
 
     def _cmd_dashboard(self, args):
