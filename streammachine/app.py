@@ -85,7 +85,7 @@ class App(Lifecycle):
                 UserWarning,
                 stacklevel=2,
             )
-        self.settings = settings or Settings.from_env()
+        self.settings = settings or Settings.current()
         self.name = name
         self.to_scan = True if to_scan is None else to_scan
         self.config = AppConfig.from_settings(

@@ -22,9 +22,9 @@ embedded server is used, as for ``App()``. Exit codes: 0 done, 1 failed
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
-import os
 import signal
 import sys
 from typing import List, Optional
@@ -329,8 +329,6 @@ def cmd_server(args, settings: Settings) -> int:
 
 
 def cmd_mcp(args, settings: Settings) -> int:
-    import dataclasses
-
     try:
         from streammachine.mcp.server import serve
     except ImportError as exc:
@@ -382,9 +380,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             except UnicodeEncodeError:
                 parser.exit(2, f"streammachine {args.command}: error: argument {arg!r} is not valid UTF-8 text\n")
     configure_logging(args.log_level)
-    if args.redis_url and args.command == "run":
-        os.environ["REDIS_URL"] = args.redis_url  # the target's App() and the worker processes read it
-        settings = Settings.from_env()
+    if args.redis_url and args.command == "run":  # passed down: to the target's App() and to the workers
+        settings = dataclasses.replace(settings, redis_url=args.redis_url)
     from streammachine.headless.targets import TargetError
 
     try:

@@ -464,3 +464,27 @@ def test_run_workers_second_signal_exits_at_once(redis_url, sync_redis, tmp_path
             return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
 
     wait_until_sync(lambda: gone(worker0), 10, what="the workers to exit with the supervisor")
+
+
+def test_run_redis_url_is_passed_down_not_written_to_the_environment(redis_url, sync_redis, tmp_path, monkeypatch):
+    """Regression: `run --redis-url` wrote os.environ["REDIS_URL"] for the target's App() to find."""
+    from streammachine import cli
+
+    monkeypatch.delenv("REDIS_URL", raising=False)  # restored to unset afterwards, whatever happens
+    script = tmp_path / "once.py"
+    script.write_text(
+        textwrap.dedent("""\
+        from streammachine import App
+
+        app = App(name="once")
+
+        @app.on_startup
+        async def record_and_stop():
+            client = await app.redis.get_client()
+            await client.set("ran_on", app.redis.safe_url)
+            app.stop()  # ends the run: the runner serves while the app runs
+    """)
+    )
+    assert cli.main(["--redis-url", redis_url, "run", str(script)]) == 0
+    assert "REDIS_URL" not in os.environ
+    assert sync_redis.get("ran_on") and sync_redis.get("ran_on").startswith("redis://")

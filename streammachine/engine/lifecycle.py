@@ -187,7 +187,7 @@ class Lifecycle:
             await self.shutdown()
 
     async def ensure_running(self) -> None:
-        """Start the app unless it runs or a start is under way, and wait until it runs (raises why it cannot).
+        """Start the app unless it runs or a start is under way, and wait for that start (raises why it failed).
 
         For code that owns the process and finds an app its target may have
         started already (``streammachine run``): no "already running" noise.
@@ -195,9 +195,7 @@ class Lifecycle:
         while self._state == "starting" and self._pending is None:  # a startup() awaited directly
             await asyncio.sleep(0.01)
         if self._state != "running" or self._pending is not None:
-            await self.start()
-        if self._state != "running":
-            raise RuntimeError(f"app {self.name!r} is {self._state}, not running")
+            await self.start()  # raises what made the start fail
 
     def start(self) -> Transition:
         """Start the app; returns a ``Transition`` (awaitable, see engine/lifecycle.py).

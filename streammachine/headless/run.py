@@ -53,17 +53,22 @@ def run(options: RunOptions, settings: Optional[Settings] = None) -> int:
     """Run the target until a signal; returns the process exit code."""
     if options.workers > 1 and options.worker_index is None:
         parse_target(options.target)  # a missing file fails here, not N times in the workers
-        return Supervisor(options, settings or Settings.from_env()).run()
-    return event_loop.run(serve(options))
+        return Supervisor(options, settings or Settings.current()).run()
+    return event_loop.run(serve(options, settings))
 
 
-async def serve(options: RunOptions) -> int:
-    """Load the app, start it, wait for a signal (or the app stopping), shut it down."""
+async def serve(options: RunOptions, settings: Optional[Settings] = None) -> int:
+    """Load the app, start it, wait for a signal (or the app stopping), shut it down.
+
+    ``settings`` (``--redis-url`` included) are in force while the target loads and runs:
+    an ``App()`` it creates without settings of its own takes them.
+    """
     stop = asyncio.Event()
     worker_mode = options.worker_index is not None
     who = f"worker {options.worker_index}" if worker_mode else "runner"
-    with event_loop.StopSignals(lambda _sig: stop.set(), who=who, worker=worker_mode):
-        return await _serve(options, stop, who)
+    with (settings or Settings.current()).use():
+        with event_loop.StopSignals(lambda _sig: stop.set(), who=who, worker=worker_mode):
+            return await _serve(options, stop, who)
 
 
 async def _serve(options: RunOptions, stop: asyncio.Event, who: str) -> int:

@@ -56,9 +56,8 @@ class Supervisor(WorkerPool):
         return cmd
 
     def launch(self, index: int, ready_fd: int) -> subprocess.Popen:
-        env = dict(os.environ)
-        if self.settings.consumer_name:
-            env["STREAMMACHINE_CONSUMER_NAME"] = f"{self.settings.consumer_name}-w{index}"
+        name = self.settings.consumer_name
+        env = self.settings.child_environment(consumer_name=f"{name}-w{index}" if name else None)
         process = subprocess.Popen(
             self.command(index, ready_fd), env=env, stdin=subprocess.DEVNULL, pass_fds=(ready_fd,)
         )
