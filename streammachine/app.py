@@ -99,6 +99,7 @@ class App(Lifecycle):
         )
         self.dashboard_enabled = dashboard_enabled
         self._storage_backend = storage_backend or self.settings.storage_backend
+        self._storage: Optional[Storage] = None
         self._redis = RedisConnection(url=redis_url, settings=self.settings)
         self._agents: Dict[str, AgentSpec] = {}
         self._timers: Dict[str, TimerSpec] = {}
@@ -135,7 +136,10 @@ class App(Lifecycle):
 
     @property
     def storage(self) -> Storage:
-        return Storage(self._storage_backend, connection=self._redis)
+        """This App's shared state (its backend, its Redis): created on first use."""
+        if self._storage is None:
+            self._storage = Storage.create(self._storage_backend, connection=self._redis)
+        return self._storage
 
     @property
     def agents(self) -> Dict[str, AgentSpec]:
