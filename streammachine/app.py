@@ -1,28 +1,34 @@
-"""App: the registry, the lifecycle, send, health. A thin facade.
+"""App: the registry of agents and timers, and their lifecycle. A thin facade.
 
 Work is done by collaborators: ``RedisConnection`` (where and how to talk to
 Redis), ``InProcessRunner``/``ProcessRunner`` (an agent's consumers),
-``TimerRunner`` (a timer), ``Storage`` (shared state).
+``TimerRunner`` (a timer), ``Storage`` (shared state). ``start()`` and
+``stop()`` return a ``Transition`` (engine/lifecycle.py) wherever they are
+called. Apps register themselves in a weak per-process set: a new App with
+the name of a running one replaces (stops) it, and ``running_apps()`` /
+``stop_all()`` reach every App of the process (a notebook kernel's).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import gc
 import logging
-import signal
 import time
+import warnings
+import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Awaitable, Callable, Coroutine, Dict, List, Optional, Sequence, Tuple, Union
 
 from streammachine.config import AppConfig, ConsumerConfig, Settings, TimerConfig
-from streammachine.engine.executors import InProcessRunner, ProcessRunner, consumer_base
+from streammachine.engine.executors import InProcessRunner, ProcessRunner
+from streammachine.engine.identity import app_consumer_base
+from streammachine.engine.lifecycle import ACTIVE_STATES, STOPPED_STATES, Lifecycle, Transition, running_loop
 from streammachine.engine.limits import ensure_open_files
-from streammachine.engine.specs import AgentSpec, AgentStats, TimerSpec, handler_name
+from streammachine.engine.specs import AgentSpec, AgentStats, TimerSpec, TimerStats, handler_name
+from streammachine.engine.status import AppStatus, app_status
 from streammachine.engine.timers import TimerRunner
 from streammachine.redis.connection import RedisConnection, ensure_group
-from streammachine.redis.inspect import fetch_groups
+from streammachine.redis.inspect import Groups, fetch_groups
 from streammachine.state.storage import Storage
 from streammachine.state.table import _MISSING as _NO_DEFAULT
 from streammachine.state.table import Table
@@ -31,12 +37,25 @@ log = logging.getLogger("streammachine.app")
 
 Hook = Callable[[], Awaitable[Any]]
 
+# Every App of this process, held weakly: a stopped App nobody references goes away.
+_apps: weakref.WeakSet[App] = weakref.WeakSet()
+
+
+def running_apps() -> List[App]:
+    """The Apps of this process that are starting, running or stopping (a notebook kernel's included)."""
+    return sorted((app for app in list(_apps) if app.state in ACTIVE_STATES), key=lambda app: app.name)
+
+
+def stop_all() -> List[Transition]:
+    """Stop every running App of this process; one ``Transition`` per App (await them, or not)."""
+    return [app.stop() for app in running_apps()]
+
 
 class AppStateError(RuntimeError):
     """An operation that the App's current state does not allow."""
 
 
-class App:
+class App(Lifecycle):
     """A StreamMachine application: agents and timers on Redis Streams.
 
     ``App(name)`` does no I/O: connecting happens in ``start()``/``run()``.
@@ -45,9 +64,9 @@ class App:
     def __init__(
         self,
         name: str = __name__,
-        to_scan: bool = True,
-        max_processes: int = 5,
-        max_threads: int = 5,
+        to_scan: Optional[bool] = None,
+        max_processes: int = AppConfig.max_processes,
+        max_threads: int = AppConfig.max_threads,
         *,
         redis_url: Optional[str] = None,
         stream_maxlen: Optional[int] = None,
@@ -57,9 +76,21 @@ class App:
         settings: Optional[Settings] = None,
         dashboard_enabled: bool = False,
     ) -> None:
-        self.settings = settings or Settings.from_env()
+        if to_scan is not None:
+            warnings.warn(
+                "App(to_scan=...) has no effect: decorators register agents and timers at once",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        if dashboard_enabled:
+            warnings.warn(
+                "App(dashboard_enabled=True): the web dashboard is not built yet; use app.dashboard() in a notebook",
+                UserWarning,
+                stacklevel=2,
+            )
+        self.settings = settings or Settings.current()
         self.name = name
-        self.to_scan = to_scan  # decorators register at once; kept for API compatibility
+        self.to_scan = True if to_scan is None else to_scan
         self.config = AppConfig.from_settings(
             self.settings,
             name=name,
@@ -71,22 +102,35 @@ class App:
         )
         self.dashboard_enabled = dashboard_enabled
         self._storage_backend = storage_backend or self.settings.storage_backend
+        self._storage: Optional[Storage] = None
         self._redis = RedisConnection(url=redis_url, settings=self.settings)
         self._agents: Dict[str, AgentSpec] = {}
         self._timers: Dict[str, TimerSpec] = {}
         self._tables: Dict[str, Table] = {}
         self._stats: Dict[str, AgentStats] = {}
+        self._timer_stats: Dict[str, TimerStats] = {}
         self._runners: Dict[str, Union[InProcessRunner, ProcessRunner]] = {}
         self._timer_runners: Dict[str, TimerRunner] = {}
         self._startup_hooks: List[Hook] = []
         self._shutdown_hooks: List[Hook] = []
-        self._state = "idle"  # idle -> starting -> running -> stopping -> stopped
+        self._state = "idle"  # idle -> starting -> running (or failed) -> stopping -> stopped
         self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._pending: Optional[asyncio.Task] = None  # the last start/stop scheduled on self._loop
+        self._predecessor: Optional[Transition] = None  # the stop of the App this one replaces
         self._stopped: Optional[asyncio.Event] = None
         self._swap_locks: Dict[str, asyncio.Lock] = {}
         self.last_swap_ms: Optional[float] = None
         self._executor: Optional[ThreadPoolExecutor] = None
-        self._base = f"{consumer_base(self.settings.consumer_name)}-{name}"
+        self._base = app_consumer_base(self.settings.consumer_name, name)
+        self._replace_namesake()
+        _apps.add(self)
+
+    def _replace_namesake(self) -> None:
+        """A re-run ``App(name=...)`` cell: the earlier App of that name stops (it would share consumer names)."""
+        for other in list(_apps):
+            if other.name == self.name and (other.state in ACTIVE_STATES or other._pending is not None):
+                log.warning("app %r: a new App of this name replaces the running one, which stops", self.name)
+                self._predecessor = other.stop()
 
     # -- properties ----------------------------------------------------------
 
@@ -96,15 +140,10 @@ class App:
 
     @property
     def storage(self) -> Storage:
-        return Storage(self._storage_backend, connection=self._redis)
-
-    @property
-    def state(self) -> str:
-        return self._state
-
-    @property
-    def is_running(self) -> bool:
-        return self._state == "running"
+        """This App's shared state (its backend, its Redis): created on first use."""
+        if self._storage is None:
+            self._storage = Storage.create(self._storage_backend, connection=self._redis)
+        return self._storage
 
     @property
     def agents(self) -> Dict[str, AgentSpec]:
@@ -198,13 +237,15 @@ class App:
         config = TimerConfig(interval=t, name=name, run_immediately=run_immediately)
 
         def decorate(fn: Callable) -> Callable:
-            spec = TimerSpec(name=handler_name(fn, name), handler=fn, config=config)
+            key = handler_name(fn, name)
+            # the counters carry over a re-registration (a re-run timer cell), as an agent's do
+            spec = TimerSpec(name=key, handler=fn, config=config, stats=self._timer_stats.setdefault(key, TimerStats()))
             replaced = spec.name in self._timers
             self._timers[spec.name] = spec
             if self._state == "running" or spec.name in self._timer_runners:
                 self._in_loop(self._swap_timer(spec))
                 if replaced:
-                    print(f"streammachine: timer {spec.name!r} replaced")
+                    log.info("timer %s replaced", spec.name)
             return fn
 
         return decorate
@@ -256,18 +297,13 @@ class App:
         if self._state == "running" or spec.name in self._runners:
             self._in_loop(self._swap_agent(spec.name, spec))
             if replaced:
-                print(
-                    f"streammachine: agent {spec.name!r} replaced; its consumers hand over (pending entries carry over)"
-                )
+                log.info("agent %s replaced; its consumers hand over (pending entries carry over)", spec.name)
         # while "starting", startup() picks it up when it finishes; while "stopping", the next start does
 
-    def _in_loop(self, coro: Awaitable) -> None:
+    def _in_loop(self, coro: Coroutine[Any, Any, None]) -> None:
         loop = self._loop
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
+        assert loop is not None, "only called once the app has started"
+        if running_loop() is loop:
             task = loop.create_task(coro)
             task.add_done_callback(_log_task_error)
         else:
@@ -296,8 +332,9 @@ class App:
         runner.start()
         self._timer_runners[spec.name] = runner
 
-    async def _start_runner(self, spec: AgentSpec):
+    async def _start_runner(self, spec: AgentSpec) -> Union[InProcessRunner, ProcessRunner]:
         stats = self._stats.setdefault(spec.name, AgentStats())
+        runner: Union[InProcessRunner, ProcessRunner]
         if spec.processes:
             runner = ProcessRunner(
                 spec, self._redis, self._base, stats, self.config.grace_seconds, self.config.max_threads
@@ -311,56 +348,16 @@ class App:
 
     # -- lifecycle -----------------------------------------------------------
 
-    def start(self) -> Optional[asyncio.Task]:
-        """Start the app.
-
-        Headless (no running event loop): blocks until SIGINT/SIGTERM or
-        ``stop()``, on uvloop when installed. Inside a running loop (a
-        notebook): schedules the app on that loop and returns the startup
-        task at once; the agents keep running between cells.
-        """
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        if loop is not None:
-            task = loop.create_task(self.startup(), name=f"streammachine:{self.name}:startup")
-            task.add_done_callback(_log_task_error)
-            return task
-        try:
-            import uvloop
-
-            uvloop.run(self._run_headless())
-        except ImportError:
-            asyncio.run(self._run_headless())
-        return None
-
-    async def _run_headless(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._request_stop, sig)
-        try:
-            await self.run()
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-
-    def _request_stop(self, sig: signal.Signals) -> None:
-        log.info("received %s: shutting down", sig.name)
-        if self._stopped is not None:
-            self._stopped.set()
-
-    async def run(self) -> None:
-        """Awaitable entry: start, serve until ``stop()``/a signal, shut down."""
-        await self.startup()
-        try:
-            await self._stopped.wait()
-        finally:
-            await self.shutdown()
-
     async def startup(self) -> None:
-        if self._state not in ("idle", "stopped"):
+        """Connect, create the groups, run the startup hooks, start agents and timers (``start()`` calls it)."""
+        if self._state not in STOPPED_STATES:
             raise AppStateError(f"app {self.name!r} is already {self._state}")
+        predecessor, self._predecessor = self._predecessor, None
+        if predecessor is not None:  # the App this one replaced: its consumers hand over their names
+            try:
+                await predecessor
+            except Exception as exc:
+                log.warning("app %r: the app it replaces did not stop cleanly: %s", self.name, exc)
         self._state = "starting"
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
@@ -382,15 +379,14 @@ class App:
                 self._runners[name] = await self._start_runner(spec)
             await self._start_registered()
         except BaseException:
-            self._state = "running"
-            await self.shutdown()
+            self._state = "running"  # so that shutdown() releases what did start
+            try:
+                await self.shutdown()
+            finally:
+                self._state = "failed"
             raise
         self._state = "running"
         await self._start_registered()  # what cells registered while the hooks and runners started
-        if self.settings.gc_freeze and self._on_notebook_loop():
-            # Objects alive now (imports, notebook state) leave the cyclic GC's generations:
-            # full collections over them otherwise stall the kernel for 100+ ms under load.
-            gc.freeze()
         log.info(
             "app %s running: %d agents, %d timers on %s",
             self.name,
@@ -403,9 +399,9 @@ class App:
         for name, spec in list(self._agents.items()):
             if name not in self._runners:
                 self._runners[name] = await self._start_runner(spec)
-        for name, spec in list(self._timers.items()):
+        for name, timer in list(self._timers.items()):
             if name not in self._timer_runners:
-                runner = TimerRunner(spec)
+                runner = TimerRunner(timer)
                 runner.start()
                 self._timer_runners[name] = runner
 
@@ -416,16 +412,9 @@ class App:
             )
         return self._executor
 
-    @staticmethod
-    def _on_notebook_loop() -> bool:
-        import sys
-
-        shell = sys.modules.get("IPython")
-        return shell is not None and getattr(shell, "get_ipython", lambda: None)() is not None
-
     async def shutdown(self) -> None:
         """Stop timers and agents (in-flight work finishes within the grace period), run hooks, close."""
-        if self._state in ("idle", "stopped", "stopping"):
+        if self._state in STOPPED_STATES or self._state == "stopping":
             return
         self._state = "stopping"
         grace = self.config.grace_seconds
@@ -453,18 +442,6 @@ class App:
             self._state = "stopped"
             if self._stopped is not None:
                 self._stopped.set()
-
-    def stop(self) -> Union[asyncio.Task, concurrent.futures.Future, None]:
-        """Shut down; works awaited (``await app.stop()``) or not (``app.stop()`` in a cell)."""
-        if self._loop is None or self._state in ("idle", "stopped"):
-            return None
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self._loop:
-            return self._loop.create_task(self.shutdown())
-        return asyncio.run_coroutine_threadsafe(self.shutdown(), self._loop)
 
     # -- producing -----------------------------------------------------------
 
@@ -500,39 +477,22 @@ class App:
             "server": self._redis.safe_url,
         }
 
-    async def status(self) -> List[dict]:
-        """Per agent: counters, rate, and (from Redis) pending and lag of its group."""
-        rows = []
-        groups = {}
-        if self._state == "running":
-            groups = await fetch_groups(await self._redis.get_client(), [s.stream for s in self._agents.values()])
-        for name, spec in self._agents.items():
-            stats = self._stats.setdefault(name, AgentStats())
-            group = groups.get((spec.stream, spec.group), {})
-            rows.append(
-                {
-                    "agent": name,
-                    "stream": spec.stream,
-                    "group": spec.group,
-                    "rate": round(stats.rate(), 1),
-                    "running": name in self._runners,
-                    **stats.as_dict(),
-                    "pending": group.get("pending"),
-                    "lag": group.get("lag"),
-                }
-            )
-        for name, spec in self._timers.items():
-            rows.append(
-                {
-                    "timer": name,
-                    "interval": spec.config.interval,
-                    "runs": spec.runs,
-                    "failures": spec.failures,
-                    "last_error": spec.last_error,
-                    "running": name in self._timer_runners,
-                }
-            )
-        return rows
+    def status_now(self, groups: Optional[Groups] = None, redis_up: Optional[bool] = None) -> AppStatus:
+        """The status of every agent and timer from what is in hand (``groups``: fetched by the caller); no I/O."""
+        agents = {name: (spec, self._stats.setdefault(name, AgentStats())) for name, spec in self._agents.items()}
+        running = set(self._runners) | set(self._timer_runners)
+        return app_status(self.name, self._state, self._redis.safe_url, agents, self._timers, running, groups, redis_up)
+
+    async def status(self, *, strict: bool = False) -> AppStatus:
+        """Per agent: counters, rate, and (while running, from Redis) pending, lag and consumers of its group.
+
+        ``strict``: a Redis that does not answer raises (metrics report it as down) instead of leaving the
+        groups' figures empty."""
+        if self._state != "running":
+            return self.status_now()
+        client = await self._redis.get_client()
+        groups = await fetch_groups(client, [s.stream for s in self._agents.values()], strict=strict)
+        return self.status_now(groups, redis_up=True)
 
     def stats(self, name: str) -> AgentStats:
         return self._stats[self._resolve_name(name)]

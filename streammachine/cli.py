@@ -22,9 +22,9 @@ embedded server is used, as for ``App()``. Exit codes: 0 done, 1 failed
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
-import os
 import signal
 import sys
 from typing import List, Optional
@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--worker-index", type=_count, help=argparse.SUPPRESS)
     run.add_argument("--stats-dir", help=argparse.SUPPRESS)
+    run.add_argument("--ready-fd", type=_count, help=argparse.SUPPRESS)
+    run.add_argument("--supervisor-pid", type=_count, help=argparse.SUPPRESS)
 
     send = command("send", "add one entry to a stream and print its id")
     send.add_argument("stream")
@@ -201,7 +203,8 @@ def _client(args, settings: Settings):
 
 
 def cmd_run(args, settings: Settings) -> int:
-    from streammachine.headless.run import RunOptions, run
+    from streammachine.headless.options import RunOptions
+    from streammachine.headless.run import run
 
     options = RunOptions(
         target=args.target,
@@ -211,6 +214,8 @@ def cmd_run(args, settings: Settings) -> int:
         log_level=args.log_level,
         worker_index=args.worker_index,
         stats_dir=args.stats_dir,
+        ready_fd=args.ready_fd,
+        supervisor_pid=args.supervisor_pid,
     )
     return run(options, settings)
 
@@ -332,8 +337,6 @@ def cmd_server(args, settings: Settings) -> int:
 
 
 def cmd_mcp(args, settings: Settings) -> int:
-    import dataclasses
-
     try:
         from streammachine.mcp.server import serve
     except ImportError as exc:
@@ -392,9 +395,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             except UnicodeEncodeError:
                 parser.exit(2, f"streammachine {args.command}: error: argument {arg!r} is not valid UTF-8 text\n")
     configure_logging(args.log_level)
-    if args.redis_url and args.command == "run":
-        os.environ["REDIS_URL"] = args.redis_url  # the target's App() and the worker processes read it
-        settings = Settings.from_env()
+    if args.redis_url and args.command == "run":  # passed down: to the target's App() and to the workers
+        settings = dataclasses.replace(settings, redis_url=args.redis_url)
     from streammachine.headless.targets import TargetError
 
     try:

@@ -3,7 +3,7 @@
 import asyncio
 
 import pytest
-from helpers import wait_until
+from helpers import wait_until, wait_until_sync
 
 from streammachine import App, Message
 from streammachine.app import AppStateError
@@ -92,7 +92,8 @@ async def test_failing_handler_is_retried_then_dead_lettered(app_factory, sync_r
     assert "ValueError" in fields["_dlq_error"] and "oops" in fields["_dlq_error"]
     await wait_until(lambda: sync_redis.xpending("payments", "g")["pending"] == 0, what="nothing pending")
     stats = app.stats("pay")
-    assert stats.dead_lettered == 1 and stats.failed == 3 and stats.processed == 2
+    await wait_until(lambda: stats.dead_lettered == 1, what="the dead letter counted (after its XADD)")
+    assert stats.failed == 3 and stats.processed == 2
 
 
 async def test_policies_dead_letter_at_once_and_skip(app_factory, sync_redis):
@@ -221,16 +222,20 @@ async def test_health_check_and_status(app_factory):
     assert health["status"] == "healthy" and health["redis"] == "connected"
     assert health["registered_agents"] == 1 and health["registered_timers"] == 1
     assert health["active_tasks"] == 2
-    rows = await app.status()
-    assert rows[0]["agent"].endswith(".h") and rows[0]["pending"] == 0 and rows[0]["lag"] == 0
-    assert rows[1]["timer"].endswith(".t")
+    status = await app.status()
+    (agent,), (timer,) = status.agents, status.timers
+    assert agent.name.endswith(".h") and agent.pending == 0 and agent.lag == 0 and agent.consumers is not None
+    assert agent.running and timer.running and timer.name.endswith(".t") and status.redis_up
+    rows = status.rows()  # the table the notebook shows, in one shape for agents and timers
+    assert [row["kind"] for row in rows] == ["agent", "timer"] and rows[1]["pending"] is None
+    assert status.as_dict()["agents"][0]["stream"] == "h"
 
 
 async def test_unreachable_configured_server_is_a_clear_error(tmp_path):
     app = App("x", redis_url="redis://127.0.0.1:1/0")
     with pytest.raises(ConnectionError, match=r"cannot reach Redis at redis://127.0.0.1:1/0"):
         await app.startup()
-    assert app.state == "stopped"
+    assert app.state == "failed"
 
 
 async def test_hooks_run_in_order(app_factory):
@@ -417,3 +422,43 @@ async def test_threaded_sync_handler_does_not_block_the_loop(app_factory):
         @app.agent("x", threaded=True)
         async def not_sync(record):
             pass
+
+
+def test_headless_start_second_signal_exits_at_once(redis_url, tmp_path):
+    """The first SIGTERM waits for the handler in hand (grace 60 s); a second one exits at once (128 + 15)."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    import redis as redis_sync
+
+    script = tmp_path / "stuck.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import asyncio
+        from streammachine import App
+        app = App("stuck", redis_url={redis_url!r}, grace_seconds=60)
+        @app.agent("st", group="g", block_ms=100)
+        async def h(record):
+            client = await app.redis.get_client()
+            await client.set("in_hand", 1)
+            await asyncio.sleep(120)
+        @app.on_startup
+        async def ready():
+            await app.send("st", {{"i": 1}})
+        app.start()
+    """)
+    )
+    client = redis_sync.Redis.from_url(redis_url)
+    proc = subprocess.Popen([sys.executable, str(script)])
+    try:
+        wait_until_sync(lambda: client.get("in_hand"), 20, what="the handler in hand")
+        proc.send_signal(signal.SIGTERM)
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(1)  # the first signal waits for the handler (grace 60 s)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+        client.close()

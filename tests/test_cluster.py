@@ -101,7 +101,7 @@ async def test_app_consumes_tagged_streams_on_every_master(apps, cluster_url, sy
     await wait_until(lambda: all(len(v) >= 300 for v in seen.values()), 20, what="300 per stream handled")
     await wait_until(lambda: all(sync_cluster.xpending(s, "g")["pending"] == 0 for s in TAGGED), 10, what="all acked")
     assert all(len(set(v)) == 300 for v in seen.values())
-    rows = {r["stream"]: r for r in await app.status()}
+    rows = {r["stream"]: r for r in (await app.status()).rows()}
     assert all(rows[s]["processed"] == 300 and rows[s]["pending"] == 0 for s in TAGGED)
     health = await app.health_check()
     assert health["status"] == "healthy" and health["redis"] == "connected"

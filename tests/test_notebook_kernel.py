@@ -354,3 +354,60 @@ def test_magic_send_honours_stream_maxlen(private_server, tmp_path):
     assert 3 <= client.xlen("capped") <= 5
     assert client.xrevrange("capped", count=1)[0][1] == {"i": "19"}
     client.close()
+
+
+RUN_ALL_CELL = """
+from streammachine.app import running_apps
+run = globals().get("run", 0) + 1
+app = App("orphans", consumer_config=ConsumerConfig(block_ms=50))
+
+@app.timer(0.05, name="beat")
+async def beat(run=run):
+    await app.send("beats", {"run": run})
+
+app.start()
+"""
+
+
+def test_run_all_twice_leaves_one_app_and_magics_reach_every_app(kernel, sync_redis):
+    def beats(run):
+        return sum(1 for _, fields in sync_redis.xrange("beats") if fields["run"] == str(run))
+
+    kernel.run("%load_ext streammachine")
+    kernel.run(RUN_ALL_CELL)
+    wait_until_sync(lambda: beats(1) >= 3, 10, what="the first run's timer")
+    out = kernel.run(RUN_ALL_CELL)  # Run All again: a new App of the same name, the old one unreferenced
+    assert "replaces the running one" in out
+    wait_until_sync(lambda: beats(2) >= 3, 10, what="the second run's timer")
+    kernel.run("await until(lambda: len(running_apps()) == 1, 10, what='one app left')")
+    frozen = beats(1)
+    wait_until_sync(lambda: beats(2) >= 10, 10, what="more beats of the second run")
+    assert beats(1) == frozen, "the first App's timer kept running after it was replaced"
+    assert kernel.value("[(a.name, a is app) for a in running_apps()]") == [("orphans", True)]
+
+    # lifecycle in cells: idempotent, in order, one line when there is nothing to do
+    out = kernel.run("app.start()")
+    assert "already running" in out and "Traceback" not in out and len(out.strip().splitlines()) <= 2
+    kernel.run("app.stop(); app.start()")
+    kernel.run("await until(lambda: app.is_running and app.state == 'running', 10)")
+    kernel.run("await app.stop(); await app.stop()")
+    assert kernel.value("app.state") == "stopped"
+
+    kernel.run("app.start(); other = App('other'); other.timer(60, name='idle')(lambda: None); other.start()")
+    kernel.run("await until(lambda: len(running_apps()) == 2, 10)")
+    kernel.run("every = %streammachine status --all")
+    assert kernel.value("sorted({name for name, _ in every.index})") == ["orphans", "other"]
+    out = kernel.run("%streammachine stop --all")
+    assert "stopping app 'orphans'" in out and "stopping app 'other'" in out
+    kernel.run("await until(lambda: not running_apps(), 10, what='every app stopped')")
+    stopped_at = sync_redis.xlen("beats")
+    kernel.run("""
+clock = App("clock")
+@clock.timer(0.05, name="tick")
+async def tick():
+    await clock.send("ticks", {"t": 1})
+await clock.start()
+""")
+    wait_until_sync(lambda: sync_redis.xlen("ticks") >= 5, 10, what="five periods of a fresh timer")
+    assert sync_redis.xlen("beats") == stopped_at, "a stopped app's timer still ran"
+    kernel.run("await clock.stop()")

@@ -24,7 +24,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from streammachine.engine.specs import AgentSpec, AgentStats, dead_local_owner
+from streammachine.engine.identity import dead_local_owner
+from streammachine.engine.specs import AgentSpec, AgentStats
 from streammachine.message import received_messages
 from streammachine.redis.connection import ensure_group
 from streammachine.redis.entries import as_text, id_after, id_before, parse_stream_id, single_stream_entries

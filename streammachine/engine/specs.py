@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import os
-import re
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Tuple
@@ -19,33 +16,6 @@ def handler_name(fn: Callable, name: Optional[str] = None) -> str:
     if name:
         return name
     return f"{getattr(fn, '__module__', None) or '__main__'}.{getattr(fn, '__qualname__', repr(fn))}"
-
-
-def consumer_base(override: Optional[str] = None) -> str:
-    """Stable per host and process: ``host-pid``, or STREAMMACHINE_CONSUMER_NAME."""
-    return override or f"{socket.gethostname()}-{os.getpid()}"
-
-
-def dead_local_owner(consumer: str) -> bool:
-    """True when ``consumer`` was named by a process of this host (``host-pid...``) that no longer runs.
-
-    Only default names carry a pid; a host name shared by two machines would
-    make a live remote consumer look dead here: its entries are then taken
-    over early (duplicates, never a loss).
-    """
-    match = re.match(re.escape(socket.gethostname()) + r"-(\d+)-", consumer)
-    if not match:
-        return False
-    pid = int(match.group(1))
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, someone else's
-        return False
-    return False
 
 
 def is_async_callable(fn: Callable) -> bool:
@@ -66,7 +36,6 @@ class AgentStats:
     commit_failures: int = 0  # a stage's commits that failed (an error reply: nothing written, entries pending)
     handler_seconds: float = 0.0
     last_error: Optional[str] = None
-    last_error_at: Optional[float] = None
     started_at: float = field(default_factory=time.time)
     _rate_mark: tuple = field(default=(0.0, 0), repr=False)
     _rate: float = field(default=0.0, repr=False)
@@ -74,7 +43,6 @@ class AgentStats:
     def record_error(self, exc: BaseException) -> None:
         self.failed += 1
         self.last_error = f"{type(exc).__name__}: {exc}"
-        self.last_error_at = time.time()
 
     def rate(self, window: float = 1.0) -> float:
         """Messages per second over the last ``window`` seconds or more.
@@ -160,15 +128,34 @@ class AgentSpec:
 
 
 @dataclass
+class TimerStats:
+    """A timer's counters; they outlive a re-registration of the timer, as an agent's do."""
+
+    runs: int = 0
+    failures: int = 0
+    last_error: Optional[str] = None
+
+
+@dataclass
 class TimerSpec:
     name: str
     handler: Callable[..., Any]
     config: TimerConfig
-    runs: int = 0
-    failures: int = 0
-    last_error: Optional[str] = None
+    stats: TimerStats = field(default_factory=TimerStats)
 
     def __post_init__(self) -> None:
         if not callable(self.handler):
             raise TypeError(f"timer {self.name!r}: handler {self.handler!r} is not callable")
         self.is_async = is_async_callable(self.handler)
+
+    @property
+    def runs(self) -> int:
+        return self.stats.runs
+
+    @property
+    def failures(self) -> int:
+        return self.stats.failures
+
+    @property
+    def last_error(self) -> Optional[str]:
+        return self.stats.last_error

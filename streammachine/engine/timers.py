@@ -79,7 +79,7 @@ class TimerRunner:
             result = self.spec.handler()
             if self.spec.is_async:
                 await result
-            self.spec.runs += 1
+            self.spec.stats.runs += 1
         except asyncio.CancelledError as exc:
             if own_cancellation(self._stopping):
                 raise
@@ -90,6 +90,6 @@ class TimerRunner:
             self._running_handler = False
 
     def _failed(self, exc: BaseException) -> None:
-        self.spec.failures += 1
-        self.spec.last_error = f"{type(exc).__name__}: {exc}"
+        self.spec.stats.failures += 1
+        self.spec.stats.last_error = f"{type(exc).__name__}: {exc}"
         log.error("timer %s failed; it keeps its schedule", self.spec.name, exc_info=exc)

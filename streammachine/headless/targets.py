@@ -251,7 +251,7 @@ def _drop_display_calls(source: str) -> str:
         return source
     lines = source.splitlines()
     for node in drop:
-        for lineno in range(node.lineno - 1, node.end_lineno):
+        for lineno in range(node.lineno - 1, node.end_lineno or node.lineno):
             lines[lineno] = ""
         lines[node.lineno - 1] = " " * node.col_offset + "pass"
     return "\n".join(lines)
@@ -266,9 +266,7 @@ async def run_notebook(path: Path) -> dict:
     namespace: dict = {"__name__": "__main__", "__file__": str(path.resolve()), "display": _display}
 
     async def start_app() -> None:
-        app = _cell_app(namespace, f"notebook {path.name!r}")
-        if app.state in ("idle", "stopped"):
-            await app.startup()
+        await _cell_app(namespace, f"notebook {path.name!r}").ensure_running()
 
     namespace[START_FUNCTION] = start_app
     if str(path.resolve().parent) not in sys.path:

@@ -3,6 +3,7 @@
 Line magic (the App is found in the notebook's namespace, or chosen with ``use``)::
 
     %streammachine start | stop | status | dashboard | server
+    %streammachine status --all | stop --all    (every App in this kernel)
     %streammachine send STREAM key=value ...
     %streammachine tail STREAM [-n N]
     %streammachine info STREAM
@@ -23,15 +24,17 @@ use a synchronous client.
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Dict, Optional
+from functools import partial
+from typing import Callable, Dict, List, Optional
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from streammachine import console as commands
-from streammachine.app import App
+from streammachine.app import App, running_apps
 from streammachine.cells import MagicArgumentError, RaisingParser, cell_parser, cell_registration
-from streammachine.notebook.status import status_frame, status_rows
+from streammachine.engine.lifecycle import Transition
+from streammachine.notebook.status import status_frame
 from streammachine.redis.inspect import fetch_groups_sync
 
 USAGE = __doc__.split("\n\n", 1)[1].rsplit("\n\n", 1)[0]
@@ -40,8 +43,10 @@ USAGE = __doc__.split("\n\n", 1)[1].rsplit("\n\n", 1)[0]
 def _line_parser() -> RaisingParser:
     parser = RaisingParser(prog="%streammachine", add_help=False)
     commands_ = parser.add_subparsers(dest="command", parser_class=RaisingParser)
-    for name in ("start", "stop", "status", "dashboard", "server", "help"):
+    for name in ("start", "dashboard", "server", "help"):
         commands_.add_parser(name, add_help=False)
+    for name in ("stop", "status"):
+        commands_.add_parser(name, add_help=False).add_argument("--all", action="store_true")
     send = commands_.add_parser("send", add_help=False)
     send.add_argument("stream")
     send.add_argument("fields", nargs="+", metavar="key=value")
@@ -122,9 +127,6 @@ class StreamMachineMagics(Magics):
 
     def _cmd_start(self, args):
         app = self.app()
-        if app.state in ("starting", "running"):
-            print(f"streammachine: app {app.name!r} is already {app.state}")
-            return
         try:
             asyncio.get_running_loop()
         except RuntimeError:  # App.start() would block here as the headless runner does
@@ -132,27 +134,37 @@ class StreamMachineMagics(Magics):
                 "%streammachine start needs a running event loop (a Jupyter kernel); "
                 "elsewhere use app.start() in a script or `await app.run()`"
             ) from None
-        task = app.start()
+        transition = app.start()
+        if transition.note:
+            print(f"streammachine: app {app.name!r} is {transition.note}")
+            return
         print(f"streammachine: starting app {app.name!r} ({len(app.agents)} agents, {len(app.timers)} timers)")
-        task.add_done_callback(lambda t: _report(t, f"app {app.name!r} running on {app.redis.safe_url}"))
+        transition.add_done_callback(lambda t: _report(t, f"app {app.name!r} running on {app.redis.safe_url}"))
 
     def _cmd_stop(self, args):
-        app = self.app()
-        stopping = app.stop()
-        if stopping is None:
-            print(f"streammachine: app {app.name!r} is not running ({app.state})")
-            return
-        print(f"streammachine: stopping app {app.name!r}")
-        if isinstance(stopping, asyncio.Future):
-            stopping.add_done_callback(lambda t: _report(t, f"app {app.name!r} stopped"))
+        apps = running_apps() if args.all else [self.app()]
+        if not apps:
+            print("streammachine: no app is running in this kernel")
+        for app in apps:
+            transition = app.stop()
+            if transition.note:
+                print(f"streammachine: app {app.name!r} is {transition.note}")
+                continue
+            print(f"streammachine: stopping app {app.name!r}")
+            transition.add_done_callback(partial(_report, success=f"app {app.name!r} stopped"))
 
     def _cmd_status(self, args):
-        app = self.app()
+        if args.all:
+            return status_frame([row for app in running_apps() for row in self._status_rows(app, with_app=True)])
+        return status_frame(self._status_rows(self.app()))
+
+    def _status_rows(self, app: App, with_app: bool = False) -> List[dict]:
         groups = {}
         if app.redis.url is not None:  # never start a server just to show a table
             streams = [spec.stream for spec in app.agents.values()]
             groups = fetch_groups_sync(self._client(app), streams)
-        return status_frame(status_rows(app, groups))
+        rows = app.status_now(groups).rows()
+        return [dict(row, app=app.name) for row in rows] if with_app else rows
 
     def _cmd_dashboard(self, args):
         return self.app().dashboard()  # shown as the cell's result; `d = %streammachine dashboard` keeps it
@@ -226,12 +238,14 @@ async def _register_when_started(app: App, register: Callable[[], None], what: s
         print(f"streammachine: {what} registered")
 
 
-def _report(task: asyncio.Future, success: str) -> None:
-    if task.cancelled():
+def _report(transition: Transition, success: str) -> None:
+    try:
+        error = transition.exception()
+    except BaseException:  # cancelled
         print(f"streammachine: cancelled before: {success}")
-    elif task.exception() is not None:
-        exc = task.exception()
-        print(f"streammachine: failed: {type(exc).__name__}: {exc}")
+        return
+    if error is not None:
+        print(f"streammachine: failed: {type(error).__name__}: {error}")
     else:
         print(f"streammachine: {success}")
 

@@ -126,7 +126,7 @@ class RedisConnection:
         *,
         settings: Optional[Settings] = None,
     ) -> None:
-        self.settings = settings or Settings.from_env()
+        self.settings = settings or Settings.current()
         self.max_connections = max_connections or self.settings.max_connections
         self._explicit = dict(url=url, host=host, port=port, db=db)
         self.url: Optional[str] = explicit_url(self.settings, **self._explicit)
