@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Iterable, Optional
 
 from streammachine.config import ConfigError, Settings
-from streammachine.ohlc.aggregator import CythonFastOHLC, PythonFastOHLC, choose_implementation
+from streammachine.ohlc.aggregator import CythonFastOHLC, OHLCMethods, PythonFastOHLC, choose_implementation
 from streammachine.ohlc.candle import Candle, format_candle_for_redis, interval_suffix
 from streammachine.ohlc.ticks import DEFAULT_INTERVALS
 from streammachine.redis.entries import parse_stream_id_timestamp
@@ -29,7 +29,7 @@ FastOHLC = choose_implementation(_pure_python_requested())
 _HAS_FAST_OHLC_CYTHON = FastOHLC is CythonFastOHLC
 
 
-def create_ohlc_aggregator(intervals: Optional[Iterable[int]] = None) -> FastOHLC:
+def create_ohlc_aggregator(intervals: Optional[Iterable[int]] = None) -> OHLCMethods:
     """A FastOHLC for ``intervals`` (ms); default 1 minute and 5 minutes."""
     return FastOHLC(DEFAULT_INTERVALS if intervals is None else intervals)
 
