@@ -18,7 +18,7 @@ import logging
 import random
 import time
 from concurrent.futures import Executor
-from typing import Any, Optional
+from typing import Any, List, Optional, cast
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -277,14 +277,14 @@ class StreamConsumer:
                     pipe.execute_command(*command)
                 pipe.xreadgroup(spec.group, self.name, {spec.stream: ">"}, count=config.count, block=block)
                 replies = await pipe.execute(raise_on_error=not self.errors_inline)
-                entries = single_stream_entries(replies[-1])
+                entries = cast(list, single_stream_entries(replies[-1]))  # redis-py replies are lists
             else:
                 replies = [
                     await self.client.xreadgroup(
                         spec.group, self.name, {spec.stream: ">"}, count=config.count, block=block
                     )
                 ]
-                entries = single_stream_entries(replies[-1])
+                entries = cast(list, single_stream_entries(replies[-1]))  # redis-py replies are lists
         except BaseException:
             self._pending_failed(token)
             raise
@@ -343,7 +343,7 @@ class StreamConsumer:
         """
         stream, group = self.spec.stream, self.spec.group
         for info in await self.client.xinfo_consumers(stream, group):
-            name = as_text(info["name"])
+            name = cast(str, as_text(info["name"]))  # a consumer's name: never None
             if name == self.name or not dead_local_owner(name):
                 continue
             while True:
@@ -391,7 +391,7 @@ class StreamConsumer:
             start_id=self._claim_cursor,
             count=self.config.count,
         )
-        self._claim_cursor = as_text(reply[0]) if reply else "0-0"
+        self._claim_cursor = cast(str, as_text(reply[0])) if reply else "0-0"  # an entry id: never None
         claimed = [e for e in (reply[1] if reply else []) if e[1] is not None]
         if not claimed:
             return
@@ -436,7 +436,7 @@ class StreamConsumer:
             return
         handler, is_async = self._handler, self._is_async
         messages = received_messages(spec.stream, self.name, time.time(), entries)
-        done = []
+        done: List[Any] = []
         done_append = done.append
         self._inflight = [entry[0] for entry in entries]
         self._inflight_since = time.monotonic()

@@ -43,7 +43,7 @@ class Unit:
     def __init__(self, effects: ReadEffects, ids: List[Any]) -> None:
         self.effects = effects
         self.ids = ids
-        self.outputs: List[Tuple[str, dict]] = []
+        self.outputs: List[Tuple[str, Mapping]] = []
         self.writes: Dict[TableKey, Tuple[Any, Optional[bytes]]] = {}  # value (or DELETED) and its encoding
 
     def read(self, table: Any, key: str, copy: bool = True) -> Tuple[bool, Any]:
@@ -112,7 +112,7 @@ class ReadEffects:
 current_unit: ContextVar[Optional[Unit]] = ContextVar("streammachine_unit", default=None)
 
 
-def route(result: Any, default_stream: Optional[str]) -> Iterable[Tuple[str, dict]]:
+def route(result: Any, default_stream: Optional[str]) -> Iterable[Tuple[str, Mapping]]:
     """A handler's return value as (stream, encoded fields) pairs.
 
     None: nothing. A record (a dict): one output to ``default_stream``. An
@@ -123,7 +123,7 @@ def route(result: Any, default_stream: Optional[str]) -> Iterable[Tuple[str, dic
     if result is None:
         return ()
     if isinstance(result, (list, tuple)):
-        out: List[Tuple[str, dict]] = []
+        out: List[Tuple[str, Mapping]] = []
         for item in result:
             out.extend(route(item, default_stream))
         return out

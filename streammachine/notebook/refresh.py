@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Hashable, Optional
+from typing import Any, Hashable, Optional, TypeVar
 
 from streammachine._validate import check_positive
 
@@ -23,6 +23,7 @@ log = logging.getLogger("streammachine.notebook")
 
 MAX_FPS = 60.0
 _NEVER = object()
+_View = TypeVar("_View", bound="LiveView")
 
 
 def close_tree(widget: Any) -> None:
@@ -90,7 +91,7 @@ class LiveView:
         self.frames += 1
         return True
 
-    def start(self) -> LiveView:
+    def start(self: _View) -> _View:
         """Start the refresh task on the running loop (done by the ``live_*`` helpers)."""
         if self._task is not None and not self._task.done():
             return self

@@ -18,7 +18,7 @@ holding millions of them costs no GC passes.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -51,7 +51,7 @@ class _Symbol:
 
     def __init__(self, name: str, interval_count: int) -> None:
         self.name = name
-        self.pending: List[tuple] = []
+        self.pending: List[float] = []  # flat: price, volume, timestamp (an int), price, ...
         self.latest_ts: Optional[int] = None
         self.series = [_Series() for _ in range(interval_count)]
 
@@ -75,7 +75,7 @@ class OHLCCore:
     # -- counters and lookups ------------------------------------------------
 
     @property
-    def intervals(self) -> tuple:
+    def intervals(self) -> Tuple[int, ...]:
         return self._intervals
 
     @property
@@ -253,7 +253,7 @@ class OHLCCore:
                         uniques.append(value)
                     codes[i] = seen[value]
         states = [self._find_or_create(value) for value in uniques]
-        first_index = {}
+        first_index: Dict[int, int] = {}
         for i, state in enumerate(states):
             if state is not None:
                 first_index.setdefault(id(state), i)  # b"X" and "X" are one symbol: one index

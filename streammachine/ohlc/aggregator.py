@@ -25,18 +25,51 @@ Semantics, identical in both cores:
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Type, TypeVar
 
 from streammachine.ohlc import snapshot as _snapshot
 from streammachine.ohlc._core_py import OHLCCore as _PythonCore
 from streammachine.ohlc.candle import Candle
 from streammachine.ohlc.ticks import completion_cut
 
+_Aggregator = TypeVar("_Aggregator", bound="OHLCMethods")
+
 
 class OHLCMethods:
-    """The read side, written once over a core's ``_rows``/``_flush``/``latest_timestamp``."""
+    """The read side, written once over a core's ``_rows``/``_flush``/``latest_timestamp``.
+
+    It is also the type of every FastOHLC: the core members below are
+    declared for the type checker only (at run time they come from the
+    compiled or the Python core this class is mixed with).
+    """
 
     __slots__ = ()
+
+    if TYPE_CHECKING:
+        compiled: bool
+
+        def __init__(self, intervals: Any = None) -> None: ...
+        def clear(self) -> None: ...
+        @property
+        def intervals(self) -> Tuple[int, ...]: ...
+        @property
+        def tick_count(self) -> int: ...
+        @property
+        def late_ticks(self) -> int: ...
+        @property
+        def rejected(self) -> int: ...
+        @property
+        def symbols(self) -> List[str]: ...
+        def latest_timestamp(self, symbol: Any) -> Optional[int]: ...
+        def update_tick(self, symbol: Any, price: Any, volume: Any, timestamp_ms: Any) -> None: ...
+        def process_stream_batch(
+            self, entries: Any, price_field: str = ..., volume_field: str = ..., symbol_field: str = ...
+        ) -> int: ...
+        def update_arrays(self, symbols: Any, prices: Any, volumes: Any, timestamps_ms: Any) -> int: ...
+        def _rows(self, symbol: Any, index: int, before: Optional[int]) -> list: ...
+        def _flush(self, symbol: Any, index: int, before: int) -> list: ...
+        def _export(self) -> list: ...
+        def _load(self, symbols: list, ticks: int, late: int, rejected: int) -> None: ...
 
     def get_candles(self, symbol: Any, interval: int) -> List[Candle]:
         """Every candle held for ``symbol`` and ``interval``, oldest first (the last may be in progress)."""
@@ -82,7 +115,7 @@ class OHLCMethods:
         self._load(*_snapshot.parse(snapshot, self.intervals))
 
     @classmethod
-    def from_snapshot(cls, snapshot: Any):
+    def from_snapshot(cls: Type[_Aggregator], snapshot: Any) -> _Aggregator:
         """A new aggregator (of this class) holding ``snapshot``'s state, with its intervals."""
         if isinstance(snapshot, (str, bytes, bytearray, memoryview)):
             snapshot = _snapshot.parse_json(snapshot)
@@ -129,20 +162,21 @@ class PythonFastOHLC(_PythonCore, OHLCMethods):
     compiled = False
 
 
+CythonFastOHLC: Optional[Type[OHLCMethods]]
 try:
     from streammachine._speedups._ohlc import OHLCCore as _CompiledCore
 except ImportError:  # not built: the Python core serves
     CythonFastOHLC = None
 else:
 
-    class CythonFastOHLC(_CompiledCore, OHLCMethods):
+    class CythonFastOHLC(_CompiledCore, OHLCMethods):  # type: ignore[no-redef]  # the class, or None above
         """FastOHLC on the compiled core."""
 
         __slots__ = ()
         compiled = True
 
 
-def choose_implementation(pure_python: bool = False):
+def choose_implementation(pure_python: bool = False) -> Type[OHLCMethods]:
     """The compiled class when built and not declined, else the Python one."""
     if CythonFastOHLC is not None and not pure_python:
         return CythonFastOHLC
