@@ -9,6 +9,7 @@ same consumer names, so they take back their own pending entries.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import multiprocessing
 import os
@@ -115,7 +116,7 @@ class InProcessRunner:
 
     def _start(self, slot: int) -> None:
         task = self.consumers[slot].start()
-        task.add_done_callback(lambda done, slot=slot: self._ended(slot, done))
+        task.add_done_callback(functools.partial(self._ended, slot))
 
     def _ended(self, slot: int, task: asyncio.Task) -> None:
         """A consumer task that ends while the agent runs is a defect somewhere: say so loudly, start it again."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from functools import partial
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
@@ -64,6 +64,8 @@ _cell_parser = cell_parser  # the headless runner (targets.py) imports it from h
 
 @magics_class
 class StreamMachineMagics(Magics):
+    shell: Any  # the InteractiveShell (set by Magics.__init__; never None once the extension is loaded)
+
     def __init__(self, shell) -> None:
         super().__init__(shell)
         self._app_variable: Optional[str] = None
