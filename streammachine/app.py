@@ -22,6 +22,7 @@ from streammachine.engine.specs import AgentSpec, AgentStats, TimerSpec, handler
 from streammachine.engine.timers import TimerRunner
 from streammachine.redis.connection import RedisConnection, ensure_group
 from streammachine.redis.inspect import fetch_groups
+from streammachine.redis.positions import minid_for_age
 from streammachine.state.storage import Storage
 
 log = logging.getLogger("streammachine.app")
@@ -48,6 +49,7 @@ class App:
         *,
         redis_url: Optional[str] = None,
         stream_maxlen: Optional[int] = None,
+        stream_max_age: Optional[float] = None,
         grace_seconds: Optional[float] = None,
         consumer_config: Optional[ConsumerConfig] = None,
         storage_backend: Optional[str] = None,
@@ -63,6 +65,7 @@ class App:
             max_processes=max_processes,
             max_threads=max_threads,
             stream_maxlen=stream_maxlen,
+            stream_max_age=stream_max_age,
             grace_seconds=grace_seconds,
             consumer=consumer_config,
         )
@@ -428,13 +431,18 @@ class App:
 
     # -- producing -----------------------------------------------------------
 
-    async def send(self, topic: str, record: dict) -> str:
-        """XADD one record; returns its id."""
-        return await self._redis.xadd(topic, record, maxlen=self.config.stream_maxlen)
+    async def send(self, topic: str, record: Any) -> str:
+        """XADD one record (a dict, or a pydantic/msgspec/dataclass instance); returns its id."""
+        return await self._redis.xadd(topic, record, maxlen=self.config.stream_maxlen, minid=self._minid())
 
-    async def send_batch(self, topic: str, records: List[dict]) -> List[str]:
+    async def send_batch(self, topic: str, records: List[Any]) -> List[str]:
         """XADD many records in pipelined round trips; returns their ids in order."""
-        return await self._redis.pipeline_xadd(topic, records, maxlen=self.config.stream_maxlen)
+        return await self._redis.pipeline_xadd(topic, records, maxlen=self.config.stream_maxlen, minid=self._minid())
+
+    def _minid(self) -> Optional[str]:
+        """``stream_max_age``: entries older than that many seconds are trimmed as new ones arrive."""
+        age = self.config.stream_max_age
+        return None if age is None else minid_for_age(age)
 
     # -- observing -----------------------------------------------------------
 

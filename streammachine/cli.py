@@ -33,6 +33,7 @@ from streammachine._redact import redact_url, scrub
 from streammachine._speedups import decode_dict_bytes_to_utf8
 from streammachine.config import ConfigError, ConsumerConfig, Settings
 from streammachine.embedded import EmbeddedServerError, shared_server_status, shared_server_url, stop_shared_server
+from streammachine.redis.catalog import read_catalog_sync
 from streammachine.redis.connection import resolve_url
 from streammachine.redis.entries import as_text
 from streammachine.redis.records import encode_record, find_unencodable
@@ -274,6 +275,7 @@ def stream_details(client, stream: str, dead_letter_stream: Optional[str] = None
         ]
     dead = dead_letter_stream or ConsumerConfig().dead_letter_for(stream)
     details["dead_letter"] = {"stream": dead, "length": client.xlen(dead)}
+    details["models"] = read_catalog_sync(client, stream)
     return details
 
 
@@ -300,6 +302,10 @@ def cmd_info(args, settings: Settings) -> int:
             print(f"    consumer {consumer['name']}: pending {consumer.get('pending')}, idle {consumer.get('idle')} ms")
     dead = details["dead_letter"]
     print(f"  dead letters ({dead['stream']}): {dead['length']}")
+    for model in details["models"]:
+        who = f" by agent {model['agent']}" if model.get("agent") else ""
+        fields = ", ".join(f"{f['name']}: {f['type']}" + ("" if f["required"] else "?") for f in model["fields"])
+        print(f"  model {model['model']} ({model['kind']}, {model['role']}{who}): {fields}")
     return 0
 
 

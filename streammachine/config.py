@@ -38,6 +38,13 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError(raw)
+    return value
+
+
 def _non_negative_int(raw: str) -> int:
     value = int(raw)
     if value < 0:
@@ -86,6 +93,7 @@ class Settings:
     claim_idle_ms: int = 30000
     retry_delay_ms: int = 500
     stream_maxlen: Optional[int] = None
+    stream_max_age: Optional[float] = None
     grace_seconds: float = 10.0
     embedded: bool = True
     home: Path = field(default_factory=lambda: _default_home(os.environ))
@@ -116,6 +124,7 @@ class Settings:
             claim_idle_ms=_parse(env, "STREAMMACHINE_CLAIM_IDLE_MS", 30000, _positive_int, "milliseconds > 0"),
             retry_delay_ms=_parse(env, "STREAMMACHINE_RETRY_DELAY_MS", 500, _non_negative_int, "milliseconds >= 0"),
             stream_maxlen=_parse(env, "STREAMMACHINE_STREAM_MAXLEN", None, _positive_int, "a positive integer"),
+            stream_max_age=_parse(env, "STREAMMACHINE_STREAM_MAX_AGE", None, _positive_float, "seconds > 0"),
             grace_seconds=_parse(env, "STREAMMACHINE_GRACE_SECONDS", 10.0, float, "seconds"),
             embedded=_parse(env, "STREAMMACHINE_EMBEDDED", True, _bool, "0 or 1"),
             home=Path(env["STREAMMACHINE_HOME"]) if env.get("STREAMMACHINE_HOME") else _default_home(env),
@@ -218,14 +227,29 @@ class AppConfig:
     max_processes: int = 5
     max_threads: int = 5
     stream_maxlen: Optional[int] = None
+    stream_max_age: Optional[float] = None  # seconds: sends trim older entries (XADD MINID ~)
     grace_seconds: float = 10.0
     consumer: ConsumerConfig = field(default_factory=ConsumerConfig)
     default_group: str = "eventengine"
 
+    def __post_init__(self) -> None:
+        if self.stream_maxlen is not None and self.stream_max_age is not None:
+            raise ConfigError(
+                f"stream_maxlen={self.stream_maxlen!r} and stream_max_age={self.stream_max_age!r}: "
+                "XADD trims by one rule, choose one"
+            )
+        age = self.stream_max_age
+        if age is not None and (isinstance(age, bool) or not isinstance(age, (int, float)) or not age > 0):
+            raise ConfigError(f"stream_max_age={age!r}: expected seconds > 0")
+
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> AppConfig:
+        maxlen, max_age = settings.stream_maxlen, settings.stream_max_age
+        if overrides.get("stream_maxlen") is not None or overrides.get("stream_max_age") is not None:
+            maxlen = max_age = None  # a trim rule given as an argument replaces the environment's
         base = cls(
-            stream_maxlen=settings.stream_maxlen,
+            stream_maxlen=maxlen,
+            stream_max_age=max_age,
             grace_seconds=settings.grace_seconds,
             consumer=ConsumerConfig.from_settings(settings),
             default_group=settings.default_group,

@@ -19,6 +19,7 @@ from typing import Optional
 
 from streammachine.engine.consumer import StreamConsumer
 from streammachine.engine.specs import AgentSpec, AgentStats, consumer_base  # noqa: F401  (consumer_base: re-exported)
+from streammachine.redis.catalog import publish_agent
 from streammachine.redis.connection import RedisConnection, ensure_group, make_client
 
 log = logging.getLogger("streammachine.engine.executors")
@@ -56,6 +57,7 @@ async def prepare(spec: AgentSpec, connection: RedisConnection) -> None:
     """Create the group before start() returns, so what is sent next is not missed under start id "$"."""
     client = await connection.get_client()
     await ensure_group(client, spec.stream, spec.group, spec.config.start_id)
+    await publish_agent(client, spec)  # typed messages (#15): the stream catalog lists the agent's model
 
 
 class InProcessRunner:

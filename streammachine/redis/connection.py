@@ -56,6 +56,14 @@ def make_client(url: str, *, max_connections: int, cluster: bool = False, **kwar
     return aioredis.Redis(connection_pool=pool)
 
 
+async def async_client(target: Any):
+    """The redis.asyncio client behind an App, a RedisConnection, or a client itself (helpers that accept any)."""
+    connection = getattr(target, "redis", target)  # an App's RedisConnection
+    if hasattr(connection, "get_client"):
+        return await connection.get_client()
+    return connection
+
+
 async def ensure_group(client, stream: str, group: str, start_id: str = "$") -> bool:
     """Create the consumer group (and the stream); True if it was created."""
     try:
@@ -67,13 +75,21 @@ async def ensure_group(client, stream: str, group: str, start_id: str = "$") -> 
         raise
 
 
-async def _xadd_chunks(pool, topic: str, encoded: List[Mapping], maxlen: Optional[int]) -> List[str]:
+def _trim_args(maxlen: Optional[int], minid: Optional[str]) -> tuple:
+    if maxlen is not None:
+        return ("MAXLEN", "~", maxlen)
+    return ("MINID", "~", minid) if minid is not None else ()
+
+
+async def _xadd_chunks(
+    pool, topic: str, encoded: List[Mapping], maxlen: Optional[int], minid: Optional[str] = None
+) -> List[str]:
     """``pipeline_xadd`` on a plain client: XADDs in RESP written straight to a pooled connection, chunk by chunk.
 
     Every chunk is encoded before the first is written, so a string that is
     not valid UTF-8 (named in the error) leaves the batch unsent.
     """
-    head = ("XADD", topic, "MAXLEN", "~", maxlen, "*") if maxlen is not None else ("XADD", topic, "*")
+    head = ("XADD", topic, *_trim_args(maxlen, minid), "*")
     encoder = pool.get_encoder()
     chunks = []
     try:
@@ -155,9 +171,16 @@ class RedisConnection:
         return make_client(self.url, max_connections=max_connections, cluster=self.is_cluster, **kwargs)
 
     async def pipeline_xadd(
-        self, topic: str, records: Sequence[Mapping[str, Any]], *, maxlen: Optional[int] = None
+        self,
+        topic: str,
+        records: Sequence[Mapping[str, Any]],
+        *,
+        maxlen: Optional[int] = None,
+        minid: Optional[str] = None,
     ) -> List[str]:
         """XADD every record in pipelined round trips; returns the new ids in order.
+
+        ``maxlen`` or ``minid`` (one of them) trims the stream as it grows (approximately, ``~``).
 
         Every record is validated before anything is sent, so a bad one
         (named in the error) never leaves the batch half-written.
@@ -166,7 +189,7 @@ class RedisConnection:
         client = await self.get_client()
         pool = direct_pool(client)
         if pool is not None:
-            return await _xadd_chunks(pool, topic, encoded, maxlen)
+            return await _xadd_chunks(pool, topic, encoded, maxlen, minid)
         unencodable = find_unencodable(topic, encoded)  # chunks go out one by one: refuse before the first
         if unencodable is not None:
             raise unencodable
@@ -174,18 +197,22 @@ class RedisConnection:
         for start in range(0, len(encoded), PIPELINE_CHUNK):
             pipe = client.pipeline(transaction=False)
             for fields in encoded[start : start + PIPELINE_CHUNK]:
-                pipe.xadd(topic, fields, maxlen=maxlen, approximate=True)
+                pipe.xadd(topic, fields, maxlen=maxlen, minid=minid if maxlen is None else None, approximate=True)
             ids.extend(i.decode() if isinstance(i, bytes) else i for i in await pipe.execute())
         return ids
 
-    async def xadd(self, topic: str, record: Mapping[str, Any], *, maxlen: Optional[int] = None) -> str:
+    async def xadd(
+        self, topic: str, record: Mapping[str, Any], *, maxlen: Optional[int] = None, minid: Optional[str] = None
+    ) -> str:
         fields = encode_record(topic, record)
         client = await self.get_client()
         pool = direct_pool(client)
         if pool is not None:
-            return (await _xadd_chunks(pool, topic, [fields], maxlen))[0]
+            return (await _xadd_chunks(pool, topic, [fields], maxlen, minid))[0]
         try:
-            new_id = await client.xadd(topic, fields, maxlen=maxlen, approximate=True)
+            new_id = await client.xadd(
+                topic, fields, maxlen=maxlen, minid=minid if maxlen is None else None, approximate=True
+            )
         except UnicodeEncodeError:  # raised while packing the command: nothing was sent
             raise find_unencodable(topic, [fields]) or ValueError(
                 f"stream {topic!r}: a field is not valid UTF-8"
