@@ -11,6 +11,10 @@
     tail STREAM [-n N] [--no-follow] [--json]          last N entries, then follow
     info STREAM [--json]                               length, groups, pending, lag, consumers
     server start|stop|status                           the per-user embedded server
+    group list|reset|delete STREAM [GROUP --to POS]     consumer groups: list, move, delete
+    trim STREAM --maxlen N | --minid ID | --max-age S  remove the oldest entries
+    replay TARGET [--start POS] [--end POS] [--speed X] an App's agents over history, in groups of their own
+    backfill STREAM FILE [--time-column COL]           a CSV/Parquet file into a stream, ids from its times
     mcp [--transport stdio|streamable-http] [--host H] [--port P] [--read-only]
 
 ``--redis-url`` (before or after the command) wins over REDIS_URL and
@@ -22,6 +26,7 @@ embedded server is used, as for ``App()``. Exit codes: 0 done, 1 failed
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -33,6 +38,7 @@ from streammachine._redact import redact_url, scrub
 from streammachine._speedups import decode_dict_bytes_to_utf8
 from streammachine.config import ConfigError, ConsumerConfig, Settings
 from streammachine.embedded import EmbeddedServerError, shared_server_status, shared_server_url, stop_shared_server
+from streammachine.headless import history
 from streammachine.redis.catalog import read_catalog_sync
 from streammachine.redis.connection import resolve_url
 from streammachine.redis.entries import as_text
@@ -155,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     server = command("server", "start, stop or inspect the per-user embedded Valkey server")
     server.add_argument("action", choices=("start", "stop", "status"))
+
+    history.add_commands(command, lambda sub: _global_options(sub, suppress=True))  # group, trim, replay, backfill
 
     mcp = command("mcp", "serve StreamMachine's MCP tools (stdio or streamable HTTP)")
     mcp.add_argument("--transport", choices=("stdio", "streamable-http"), default="stdio")
@@ -353,6 +361,7 @@ def cmd_mcp(args, settings: Settings) -> int:
 
 
 COMMANDS = {"run": cmd_run, "send": cmd_send, "tail": cmd_tail, "info": cmd_info, "server": cmd_server, "mcp": cmd_mcp}
+COMMANDS.update({name: functools.partial(history.run, name, connect=_client) for name in history.COMMANDS})
 
 
 def configure_logging(level: str) -> None:

@@ -50,6 +50,7 @@ class ReplayResult:
     """What a replay did: per agent counts, outputs when collected, timing."""
 
     groups: Dict[str, str]  # agent -> replay group
+    streams: Dict[str, str]  # agent -> stream
     ranges: Dict[str, Tuple[Optional[str], Optional[str]]]  # stream -> (first id, last id) replayed
     handled: Dict[str, int]
     failed: Dict[str, int]
@@ -283,6 +284,7 @@ async def replay(
     stats = {spec.name: replayer.stats(spec.name) for spec in specs if (spec.stream, groups[spec.name]) in targets}
     return ReplayResult(
         groups=groups,
+        streams={spec.name: spec.stream for spec in specs},
         ranges={stream: (first, last) for stream, (_, first, last) in ranges.items()},
         handled=tally,
         failed={name: s.failed for name, s in stats.items()},

@@ -170,3 +170,25 @@ async def test_catalog_lists_the_models_of_running_agents(app_factory, redis_url
         timeout=60,
     )
     assert json.loads(as_json.stdout)["models"][0]["schema"]["title"] == "Trade"
+
+
+async def test_mcp_catalog_resource_returns_json_schemas(app_factory, redis_url):
+    from mcp import Client
+
+    from streammachine.mcp import build_server
+
+    app = app_factory()
+
+    @app.agent("orders", group="g", name="take")
+    async def take(order: Order): ...
+
+    await app.startup()
+    server = build_server(redis_url=redis_url)
+    try:
+        async with Client(server) as client:
+            text = (await client.read_resource("streammachine://catalog")).contents[0].text
+    finally:
+        await server.state.close()
+    (entry,) = json.loads(text)["streams"]["orders"]
+    assert entry["model"] == f"{__name__}.Order" and entry["kind"] == "dataclass" and entry["agent"] == "take"
+    assert set(entry["schema"]["required"]) == {"item", "qty"} and entry["schema"]["title"] == "Order"

@@ -59,6 +59,7 @@ from streammachine.mcp.models import (
     StreamInfo,
     StreamList,
 )
+from streammachine.redis.catalog import catalog_by_stream, read_catalog
 from streammachine.redis.connection import RedisConnection
 from streammachine.redis.entries import as_text
 from streammachine.state.storage import RedisBackend
@@ -548,6 +549,16 @@ def _resources(server: MCPServer, state: StreamMachineMCP) -> None:
     )
     async def status() -> str:
         return json.dumps(await status_view(state), indent=2, default=str)
+
+    @server.resource(
+        "streammachine://catalog",
+        name="catalog",
+        mime_type="application/json",
+        description="Stream catalog: per stream, the models its agents read and producers write, with JSON Schemas",
+    )
+    async def catalog() -> str:
+        entries = await read_catalog(await state.client())
+        return json.dumps({"streams": catalog_by_stream(entries)}, indent=2, default=str)
 
 
 def _prompts(server: MCPServer) -> None:

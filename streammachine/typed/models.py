@@ -345,10 +345,10 @@ def json_schema(model: type) -> dict:
     kind = model_kind(model)
     pydantic = _optional("pydantic")
     msgspec = _optional("msgspec")
-    if kind == "msgspec" or (kind == "dataclass" and msgspec is not None):
-        return msgspec.json.schema(model)
-    if pydantic is not None:
+    if kind != "msgspec" and pydantic is not None:
         return pydantic.TypeAdapter(model).json_schema()
+    if msgspec is not None:
+        return _inline_top(msgspec.json.schema(model))
     codec = codec_for(model)
     return {
         "title": model.__name__,
@@ -356,6 +356,16 @@ def json_schema(model: type) -> dict:
         "properties": {f["name"]: {"description": f["type"]} for f in codec.describe_fields()},
         "required": [f["name"] for f in codec.describe_fields() if f["required"]],
     }
+
+
+def _inline_top(schema: dict) -> dict:
+    """msgspec answers ``{"$ref": "#/$defs/Trade", "$defs": {...}}``: put Trade's own schema at the top."""
+    ref = schema.get("$ref", "")
+    defs = dict(schema.get("$defs", {}))
+    top = defs.pop(ref.rsplit("/", 1)[-1], None) if ref.startswith("#/$defs/") else None
+    if top is None:
+        return schema
+    return {**top, "$defs": defs} if defs else top
 
 
 def _optional(name: str) -> Any:
