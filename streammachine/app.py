@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import gc
 import logging
 import signal
@@ -314,13 +315,37 @@ class App:
         if self._stopped is not None:
             self._stopped.set()
 
-    async def run(self) -> None:
-        """Awaitable entry: start, serve until ``stop()``/a signal, shut down."""
+    async def run(self, count: Optional[int] = None, timeout: Optional[float] = None) -> int:
+        """Awaitable entry: start, serve until ``stop()``/a signal, shut down; returns the entries handled.
+
+        Bounded runs for notebooks and scripts: stop once the agents handled
+        ``count`` entries between them (handled, dead-lettered or skipped), or
+        after ``timeout`` seconds, whichever comes first.
+        """
         await self.startup()
+        before = self._handled()
         try:
-            await self._stopped.wait()
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not self._stopped.is_set():
+                if count is not None and self._handled() - before >= count:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                wait = 0.02 if count is not None else (None if deadline is None else deadline - time.monotonic())
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stopped.wait(), wait)
         finally:
             await self.shutdown()
+        return self._handled() - before
+
+    def _handled(self) -> int:
+        return sum(s.processed + s.dead_lettered + s.skipped for s in self._stats.values())
+
+    def use_server(self, url: str) -> None:
+        """Point a stopped App at another Redis (the test harness does); the next start connects there."""
+        if self._state not in ("idle", "stopped"):
+            raise AppStateError(f"app {self.name!r} is {self._state}: stop it before changing its server")
+        self._redis = RedisConnection(url=url, settings=self.settings)
 
     async def startup(self) -> None:
         if self._state not in ("idle", "stopped"):
