@@ -393,7 +393,7 @@ def dataclass_validator(kind: type) -> Callable[..., Any]:
         for name, convert, required, what in plan:
             if name in data:
                 try:
-                    kwargs[name] = convert(data[name], _join(path, name))
+                    kwargs[name] = convert(data[name], f"{path}.{name}" if path else name)
                 except Invalid as exc:
                     errors += exc.errors
             elif required:
