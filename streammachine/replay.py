@@ -22,6 +22,8 @@ touched.
   ``result.outputs[agent]`` as ``(entry_id, value)``, to compare with what the
   live run produced. What handlers write themselves (``app.send``, state)
   they write, live streams included: point them elsewhere for a dry run.
+- ``count``: entries per read during the replay (default: the agent's own);
+  a larger one replays faster, and changes the lists a batch agent gets.
 - Done when every entry in range was handled or dead-lettered; the replay
   groups are then deleted unless ``keep_group=True`` (a replay with the same
   ``group=`` resumes from where a kept group stopped). Timers do not run.
@@ -235,6 +237,7 @@ async def replay(
     keep_group: bool = False,
     progress: ProgressOption = True,
     timeout: Optional[float] = None,
+    count: Optional[int] = None,
 ) -> ReplayResult:
     """Run ``agents`` (default: all of ``app``'s) over ``[start, end]`` of their streams (see the module doc)."""
     specs = _select(app, agents)
@@ -261,7 +264,7 @@ async def replay(
             if last is None:
                 continue
             handler = _replayed(spec, parse_stream_id(last), pacer, tally, outputs.get(spec.name), bar)
-            config = spec.config.replace(start_id=setid)
+            config = spec.config.replace(start_id=setid, count=count)
             replayer.agent(
                 spec.stream, groups[spec.name], spec.concurrency, batch=spec.batch, name=spec.name, config=config
             )(handler)

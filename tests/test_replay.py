@@ -189,7 +189,20 @@ def test_cli_replay_runs_a_scripts_agents(redis_url, sync_redis, tmp_path):
         )
     )
     done = subprocess.run(
-        [sys.executable, "-m", "streammachine", "replay", str(script), "--start", ids[1], "--end", ids[3], "--json"],
+        [
+            sys.executable,
+            "-m",
+            "streammachine",
+            "replay",
+            str(script),
+            "--start",
+            ids[1],
+            "--end",
+            ids[3],
+            "--count",
+            "2",
+            "--json",
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -6,7 +6,8 @@
     group reset STREAM GROUP --to start|end|ID|TIME [--drop-pending] [--yes]
     group delete STREAM GROUP [--yes]
     trim STREAM (--maxlen N | --minid ID | --max-age SECONDS) [--exact] [--yes]
-    replay TARGET [--agent NAME ...] [--start POS] [--end POS] [--speed X] [--group NAME] [--keep-group] [--json]
+    replay TARGET [--agent NAME ...] [--start POS] [--end POS] [--speed X] [--group NAME] [--keep-group]
+           [--count N] [--timeout S] [--json]
     backfill STREAM FILE [--time-column COL] [--unit ms] [--chunk-size N] [--keep-time-column] [--resume]
 
 Destructive commands (reset, delete, trim) say what they will do and ask;
@@ -96,6 +97,7 @@ def add_commands(
     replay.add_argument("--group", metavar="NAME", help="replay run name (groups {group}:NAME; resumes a kept one)")
     replay.add_argument("--keep-group", action="store_true", help="keep the replay groups afterwards")
     replay.add_argument("--timeout", type=_float_above_zero, metavar="SECONDS", help="give up after this long")
+    replay.add_argument("--count", type=_non_negative, metavar="N", help="entries per read (default: the agent's)")
     replay.add_argument("--json", action="store_true", help="print the result as JSON")
 
     backfill = command("backfill", "load a CSV or Parquet file into a stream, ids from its time column")
@@ -212,6 +214,7 @@ def cmd_replay(args: Any, settings: Settings, connect: Connect) -> int:
                 group=args.group,
                 keep_group=args.keep_group,
                 timeout=args.timeout,
+                count=args.count or None,
                 progress=not args.json,
             )
         finally:
