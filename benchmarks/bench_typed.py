@@ -85,7 +85,10 @@ def record(i: int) -> dict:
 
 
 def entries(n: int) -> list:
-    return [(f"{1_700_000_000_000 + i}-0".encode(), {k.encode(): v.encode() for k, v in record(i).items()}) for i in range(n)]
+    return [
+        (f"{1_700_000_000_000 + i}-0".encode(), {k.encode(): v.encode() for k, v in record(i).items()})
+        for i in range(n)
+    ]
 
 
 def untyped(record: Message):
