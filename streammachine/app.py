@@ -324,16 +324,18 @@ class App:
         """
         await self.startup()
         before = self._handled()
+        stopped = self._stopped
+        assert stopped is not None  # startup() made it
         try:
             deadline = None if timeout is None else time.monotonic() + timeout
-            while not self._stopped.is_set():
+            while not stopped.is_set():
                 if count is not None and self._handled() - before >= count:
                     break
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 wait = 0.02 if count is not None else (None if deadline is None else deadline - time.monotonic())
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._stopped.wait(), wait)
+                    await asyncio.wait_for(stopped.wait(), wait)
         finally:
             await self.shutdown()
         return self._handled() - before
