@@ -26,7 +26,9 @@ touched.
   a larger one replays faster, and changes the lists a batch agent gets.
 - Done when every entry in range was handled or dead-lettered; the replay
   groups are then deleted unless ``keep_group=True`` (a replay with the same
-  ``group=`` resumes from where a kept group stopped). Timers do not run.
+  ``group=`` resumes from where a kept group stopped). Timers do not run;
+  an agent with ``processes=N`` replays in this process (its ``concurrency``
+  consumers), so collected outputs and pacing stay in one place.
 """
 
 from __future__ import annotations

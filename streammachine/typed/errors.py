@@ -47,8 +47,6 @@ class InvalidMessage(ValueError):
     entry it finds invalid.
     """
 
-    dead_letter_now = True
-
     def __init__(
         self,
         model: Any,
