@@ -15,16 +15,19 @@ import logging
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Union
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from streammachine.config import AppConfig, ConsumerConfig, Settings, TimerConfig
 from streammachine.engine.executors import InProcessRunner, ProcessRunner, consumer_base
+from streammachine.engine.limits import ensure_open_files
 from streammachine.engine.specs import AgentSpec, AgentStats, TimerSpec, handler_name
 from streammachine.engine.timers import TimerRunner
 from streammachine.redis.connection import RedisConnection, ensure_group
 from streammachine.redis.inspect import fetch_groups
 from streammachine.redis.positions import minid_for_age
 from streammachine.state.storage import Storage
+from streammachine.state.table import _MISSING as _NO_DEFAULT
+from streammachine.state.table import Table
 
 log = logging.getLogger("streammachine.app")
 
@@ -75,6 +78,7 @@ class App:
         self._redis = RedisConnection(url=redis_url, settings=self.settings)
         self._agents: Dict[str, AgentSpec] = {}
         self._timers: Dict[str, TimerSpec] = {}
+        self._tables: Dict[str, Table] = {}
         self._stats: Dict[str, AgentStats] = {}
         self._runners: Dict[str, Union[InProcessRunner, ProcessRunner]] = {}
         self._timer_runners: Dict[str, TimerRunner] = {}
@@ -127,12 +131,24 @@ class App:
         name: Optional[str] = None,
         config: Optional[ConsumerConfig] = None,
         threaded: bool = False,
+        output: Optional[str] = None,
+        tables: Sequence[Table] = (),
+        periodic: Optional[Tuple[float, Callable[[], Any]]] = None,
         **options: Any,
     ) -> Callable:
         """Register a stream consumer. Re-registering a name replaces it (hot swap when running).
 
         ``threaded=True`` runs a sync handler in the App's thread pool
         (``max_threads``), so blocking code does not stall the event loop.
+
+        A stage: ``output=STREAM`` writes what the handler returns (a record, a
+        list of them, ``Emit(stream, record)`` for other streams) and
+        ``tables=[...]`` lets it change ``app.table`` tables; both are committed
+        with the ack of the entry, in one atomic step per read (see
+        ``engine/commit.py``). ``periodic=(seconds, hook)``: a stage's hook run
+        every ``seconds`` in its consumer's task, its return value and table
+        writes committed like a handler's (e.g. closing the windows of quiet
+        keys by wall-clock time).
 
         ``options`` override fields of ``ConsumerConfig`` (count, block_ms,
         start_id, max_deliveries, on_error, retry_delay_ms, claim_idle_ms,
@@ -151,12 +167,35 @@ class App:
                 batch=batch,
                 config=consumer_config,
                 threaded=threaded,
+                output=output,
+                tables=tuple(tables),
+                maxlen=self.config.stream_maxlen,
+                periodic=periodic,
             )
             self._check_process_budget(spec)
             self._register_agent(spec)
             return fn
 
         return decorate
+
+    def table(self, name: str, *, default: Any = _NO_DEFAULT, ttl: Optional[float] = None) -> Table:
+        """Keyed state for stages: a dict-like table kept in Redis, changed with the ack of the entries.
+
+        Calling it again with the same name returns the same table (a re-run
+        notebook cell keeps its state); ``default`` and ``ttl`` then take the
+        new values.
+        """
+        table = self._tables.get(name)
+        if table is None:
+            table = self._tables[name] = Table(name, default=default, ttl=ttl)
+        else:
+            fresh = Table(name, default=default, ttl=ttl)  # validates the arguments
+            table.default, table.ttl_ms = fresh.default, fresh.ttl_ms
+        return table
+
+    @property
+    def tables(self) -> Dict[str, Table]:
+        return dict(self._tables)
 
     def timer(self, t: float, *, name: Optional[str] = None, run_immediately: bool = False) -> Callable:
         """Register a periodic task every ``t`` seconds (fixed rate, never overlapping itself)."""
@@ -361,6 +400,7 @@ class App:
                 await asyncio.wait_for(client.ping(), timeout=10)
             except Exception as exc:
                 raise ConnectionError(f"cannot reach Redis at {self._redis.safe_url}: {exc}") from None
+            ensure_open_files(self._agents.values(), self._redis.max_connections, self.name)
             # groups first, so whatever startup hooks send is not missed under start id "$"
             for spec in self._agents.values():
                 await ensure_group(client, spec.stream, spec.group, spec.config.start_id)
@@ -462,9 +502,15 @@ class App:
         """XADD one record (a dict, or a pydantic/msgspec/dataclass instance); returns its id."""
         return await self._redis.xadd(topic, record, maxlen=self.config.stream_maxlen, minid=self._minid())
 
-    async def send_batch(self, topic: str, records: List[Any]) -> List[str]:
-        """XADD many records in pipelined round trips; returns their ids in order."""
-        return await self._redis.pipeline_xadd(topic, records, maxlen=self.config.stream_maxlen, minid=self._minid())
+    async def send_batch(self, topic: str, records: List[Any], *, atomic: bool = False) -> List[str]:
+        """XADD many records (dicts or model instances) in pipelined round trips; returns their ids in order.
+
+        ``atomic=True`` writes all or none (one MULTI/EXEC). Otherwise, when Redis refuses
+        some records, ``BatchSendError`` (streammachine.redis.producer) says which were written.
+        """
+        return await self._redis.pipeline_xadd(
+            topic, records, maxlen=self.config.stream_maxlen, minid=self._minid(), atomic=atomic
+        )
 
     def _minid(self) -> Optional[str]:
         """``stream_max_age``: entries older than that many seconds are trimmed as new ones arrive."""
@@ -475,11 +521,14 @@ class App:
 
     async def health_check(self) -> dict:
         redis_ok = await self._redis.health_check()
+        expected = sum(r.expected for r in self._runners.values()) + len(self._timer_runners)
         active = sum(r.active for r in self._runners.values()) + sum(
             1 for r in self._timer_runners.values() if r.task is not None and not r.task.done()
         )
         return {
-            "status": "healthy" if redis_ok and self._state in ("running", "idle") else "degraded",
+            "status": "healthy"
+            if redis_ok and self._state in ("running", "idle") and active >= expected
+            else "degraded",
             "redis": "connected" if redis_ok else "disconnected",
             "active_tasks": active,
             "registered_agents": len(self._agents),

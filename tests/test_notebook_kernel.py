@@ -321,3 +321,25 @@ def test_importing_streammachine_does_not_import_ipython(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_magic_send_honours_stream_maxlen(private_server, tmp_path):
+    """Regression: `%streammachine send` passed no maxlen, so STREAMMACHINE_STREAM_MAXLEN never trimmed it
+    (app.send and `streammachine send` did trim)."""
+    client = redis.Redis.from_url(private_server.url, decode_responses=True)
+    client.config_set("stream-node-max-entries", 2)  # MAXLEN ~ 3 then keeps at most 5 entries
+    env = dict(
+        os.environ,
+        REDIS_URL=private_server.url,
+        STREAMMACHINE_HOME=str(tmp_path / "smhome"),
+        STREAMMACHINE_STREAM_MAXLEN="3",
+    )
+    kernel = Kernel(env, str(tmp_path))
+    try:
+        kernel.run(SETUP + "%load_ext streammachine\napp = App('trim')")
+        kernel.run("for i in range(20):\n    get_ipython().run_line_magic('streammachine', f'send capped i={i}')")
+    finally:
+        kernel.close()
+    assert 3 <= client.xlen("capped") <= 5
+    assert client.xrevrange("capped", count=1)[0][1] == {"i": "19"}
+    client.close()

@@ -15,17 +15,27 @@ import os
 import signal
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Optional
+from typing import Any, Optional
 
 from streammachine.engine.consumer import StreamConsumer
 from streammachine.engine.specs import AgentSpec, AgentStats, consumer_base  # noqa: F401  (consumer_base: re-exported)
+from streammachine.engine.stage import StageConsumer
 from streammachine.redis.catalog import publish_agent
 from streammachine.redis.connection import RedisConnection, ensure_group, make_client
 
 log = logging.getLogger("streammachine.engine.executors")
 
 # What a worker process publishes for its parent (AgentStats fields).
-_SHARED_FIELDS = ("processed", "failed", "dead_lettered", "retried", "skipped", "reconnects", "handler_seconds")
+_SHARED_FIELDS = (
+    "processed",
+    "failed",
+    "dead_lettered",
+    "retried",
+    "skipped",
+    "reconnects",
+    "commit_retries",
+    "handler_seconds",
+)
 
 
 def consumer_client_options(spec: AgentSpec) -> dict:
@@ -54,10 +64,27 @@ async def stop_consumers(consumers: list, grace: float, finish_read: bool = True
 
 
 async def prepare(spec: AgentSpec, connection: RedisConnection) -> None:
-    """Create the group before start() returns, so what is sent next is not missed under start id "$"."""
+    """Create the group before start() returns, so what is sent next is not missed under start id "$";
+    load a stage's tables not loaded yet, so its handlers see committed state from the first entry."""
     client = await connection.get_client()
     await ensure_group(client, spec.stream, spec.group, spec.config.start_id)
     await publish_agent(client, spec)  # typed messages (#15): the stream catalog lists the agent's model
+    await load_tables(spec, client, only_new=True)
+
+
+async def load_tables(spec: AgentSpec, client: Any, *, only_new: bool = False) -> None:
+    for table in spec.tables:
+        if not (only_new and table.loaded):
+            await table.load(client)
+
+
+def make_consumer(
+    client: Any, spec: AgentSpec, name: str, stats: AgentStats, executor: Optional[Executor]
+) -> StreamConsumer:
+    """A stage's consumer (outputs and tables committed with the ack) or a plain one."""
+    if spec.is_stage:
+        return StageConsumer(client, spec, name, stats, executor, maxlen=spec.maxlen)
+    return StreamConsumer(client, spec, name, stats, executor)
 
 
 class InProcessRunner:
@@ -75,23 +102,49 @@ class InProcessRunner:
         self.executor = executor
         self.consumers: list[StreamConsumer] = []
         self._clients: list = []
+        self._stopping = False
+        self.restarts = 0
 
     async def start(self) -> None:
         await prepare(self.spec, self.connection)
         for slot in range(self.spec.concurrency):
             client = self.connection.new_client(max_connections=2, **consumer_client_options(self.spec))
             self._clients.append(client)
-            consumer = StreamConsumer(
+            consumer = make_consumer(
                 client, self.spec, consumer_name(self.base, self.spec, str(slot)), self.stats, self.executor
             )
-            consumer.start()
             self.consumers.append(consumer)
+            self._start(slot)
+
+    def _start(self, slot: int) -> None:
+        task = self.consumers[slot].start()
+        task.add_done_callback(lambda done, slot=slot: self._ended(slot, done))
+
+    def _ended(self, slot: int, task: asyncio.Task) -> None:
+        """A consumer task that ends while the agent runs is a defect somewhere: say so loudly, start it again."""
+        if self._stopping or slot >= len(self.consumers) or self.consumers[slot].task is not task:
+            return
+        error = None if task.cancelled() else task.exception()
+        log.error(
+            "agent %s: consumer %s ended unexpectedly (%s); starting it again",
+            self.spec.name, self.consumers[slot].name, "cancelled" if task.cancelled() else repr(error),
+            exc_info=error,
+        )  # fmt: skip
+        self.restarts += 1
+        old = self.consumers[slot]
+        self.consumers[slot] = make_consumer(old.client, self.spec, old.name, self.stats, self.executor)
+        self._start(slot)
+
+    @property
+    def expected(self) -> int:
+        return self.spec.concurrency
 
     @property
     def active(self) -> int:
         return sum(1 for c in self.consumers if c.task is not None and not c.task.done())
 
     async def stop(self, grace: float, finish_read: bool = True) -> None:
+        self._stopping = True
         await stop_consumers(self.consumers, grace, finish_read)
         for client in self._clients:
             await client.aclose()
@@ -167,6 +220,10 @@ class ProcessRunner:
     def active(self) -> int:
         return len(self.pids) * self.spec.concurrency
 
+    @property
+    def expected(self) -> int:
+        return (self.spec.processes or 1) * self.spec.concurrency
+
     async def stop(self, grace: float, finish_read: bool = True) -> None:
         """SIGTERM the workers: each finishes its read in hand within ``grace`` (``finish_read`` is moot here)."""
         self._stopping = True
@@ -214,7 +271,9 @@ async def _worker_async(spec, url, cluster, base, index, counters, grace, thread
     for slot in range(spec.concurrency):
         client = make_client(url, max_connections=2, cluster=cluster, **consumer_client_options(spec))
         clients.append(client)
-        consumer = StreamConsumer(client, spec, consumer_name(base, spec, f"w{index}.{slot}"), stats, executor)
+        if slot == 0:
+            await load_tables(spec, client)  # fresh from Redis: what the parent held at fork may be old
+        consumer = make_consumer(client, spec, consumer_name(base, spec, f"w{index}.{slot}"), stats, executor)
         consumer.start()
         consumers.append(consumer)
 

@@ -24,9 +24,11 @@ calls, ``_sum`` seconds), ``group_pending``, ``group_lag``,
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Callable, Iterable, List
@@ -50,7 +52,7 @@ _AGENT_LABELS = ["app", "agent", "stream", "group", "worker"]
 async def group_states(client, pairs: Iterable[tuple]) -> List[dict]:
     """Pending, lag and consumer count of each (stream, group) as XINFO GROUPS reports them."""
     wanted = set(pairs)
-    groups = await fetch_groups(client, (stream for stream, _ in wanted))
+    groups = await fetch_groups(client, (stream for stream, _ in wanted), strict=True)  # an outage must show
     return [
         {"stream": stream, "group": group, **state}
         for (stream, group), state in groups.items()
@@ -208,7 +210,25 @@ def serve_metrics(source: Callable[[], List[dict]], port: int, host: str = "127.
     except OSError as exc:
         raise OSError(f"--metrics-port {port}: cannot listen on {host}:{port} ({exc.strerror or exc})") from None
     log.info("metrics: serving Prometheus metrics on http://%s:%d/metrics", host, server.server_port)
+    if not is_loopback(host):
+        log.warning(
+            "metrics: --metrics-host %s is reachable from other hosts, and /metrics has no authentication "
+            "(it names your streams, groups and agents); keep the default 127.0.0.1, or put it behind a "
+            "firewall or an authenticating proxy",
+            host,
+        )
     return server
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback one ("", "0.0.0.0" and "::" mean every interface)."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host or None, None, proto=socket.IPPROTO_TCP)}
+    except (OSError, UnicodeError):
+        return False
+    if not host or not addresses:
+        return False
+    return all(ipaddress.ip_address(str(address).split("%", 1)[0]).is_loopback for address in addresses)
 
 
 def registry_for(source: Callable[[], List[dict]]):

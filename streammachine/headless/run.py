@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from streammachine._redact import redact_url
+from streammachine._validate import check_positive
 from streammachine.config import Settings
 from streammachine.headless.metrics import (
     SNAPSHOT_INTERVAL,
@@ -69,8 +70,7 @@ class RunOptions:
     stats_dir: Optional[str] = None  # where a worker writes its metric snapshots
 
     def __post_init__(self) -> None:
-        if not isinstance(self.workers, int) or self.workers < 1:
-            raise ValueError(f"workers={self.workers!r}: expected an integer >= 1")
+        check_positive("workers", self.workers, integer=True, expected="an integer >= 1")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port={self.metrics_port!r}: expected a TCP port 0-65535")
 

@@ -62,6 +62,8 @@ from streammachine.mcp.models import (
 from streammachine.redis.catalog import catalog_by_stream, read_catalog
 from streammachine.redis.connection import RedisConnection
 from streammachine.redis.entries import as_text
+from streammachine.redis.inspect import NotAStream, group_details, require_stream
+from streammachine.redis.inspect import stream_info as read_stream_info  # the tool below is named stream_info
 from streammachine.state.storage import RedisBackend
 
 WRITE_TOOLS = frozenset(
@@ -157,36 +159,27 @@ def _entries(raw) -> List[Entry]:
 
 
 async def _require_stream(client, stream: str) -> None:
-    kind = as_text(await client.type(stream))
-    if kind == "none":
-        raise ToolError(f"stream {stream!r} does not exist")
-    if kind != "stream":
-        raise ToolError(f"key {stream!r} is a Redis {kind}, not a stream")
+    try:
+        await require_stream(client, stream)
+    except NotAStream as exc:
+        raise ToolError(str(exc)) from None
 
 
-async def _groups(client, stream: str, with_consumers: bool) -> List[GroupInfo]:
-    out = []
-    for raw in await client.xinfo_groups(stream):
-        group = {as_text(k): as_text(v) for k, v in raw.items()}
-        details = None
-        if with_consumers:
-            details = [
-                ConsumerInfo(
-                    name=as_text(c["name"]), pending=c["pending"], idle_ms=c["idle"], inactive_ms=c.get("inactive")
-                )
-                for c in await client.xinfo_consumers(stream, group["name"])
-            ]
-        out.append(
-            GroupInfo(
-                name=group["name"],
-                consumers=group["consumers"],
-                pending=group["pending"],
-                lag=group.get("lag"),
-                last_delivered_id=group["last-delivered-id"],
-                consumer_details=details,
-            )
-        )
-    return out
+def _group_info(group: dict) -> GroupInfo:
+    details = group.get("consumer_details")
+    return GroupInfo(
+        name=group["name"],
+        consumers=group["consumers"],
+        pending=group["pending"],
+        lag=group.get("lag"),
+        last_delivered_id=group["last-delivered-id"],
+        consumer_details=None
+        if details is None
+        else [
+            ConsumerInfo(name=c["name"], pending=c["pending"], idle_ms=c["idle"], inactive_ms=c.get("inactive"))
+            for c in details
+        ],
+    )
 
 
 def _stream_tools(tool: Callable, state: StreamMachineMCP) -> None:
@@ -237,19 +230,19 @@ def _stream_tools(tool: Callable, state: StreamMachineMCP) -> None:
     @tool
     async def stream_info(stream: StreamName) -> StreamInfo:
         """Get stream metadata: length, first/last ids, consumer groups (pending, lag), dead-letter count."""
-        client = await state.client()
-        await _require_stream(client, stream)
-        raw = await client.xinfo_stream(stream)
-        first, last = raw.get("first-entry"), raw.get("last-entry")
         dead = state.dead_letter_pattern.format(stream=stream)
+        try:
+            info = await read_stream_info(await state.client(), stream, dead_letter_stream=dead)
+        except NotAStream as exc:
+            raise ToolError(str(exc)) from None
         return StreamInfo(
             stream=stream,
-            length=raw["length"],
-            first_id=as_text(first[0]) if first else None,
-            last_id=as_text(last[0]) if last else None,
-            groups=await _groups(client, stream, False),
-            dead_letter_stream=dead,
-            dead_letter_length=await client.xlen(dead),
+            length=info["length"],
+            first_id=info["first_id"],
+            last_id=info["last_id"],
+            groups=[_group_info(group) for group in info["groups"]],
+            dead_letter_stream=info["dead_letter"]["stream"],
+            dead_letter_length=info["dead_letter"]["length"],
         )
 
     @tool
@@ -273,7 +266,8 @@ def _stream_tools(tool: Callable, state: StreamMachineMCP) -> None:
         """Consumer groups of a stream with their consumers (pending entries and idle time of each)."""
         client = await state.client()
         await _require_stream(client, stream)
-        return StreamGroups(stream=stream, groups=await _groups(client, stream, True))
+        groups = await group_details(client, stream, consumers=True)
+        return StreamGroups(stream=stream, groups=[_group_info(group) for group in groups])
 
     @tool
     async def stream_pending(
@@ -286,7 +280,7 @@ def _stream_tools(tool: Callable, state: StreamMachineMCP) -> None:
         within_records(count)
         client = await state.client()
         await _require_stream(client, stream)
-        names = [g.name for g in await _groups(client, stream, False)]
+        names = [group["name"] for group in await group_details(client, stream)]
         if group not in names:
             raise ToolError(f"stream {stream!r} has no consumer group {group!r} (groups: {names})")
         summary = await client.xpending(stream, group)
