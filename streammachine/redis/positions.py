@@ -14,9 +14,9 @@ A position names the next entry the group will be handed:
 Redis stores the id of the last entry delivered, so the group is set to the
 id just before the position. Entries already pending in the group stay
 pending (their consumers take them back first) unless ``drop_pending``
-acknowledges them. Every function has an async form (an ``redis.asyncio``
-client: apps, tests) and a ``_sync`` form (a plain client: the CLI, magics);
-both run the same steps.
+acknowledges them. Every function is a coroutine over a ``redis.asyncio``
+client (apps, tests); its ``_sync`` form runs the same coroutine over a plain
+client (the CLI, the magics) through ``redis/sync.py``.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from __future__ import annotations
 import re
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, Dict, Generator, List, NamedTuple, Optional, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Union
 
 from streammachine.redis.entries import as_text
+from streammachine.redis.sync import awaitable, run_sync
 
 MAX_SEQ = 2**64 - 1
 _ID = re.compile(r"^(\d+)(?:-(\d+))?$")
@@ -34,9 +35,6 @@ _AGE = re.compile(r"^(?:-\s*(\d+(?:\.\d+)?)\s*([smhd])|(\d+(?:\.\d+)?)\s*([smhd]
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-# One step: a client method, its args and kwargs; the reply comes back into the generator.
-Step = Generator[tuple, Any, Any]
 
 
 class Position(NamedTuple):
@@ -109,16 +107,6 @@ def _text_dict(raw: Dict) -> dict:
     return {as_text(k): (as_text(v) if isinstance(v, bytes) else v) for k, v in raw.items()}
 
 
-def _groups(stream: str) -> Step:
-    try:
-        reply = yield ("xinfo_groups", (stream,), {})
-    except Exception as exc:
-        if "no such key" in str(exc).lower():
-            raise KeyError(f"stream {stream!r} does not exist") from None
-        raise
-    return [_group_row(_text_dict(g)) for g in reply]
-
-
 def _group_row(g: dict) -> dict:
     return {
         "name": g.get("name"),
@@ -130,8 +118,19 @@ def _group_row(g: dict) -> dict:
     }
 
 
-def _find_group(stream: str, group: str) -> Step:
-    groups = yield from _groups(stream)
+async def list_groups(client: Any, stream: str) -> List[dict]:
+    """Every consumer group of ``stream``: name, consumers, pending, last delivered id, entries read, lag."""
+    try:
+        reply = await client.xinfo_groups(stream)
+    except Exception as exc:
+        if "no such key" in str(exc).lower():
+            raise KeyError(f"stream {stream!r} does not exist") from None
+        raise
+    return [_group_row(_text_dict(g)) for g in reply]
+
+
+async def _find_group(client: Any, stream: str, group: str) -> dict:
+    groups = await list_groups(client, stream)
     for row in groups:
         if row["name"] == group:
             return row
@@ -139,23 +138,26 @@ def _find_group(stream: str, group: str) -> Step:
     raise KeyError(f"stream {stream!r} has no consumer group {group!r} (groups: {names})")
 
 
-def _reset(stream: str, group: str, to: Any, drop_pending: bool) -> Step:
+async def reset_group(client: Any, stream: str, group: str, to: Any, *, drop_pending: bool = False) -> dict:
+    """Move ``group`` so its next read starts at ``to`` (see the module doc); returns what changed.
+
+    Destructive: entries between the old and new position are skipped or read again.
+    KeyError when the stream or the group does not exist, ValueError for a position that does not parse.
+    """
     position = parse_position(to)
-    before = yield from _find_group(stream, group)
+    before = await _find_group(client, stream, group)
     kwargs = {"entries_read": 0} if position.kind == "start" else {}
-    yield ("xgroup_setid", (stream, group, position.setid), kwargs)
+    await client.xgroup_setid(stream, group, position.setid, **kwargs)
     dropped = 0
-    if drop_pending:
-        while True:
-            rows = yield ("xpending_range", (stream, group), {"min": "-", "max": "+", "count": 1000})
-            if not rows:
-                break
-            ids = [row["message_id"] for row in rows]
-            dropped += (yield ("xack", (stream, group, *ids), {})) or 0
-    after = yield from _find_group(stream, group)
+    while drop_pending:
+        rows = await client.xpending_range(stream, group, min="-", max="+", count=1000)
+        if not rows:
+            break
+        dropped += await client.xack(stream, group, *[row["message_id"] for row in rows]) or 0
+    after = await _find_group(client, stream, group)
     nxt = []
     if position.kind != "end":
-        nxt = yield ("xrange", (stream,), {"min": position.first or "-", "count": 1})
+        nxt = await client.xrange(stream, min=position.first or "-", count=1)
     return {
         "stream": stream,
         "group": group,
@@ -169,94 +171,15 @@ def _reset(stream: str, group: str, to: Any, drop_pending: bool) -> Step:
     }
 
 
-def _delete(stream: str, group: str) -> Step:
-    yield from _find_group(stream, group)
-    return bool((yield ("xgroup_destroy", (stream, group), {})))
-
-
-def _trim(stream: str, maxlen: Optional[int], minid: Optional[str], max_age: Optional[float], exact: bool) -> Step:
-    given = [name for name, value in (("maxlen", maxlen), ("minid", minid), ("max_age", max_age)) if value is not None]
-    if len(given) != 1:
-        raise ValueError(f"trim {stream!r}: give exactly one of maxlen, minid, max_age (got {given or 'none'})")
-    if maxlen is not None:
-        if isinstance(maxlen, bool) or not isinstance(maxlen, int) or maxlen < 0:
-            raise ValueError(f"trim {stream!r}: maxlen={maxlen!r}: expected an integer >= 0")
-        removed = yield ("xtrim", (stream,), {"maxlen": maxlen, "approximate": not exact})
-        return removed
-    if max_age is not None:
-        if isinstance(max_age, bool) or not isinstance(max_age, (int, float)) or max_age < 0:
-            raise ValueError(f"trim {stream!r}: max_age={max_age!r}: expected seconds >= 0")
-        minid = minid_for_age(max_age)
-    ms, seq = parse_id(str(minid))
-    return (yield ("xtrim", (stream,), {"minid": f"{ms}-{seq}", "approximate": not exact}))
+async def delete_group(client: Any, stream: str, group: str) -> bool:
+    """XGROUP DESTROY: the group, its consumers and its pending list go (the stream stays)."""
+    await _find_group(client, stream, group)
+    return bool(await client.xgroup_destroy(stream, group))
 
 
 def minid_for_age(max_age: float, now: Optional[float] = None) -> str:
     """The MINID that keeps entries younger than ``max_age`` seconds (XADD/XTRIM ``MINID``)."""
     return f"{max(0, int(((time.time() if now is None else now) - max_age) * 1000))}-0"
-
-
-def _run_sync(steps: Step, client: Any) -> Any:
-    reply: Any = None
-    error: Optional[BaseException] = None
-    while True:
-        try:
-            call = steps.throw(error) if error is not None else steps.send(reply)
-        except StopIteration as done:
-            return done.value
-        error = None
-        name, args, kwargs = call
-        try:
-            reply = getattr(client, name)(*args, **kwargs)
-        except Exception as exc:
-            error = exc
-
-
-async def _run_async(steps: Step, client: Any) -> Any:
-    reply: Any = None
-    error: Optional[BaseException] = None
-    while True:
-        try:
-            call = steps.throw(error) if error is not None else steps.send(reply)
-        except StopIteration as done:
-            return done.value
-        error = None
-        name, args, kwargs = call
-        try:
-            reply = await getattr(client, name)(*args, **kwargs)
-        except Exception as exc:
-            error = exc
-
-
-async def list_groups(client: Any, stream: str) -> List[dict]:
-    """Every consumer group of ``stream``: name, consumers, pending, last delivered id, entries read, lag."""
-    return await _run_async(_groups(stream), client)
-
-
-def list_groups_sync(client: Any, stream: str) -> List[dict]:
-    return _run_sync(_groups(stream), client)
-
-
-async def reset_group(client: Any, stream: str, group: str, to: Any, *, drop_pending: bool = False) -> dict:
-    """Move ``group`` so its next read starts at ``to`` (see the module doc); returns what changed.
-
-    Destructive: entries between the old and new position are skipped or read again.
-    KeyError when the stream or the group does not exist, ValueError for a position that does not parse.
-    """
-    return await _run_async(_reset(stream, group, to, drop_pending), client)
-
-
-def reset_group_sync(client: Any, stream: str, group: str, to: Any, *, drop_pending: bool = False) -> dict:
-    return _run_sync(_reset(stream, group, to, drop_pending), client)
-
-
-async def delete_group(client: Any, stream: str, group: str) -> bool:
-    """XGROUP DESTROY: the group, its consumers and its pending list go (the stream stays)."""
-    return await _run_async(_delete(stream, group), client)
-
-
-def delete_group_sync(client: Any, stream: str, group: str) -> bool:
-    return _run_sync(_delete(stream, group), client)
 
 
 async def trim(
@@ -272,7 +195,34 @@ async def trim(
 
     Returns how many entries were removed. Exactly one of ``maxlen``, ``minid``, ``max_age``.
     """
-    return await _run_async(_trim(stream, maxlen, minid, max_age, exact), client)
+    given = [name for name, value in (("maxlen", maxlen), ("minid", minid), ("max_age", max_age)) if value is not None]
+    if len(given) != 1:
+        raise ValueError(f"trim {stream!r}: give exactly one of maxlen, minid, max_age (got {given or 'none'})")
+    if maxlen is not None:
+        if isinstance(maxlen, bool) or not isinstance(maxlen, int) or maxlen < 0:
+            raise ValueError(f"trim {stream!r}: maxlen={maxlen!r}: expected an integer >= 0")
+        return await client.xtrim(stream, maxlen=maxlen, approximate=not exact)
+    if max_age is not None:
+        if isinstance(max_age, bool) or not isinstance(max_age, (int, float)) or max_age < 0:
+            raise ValueError(f"trim {stream!r}: max_age={max_age!r}: expected seconds >= 0")
+        minid = minid_for_age(max_age)
+    ms, seq = parse_id(str(minid))
+    return await client.xtrim(stream, minid=f"{ms}-{seq}", approximate=not exact)
+
+
+# Synchronous forms (the CLI, the magics): the same coroutines over a sync client (redis/sync.py).
+
+
+def list_groups_sync(client: Any, stream: str) -> List[dict]:
+    return run_sync(list_groups(awaitable(client), stream))
+
+
+def reset_group_sync(client: Any, stream: str, group: str, to: Any, *, drop_pending: bool = False) -> dict:
+    return run_sync(reset_group(awaitable(client), stream, group, to, drop_pending=drop_pending))
+
+
+def delete_group_sync(client: Any, stream: str, group: str) -> bool:
+    return run_sync(delete_group(awaitable(client), stream, group))
 
 
 def trim_sync(
@@ -284,4 +234,4 @@ def trim_sync(
     max_age: Optional[float] = None,
     exact: bool = False,
 ) -> int:
-    return _run_sync(_trim(stream, maxlen, minid, max_age, exact), client)
+    return run_sync(trim(awaitable(client), stream, maxlen=maxlen, minid=minid, max_age=max_age, exact=exact))
