@@ -28,7 +28,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, List, Optional, Tuple, Union
+from typing import Any, Iterable, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -159,7 +159,7 @@ def _columns(frame: pd.DataFrame, skip: Optional[str]) -> List[Tuple[str, list, 
     return out
 
 
-def _records(frame: pd.DataFrame, stream: str, skip: Optional[str], start: int, stop: int) -> List[dict]:
+def _records(frame: pd.DataFrame, stream: str, skip: Optional[str], start: int, stop: int) -> List[Mapping]:
     columns = _columns(frame.iloc[start:stop], skip)
     records = []
     for i in range(stop - start):
