@@ -12,6 +12,7 @@ the name of a running one replaces (stops) it, and ``running_apps()`` /
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import warnings
@@ -29,6 +30,7 @@ from streammachine.engine.status import AppStatus, app_status
 from streammachine.engine.timers import TimerRunner
 from streammachine.redis.connection import RedisConnection, ensure_group
 from streammachine.redis.inspect import Groups, fetch_groups
+from streammachine.redis.positions import minid_for_age
 from streammachine.state.storage import Storage
 from streammachine.state.table import _MISSING as _NO_DEFAULT
 from streammachine.state.table import Table
@@ -70,6 +72,7 @@ class App(Lifecycle):
         *,
         redis_url: Optional[str] = None,
         stream_maxlen: Optional[int] = None,
+        stream_max_age: Optional[float] = None,
         grace_seconds: Optional[float] = None,
         consumer_config: Optional[ConsumerConfig] = None,
         storage_backend: Optional[str] = None,
@@ -97,6 +100,7 @@ class App(Lifecycle):
             max_processes=max_processes,
             max_threads=max_threads,
             stream_maxlen=stream_maxlen,
+            stream_max_age=stream_max_age,
             grace_seconds=grace_seconds,
             consumer=consumer_config,
         )
@@ -348,6 +352,40 @@ class App(Lifecycle):
 
     # -- lifecycle -----------------------------------------------------------
 
+    async def run(self, count: Optional[int] = None, timeout: Optional[float] = None) -> int:
+        """Awaitable entry: start, serve until ``stop()``/a signal, shut down; returns the entries handled.
+
+        Bounded runs for notebooks and scripts: stop once the agents handled
+        ``count`` entries between them (handled, dead-lettered or skipped), or
+        after ``timeout`` seconds, whichever comes first.
+        """
+        await self.startup()
+        before = self._handled()
+        stopped = self._stopped
+        assert stopped is not None  # startup() made it
+        try:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not stopped.is_set():
+                if count is not None and self._handled() - before >= count:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                wait = 0.02 if count is not None else (None if deadline is None else deadline - time.monotonic())
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stopped.wait(), wait)
+        finally:
+            await self.shutdown()
+        return self._handled() - before
+
+    def _handled(self) -> int:
+        return sum(s.processed + s.dead_lettered + s.skipped for s in self._stats.values())
+
+    def use_server(self, url: str) -> None:
+        """Point a stopped App at another Redis (the test harness does); the next start connects there."""
+        if self._state not in STOPPED_STATES:
+            raise AppStateError(f"app {self.name!r} is {self._state}: stop it before changing its server")
+        self._redis = RedisConnection(url=url, settings=self.settings)
+
     async def startup(self) -> None:
         """Connect, create the groups, run the startup hooks, start agents and timers (``start()`` calls it)."""
         if self._state not in STOPPED_STATES:
@@ -445,17 +483,24 @@ class App(Lifecycle):
 
     # -- producing -----------------------------------------------------------
 
-    async def send(self, topic: str, record: dict) -> str:
-        """XADD one record; returns its id."""
-        return await self._redis.xadd(topic, record, maxlen=self.config.stream_maxlen)
+    async def send(self, topic: str, record: Any) -> str:
+        """XADD one record (a dict, or a pydantic/msgspec/dataclass instance); returns its id."""
+        return await self._redis.xadd(topic, record, maxlen=self.config.stream_maxlen, minid=self._minid())
 
-    async def send_batch(self, topic: str, records: List[dict], *, atomic: bool = False) -> List[str]:
-        """XADD many records in pipelined round trips; returns their ids in order.
+    async def send_batch(self, topic: str, records: List[Any], *, atomic: bool = False) -> List[str]:
+        """XADD many records (dicts or model instances) in pipelined round trips; returns their ids in order.
 
         ``atomic=True`` writes all or none (one MULTI/EXEC). Otherwise, when Redis refuses
         some records, ``BatchSendError`` (streammachine.redis.producer) says which were written.
         """
-        return await self._redis.pipeline_xadd(topic, records, maxlen=self.config.stream_maxlen, atomic=atomic)
+        return await self._redis.pipeline_xadd(
+            topic, records, maxlen=self.config.stream_maxlen, minid=self._minid(), atomic=atomic
+        )
+
+    def _minid(self) -> Optional[str]:
+        """``stream_max_age``: entries older than that many seconds are trimmed as new ones arrive."""
+        age = self.config.stream_max_age
+        return None if age is None else minid_for_age(age)
 
     # -- observing -----------------------------------------------------------
 

@@ -11,6 +11,10 @@
     tail STREAM [-n N] [--no-follow] [--json]          last N entries, then follow
     info STREAM [--json]                               length, groups, pending, lag, consumers
     server start|stop|status                           the per-user embedded server
+    group list|reset|delete STREAM [GROUP --to POS]     consumer groups: list, move, delete
+    trim STREAM --maxlen N | --minid ID | --max-age S  remove the oldest entries
+    replay TARGET [--start POS] [--end POS] [--speed X] an App's agents over history, in groups of their own
+    backfill STREAM FILE [--time-column COL]           a CSV/Parquet file into a stream, ids from its times
     mcp [--transport stdio|streamable-http] [--host H] [--port P] [--read-only] [--allowed-host H]...
 
 ``--redis-url`` (before or after the command) wins over REDIS_URL and
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import signal
@@ -34,6 +39,8 @@ from streammachine._speedups import decode_dict_bytes_to_utf8
 from streammachine._validate import check_number
 from streammachine.config import BadRedisURL, ConfigError, ConsumerConfig, Settings, check_redis_url
 from streammachine.embedded import EmbeddedServerError, shared_server_status, shared_server_url, stop_shared_server
+from streammachine.headless import history
+from streammachine.redis.catalog import read_catalog_sync
 from streammachine.redis.connection import resolve_url
 from streammachine.redis.entries import as_text
 from streammachine.redis.producer import send_sync, validated_fields
@@ -154,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     server = command("server", "start, stop or inspect the per-user embedded Valkey server")
     server.add_argument("action", choices=("start", "stop", "status"))
+
+    history.add_commands(command, lambda sub: _global_options(sub, suppress=True))  # group, trim, replay, backfill
 
     mcp = command("mcp", "serve StreamMachine's MCP tools (stdio or streamable HTTP)")
     mcp.add_argument("--transport", choices=("stdio", "streamable-http"), default="stdio")
@@ -287,6 +296,7 @@ def stream_details(client, stream: str, dead_letter_stream: Optional[str] = None
     details = stream_info_sync(client, stream, consumers=True, dead_letter_stream=dead)  # KeyError: no stream
     for group in details["groups"]:
         group["consumers"] = group.pop("consumer_details")
+    details["models"] = read_catalog_sync(client, stream)
     return details
 
 
@@ -313,6 +323,10 @@ def cmd_info(args, settings: Settings) -> int:
             print(f"    consumer {consumer['name']}: pending {consumer.get('pending')}, idle {consumer.get('idle')} ms")
     dead = details["dead_letter"]
     print(f"  dead letters ({dead['stream']}): {dead['length']}")
+    for model in details["models"]:
+        who = f" by agent {model['agent']}" if model.get("agent") else ""
+        fields = ", ".join(f"{f['name']}: {f['type']}" + ("" if f["required"] else "?") for f in model["fields"])
+        print(f"  model {model['model']} ({model['kind']}, {model['role']}{who}): {fields}")
     return 0
 
 
@@ -363,6 +377,7 @@ def cmd_mcp(args, settings: Settings) -> int:
 
 
 COMMANDS = {"run": cmd_run, "send": cmd_send, "tail": cmd_tail, "info": cmd_info, "server": cmd_server, "mcp": cmd_mcp}
+COMMANDS.update({name: functools.partial(history.run, name, connect=_client) for name in history.COMMANDS})
 
 
 def configure_logging(level: str) -> None:

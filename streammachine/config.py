@@ -83,6 +83,13 @@ def _positive_int(raw: str) -> int:
     return check_positive("value", int(raw), integer=True)  # _parse words the error for the variable
 
 
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError(raw)
+    return value
+
+
 def _non_negative_int(raw: str) -> int:
     return check_non_negative("value", int(raw), integer=True)
 
@@ -173,6 +180,7 @@ class Settings:
     claim_idle_ms: int = _variable("STREAMMACHINE_CLAIM_IDLE_MS", _positive_int, "milliseconds > 0", 30000)
     retry_delay_ms: int = _variable("STREAMMACHINE_RETRY_DELAY_MS", _non_negative_int, "milliseconds >= 0", 500)
     stream_maxlen: Optional[int] = _variable("STREAMMACHINE_STREAM_MAXLEN", _positive_int, "a positive integer")
+    stream_max_age: Optional[float] = _variable("STREAMMACHINE_STREAM_MAX_AGE", _positive_float, "seconds > 0")
     grace_seconds: float = _variable("STREAMMACHINE_GRACE_SECONDS", _non_negative_float, "seconds >= 0", 10.0)
     embedded: bool = _variable("STREAMMACHINE_EMBEDDED", _bool, "0 or 1", True)
     home: Path = field(
@@ -413,14 +421,29 @@ class AppConfig:
     max_processes: int = 5
     max_threads: int = 5
     stream_maxlen: Optional[int] = Settings.stream_maxlen
+    stream_max_age: Optional[float] = Settings.stream_max_age  # seconds: sends trim older entries (XADD MINID ~)
     grace_seconds: float = Settings.grace_seconds
     consumer: ConsumerConfig = field(default_factory=ConsumerConfig)
     default_group: str = Settings.default_group
 
+    def __post_init__(self) -> None:
+        if self.stream_maxlen is not None and self.stream_max_age is not None:
+            raise ConfigError(
+                f"stream_maxlen={self.stream_maxlen!r} and stream_max_age={self.stream_max_age!r}: "
+                "XADD trims by one rule, choose one"
+            )
+        age = self.stream_max_age
+        if age is not None and (isinstance(age, bool) or not isinstance(age, (int, float)) or not age > 0):
+            raise ConfigError(f"stream_max_age={age!r}: expected seconds > 0")
+
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> AppConfig:
+        maxlen, max_age = settings.stream_maxlen, settings.stream_max_age
+        if overrides.get("stream_maxlen") is not None or overrides.get("stream_max_age") is not None:
+            maxlen = max_age = None  # a trim rule given as an argument replaces the environment's
         base = cls(
-            stream_maxlen=settings.stream_maxlen,
+            stream_maxlen=maxlen,
+            stream_max_age=max_age,
             grace_seconds=settings.grace_seconds,
             consumer=ConsumerConfig.from_settings(settings),
             default_group=settings.default_group,

@@ -31,21 +31,20 @@ async def test_produce_and_consume(app_factory):
     assert first.received * 1000 >= first.timestamp_ms - 50
 
 
-async def test_fan_out_to_two_groups(app_factory):
-    app = app_factory()
+async def test_fan_out_to_two_groups(streammachine_harness):
+    h = streammachine_harness  # the public harness: its App on the session's private server
     analytics, audit = [], []
 
-    @app.agent("events", group="analytics")
+    @h.app.agent("events", group="analytics")
     async def analyse(record):
         analytics.append(record.key)
 
-    @app.agent("events", group="audit")
+    @h.app.agent("events", group="audit")
     async def log_it(record):
         audit.append(record.key)
 
-    await app.startup()
-    ids = await app.send_batch("events", [{"i": i} for i in range(30)])
-    await wait_until(lambda: len(analytics) == 30 and len(audit) == 30, what="both groups got all")
+    ids = await h.send("events", [{"i": i} for i in range(30)])
+    await h.drain()  # both groups: every entry delivered and acknowledged
     assert analytics == ids and audit == ids
 
 
@@ -71,8 +70,9 @@ async def test_consumers_in_one_group_share_work_exactly_once(app_factory):
     assert handled["a"] and handled["b"]
 
 
-async def test_failing_handler_is_retried_then_dead_lettered(app_factory, sync_redis):
-    app = app_factory()
+async def test_failing_handler_is_retried_then_dead_lettered(streammachine_harness):
+    h = streammachine_harness
+    app = h.app
     attempts = {}
 
     @app.agent("payments", group="g", max_deliveries=3)
@@ -81,23 +81,23 @@ async def test_failing_handler_is_retried_then_dead_lettered(app_factory, sync_r
         if record.message["amount"] == "oops":
             raise ValueError(f"amount={record.message['amount']!r} is not a number")
 
-    await app.startup()
-    bad = await app.send("payments", {"amount": "oops", "user": "u1"})
-    good = await app.send_batch("payments", [{"amount": 10}, {"amount": 20}])
-    await wait_until(lambda: sync_redis.xlen("payments:dead") == 1, what="dead letter")
+    bad = await h.send("payments", {"amount": "oops", "user": "u1"})
+    good = await h.send("payments", [{"amount": 10}, {"amount": 20}])
+    await h.drain()  # until the retries are spent and the entry dead-lettered: nothing pending
     assert attempts[bad] == 3 and all(attempts[g] == 1 for g in good)
-    ((_, fields),) = sync_redis.xrange("payments:dead")
+    (dead,) = await h.dead_letters("payments")
+    fields = dead.message
     assert fields["amount"] == "oops" and fields["user"] == "u1"
     assert fields["_dlq_id"] == bad and fields["_dlq_deliveries"] == "3"
     assert "ValueError" in fields["_dlq_error"] and "oops" in fields["_dlq_error"]
-    await wait_until(lambda: sync_redis.xpending("payments", "g")["pending"] == 0, what="nothing pending")
     stats = app.stats("pay")
     await wait_until(lambda: stats.dead_lettered == 1, what="the dead letter counted (after its XADD)")
     assert stats.failed == 3 and stats.processed == 2
 
 
-async def test_policies_dead_letter_at_once_and_skip(app_factory, sync_redis):
-    app = app_factory()
+async def test_policies_dead_letter_at_once_and_skip(streammachine_harness):
+    h = streammachine_harness
+    app = h.app
 
     @app.agent("p1", group="g", on_error="dead_letter")
     async def at_once(record):
@@ -107,13 +107,11 @@ async def test_policies_dead_letter_at_once_and_skip(app_factory, sync_redis):
     async def skipper(record):
         raise RuntimeError("boom")
 
-    await app.startup()
-    await app.send("p1", {"x": 1})
-    await app.send("p2", {"x": 1})
-    await wait_until(lambda: sync_redis.xlen("p1:dead") == 1, what="immediate dead letter")
-    await wait_until(lambda: app.stats("skipper").skipped == 1, what="skip")
-    await wait_until(lambda: sync_redis.xpending("p2", "g")["pending"] == 0, what="skipped entry acked")
-    assert not sync_redis.exists("p2:dead")
+    await h.send("p1", {"x": 1})
+    await h.send("p2", {"x": 1})
+    await h.drain()
+    assert len(await h.dead_letters("p1")) == 1 and app.stats("at_once").retried == 0
+    assert app.stats("skipper").skipped == 1 and await h.dead_letters("p2") == []
 
 
 async def test_batch_agent_receives_lists(app_factory):

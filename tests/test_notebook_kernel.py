@@ -321,6 +321,24 @@ get_ipython().run_cell_magic("streammachine", "agent late", "seen.append(('late'
     kernel.run("await until(lambda: ('late', '1') in seen, 5)")
 
 
+def test_group_magic_lists_resets_and_deletes(kernel, sync_redis):
+    for i in range(3):
+        sync_redis.xadd("s", {"i": i}, id=f"{1000 + i}-0")
+    sync_redis.xgroup_create("s", "g", id="$")
+    kernel.run("%load_ext streammachine\napp = App('positions')")
+    kernel.run("groups = %streammachine group list s")
+    assert kernel.value("groups[['name', 'last_delivered_id']].values.tolist()") == [["g", "1002-0"]]
+    with pytest.raises(AssertionError, match="add --yes"):
+        kernel.run("%streammachine group reset s g --to start")
+    result = kernel.magic_value("%streammachine group reset s g --to 1001 --yes")
+    assert result["next_id"] == "1001-0" and result["now"] == "1000-18446744073709551615"
+    assert sync_redis.xreadgroup("g", "c", {"s": ">"})[0][1][0][0] == "1001-0"
+    with pytest.raises(AssertionError, match="no consumer group 'nope'"):
+        kernel.run("%streammachine group delete s nope --yes")
+    assert "deleted" in kernel.run("%streammachine group delete s g --yes")
+    assert sync_redis.xinfo_groups("s") == []
+
+
 def test_importing_streammachine_does_not_import_ipython(tmp_path):
     import subprocess
     import sys

@@ -31,6 +31,7 @@ from streammachine.redis.connection import ensure_group
 from streammachine.redis.entries import as_text, id_after, id_before, parse_stream_id, single_stream_entries
 from streammachine.redis.resp import direct_pool, encode_command, encode_repeated, entries_with_fields, round_trip
 from streammachine.redis.transport import same_slot
+from streammachine.typed import InvalidMessage, typed_handler
 
 log = logging.getLogger("streammachine.engine.consumer")
 
@@ -84,9 +85,10 @@ def _bind_handler(spec: AgentSpec, executor: Optional[Executor]):
     so a blocking handler neither stalls the event loop (a notebook kernel,
     the keep-alive of slow entries) nor other agents.
     """
+    # typed messages (#15): a handler annotated with a model gets decoded instances (others: itself)
+    handler = typed_handler(spec.handler, is_async=spec.is_async, batch=spec.batch, name=spec.name)
     if not spec.threaded:
-        return spec.handler, spec.is_async
-    handler = spec.handler
+        return handler, spec.is_async
 
     async def in_thread(argument):
         # the context travels with the call: a stage's tables find the running unit in it
@@ -543,7 +545,13 @@ class StreamConsumer:
             self.stats.skipped += 1
             self._to_ack.append(entry_id)
             return
-        if policy == "dead_letter" or delivered >= self.config.max_deliveries or not self.config.retries(exc):
+        # typed messages (#15): an entry that does not fit the handler's model cannot succeed on a retry
+        if (
+            policy == "dead_letter"
+            or delivered >= self.config.max_deliveries
+            or not self.config.retries(exc)
+            or isinstance(exc, InvalidMessage)
+        ):
             await self._dead_letter(entry_id, fields, exc, delivered)
             return
         log.warning(

@@ -24,6 +24,7 @@ from streammachine.engine.identity import consumer_name
 from streammachine.engine.specs import AgentSpec, AgentStats
 from streammachine.engine.stage import StageConsumer
 from streammachine.engine.supervision import WorkerPool, parent_alive, report_ready
+from streammachine.redis.catalog import publish_agent
 from streammachine.redis.connection import RedisConnection, ensure_group, make_client
 
 log = logging.getLogger("streammachine.engine.executors")
@@ -67,6 +68,7 @@ async def prepare(spec: AgentSpec, connection: RedisConnection) -> None:
     load a stage's tables not loaded yet, so its handlers see committed state from the first entry."""
     client = await connection.get_client()
     await ensure_group(client, spec.stream, spec.group, spec.config.start_id)
+    await publish_agent(client, spec)  # typed messages (#15): the stream catalog lists the agent's model
     await load_tables(spec, client, only_new=True)
 
 

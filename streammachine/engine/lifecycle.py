@@ -177,8 +177,8 @@ class Lifecycle:
     def is_running(self) -> bool:
         return self._state == "running"
 
-    async def run(self) -> None:
-        """Awaitable entry: start, serve until ``stop()``/a signal, shut down."""
+    async def run(self) -> Any:
+        """Awaitable entry: start, serve until ``stop()``/a signal, shut down (the App adds bounded runs)."""
         await self.startup()
         try:
             assert self._stopped is not None

@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional, Tuple
 
 from streammachine._validate import check_positive
 from streammachine.config import ConsumerConfig, TimerConfig
+from streammachine.typed.handlers import check_handler
 
 
 def handler_name(fn: Callable, name: Optional[str] = None) -> str:
@@ -125,6 +126,7 @@ class AgentSpec:
         self.is_async = is_async_callable(self.handler)
         if self.threaded and self.is_async:
             raise ValueError(f"agent {self.name!r}: threaded=True is for sync (def) handlers; this one is async")
+        check_handler(self.handler, batch=self.batch, name=self.name)  # typed messages (#15): fail at registration
 
 
 @dataclass

@@ -9,6 +9,9 @@ Line magic (the App is found in the notebook's namespace, or chosen with ``use``
     %streammachine info STREAM
     %streammachine remove NAME
     %streammachine use VARIABLE
+    %streammachine group list STREAM
+    %streammachine group reset STREAM GROUP --to start|end|ID|TIME --yes [--drop-pending]
+    %streammachine group delete STREAM GROUP --yes
 
 Cell magic (the cell body is the handler; ``await`` works in it)::
 
@@ -27,6 +30,7 @@ import asyncio
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional
 
+import pandas as pd
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
@@ -35,6 +39,7 @@ from streammachine.app import App, running_apps
 from streammachine.cells import MagicArgumentError, RaisingParser, cell_parser, cell_registration
 from streammachine.engine.lifecycle import Transition
 from streammachine.notebook.status import status_frame
+from streammachine.redis import positions
 from streammachine.redis.inspect import fetch_groups_sync
 
 USAGE = __doc__.split("\n\n", 1)[1].rsplit("\n\n", 1)[0]
@@ -56,6 +61,13 @@ def _line_parser() -> RaisingParser:
     commands_.add_parser("info", add_help=False).add_argument("stream")
     commands_.add_parser("remove", add_help=False).add_argument("name")
     commands_.add_parser("use", add_help=False).add_argument("variable")
+    group = commands_.add_parser("group", add_help=False)
+    group.add_argument("action", choices=("list", "reset", "delete"))
+    group.add_argument("stream")
+    group.add_argument("group", nargs="?")
+    group.add_argument("--to")
+    group.add_argument("--drop-pending", action="store_true")
+    group.add_argument("--yes", action="store_true")
     return parser
 
 
@@ -191,6 +203,28 @@ class StreamMachineMagics(Magics):
             return commands.info(self._client(self.app()), args.stream)
         except KeyError as exc:
             raise UsageError(f"%streammachine info: {exc.args[0]}") from None
+
+    def _cmd_group(self, args):
+        """Consumer groups (streammachine.redis.positions); reset and delete need --yes (a cell cannot be asked)."""
+        client = self._client(self.app())
+        try:
+            if args.action == "list":
+                return pd.DataFrame(positions.list_groups_sync(client, args.stream))
+            if not args.group or (args.action == "reset" and not args.to):
+                raise UsageError(
+                    f"%streammachine group {args.action}: expected STREAM GROUP"
+                    + " --to POS" * (args.action == "reset")
+                )
+            if not args.yes:
+                raise UsageError(f"%streammachine group {args.action} changes where {args.group!r} reads: add --yes")
+            if args.action == "reset":
+                return positions.reset_group_sync(
+                    client, args.stream, args.group, args.to, drop_pending=args.drop_pending
+                )
+            positions.delete_group_sync(client, args.stream, args.group)
+            print(f"streammachine: group {args.group!r} of {args.stream!r} deleted")
+        except (KeyError, ValueError) as exc:
+            raise UsageError(f"%streammachine group {args.action}: {exc.args[0] if exc.args else exc}") from None
 
     def _cmd_remove(self, args):
         app = self.app()

@@ -86,6 +86,14 @@ def make_client(url: str, *, max_connections: int, cluster: bool = False, **kwar
     return aioredis.Redis.from_pool(pool)  # the client owns its pool: aclose() disconnects it too
 
 
+async def async_client(target: Any):
+    """The redis.asyncio client behind an App, a RedisConnection, or a client itself (helpers that accept any)."""
+    connection = getattr(target, "redis", target)  # an App's RedisConnection
+    if hasattr(connection, "get_client"):
+        return await connection.get_client()
+    return connection
+
+
 async def ensure_group(client, stream: str, group: str, start_id: str = "$") -> bool:
     """Create the consumer group (and the stream) unless it exists; True if it was created.
 
@@ -231,9 +239,12 @@ class RedisConnection:
         records: Sequence[Mapping[str, Any]],
         *,
         maxlen: Optional[int] = None,
+        minid: Optional[str] = None,
         atomic: bool = False,
     ) -> List[str]:
         """XADD every record in pipelined round trips; returns the new ids in order.
+
+        ``maxlen`` (else ``minid``) trims the stream as it grows (approximately, ``~``).
 
         Every record is validated before anything is sent, so a bad one
         (named in the error) never leaves the batch half-written. ``maxlen``
@@ -242,12 +253,14 @@ class RedisConnection:
         ``producer.BatchSendError`` naming what was written.
         """
         return await producer.send_batch(
-            await self.transport(), topic, records, maxlen=self._maxlen(maxlen), atomic=atomic
+            await self.transport(), topic, records, maxlen=self._maxlen(maxlen), minid=minid, atomic=atomic
         )
 
-    async def xadd(self, topic: str, record: Mapping[str, Any], *, maxlen: Optional[int] = None) -> str:
+    async def xadd(
+        self, topic: str, record: Mapping[str, Any], *, maxlen: Optional[int] = None, minid: Optional[str] = None
+    ) -> str:
         """XADD one record; its new id. ``maxlen`` defaults to STREAMMACHINE_STREAM_MAXLEN."""
-        return await producer.send(await self.transport(), topic, record, maxlen=self._maxlen(maxlen))
+        return await producer.send(await self.transport(), topic, record, maxlen=self._maxlen(maxlen), minid=minid)
 
     def _maxlen(self, maxlen: Optional[int]) -> Optional[int]:
         return self.settings.stream_maxlen if maxlen is None else maxlen

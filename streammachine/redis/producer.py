@@ -83,8 +83,12 @@ def _unencodable(topic: str, encoded: Sequence[Mapping]) -> ValueError:
     return find_unencodable(topic, encoded) or ValueError(f"stream {topic!r}: a field is not valid UTF-8")
 
 
-def _head(topic: str, maxlen: Optional[int]) -> tuple:
-    return ("XADD", topic, "MAXLEN", "~", maxlen, "*") if maxlen is not None else ("XADD", topic, "*")
+def _head(topic: str, maxlen: Optional[int], minid: Optional[str] = None) -> tuple:
+    if maxlen is not None:
+        return ("XADD", topic, "MAXLEN", "~", maxlen, "*")
+    if minid is not None:  # age-based retention (App(stream_max_age=)): entries older than minid go
+        return ("XADD", topic, "MINID", "~", minid, "*")
+    return ("XADD", topic, "*")
 
 
 def _command(head: tuple, fields: Mapping) -> list:
@@ -103,11 +107,18 @@ def validated_fields(topic: str, record: Mapping[str, Any]) -> Mapping:
     return fields
 
 
-async def send(transport: Transport, topic: str, record: Mapping[str, Any], *, maxlen: Optional[int] = None) -> str:
+async def send(
+    transport: Transport,
+    topic: str,
+    record: Mapping[str, Any],
+    *,
+    maxlen: Optional[int] = None,
+    minid: Optional[str] = None,
+) -> str:
     """XADD one record; its new id."""
     fields = encode_record(topic, record)
     try:
-        prepared = transport.prepare([_command(_head(topic, maxlen), fields)])
+        prepared = transport.prepare([_command(_head(topic, maxlen, minid), fields)])
     except UnicodeEncodeError:
         raise _unencodable(topic, [fields]) from None
     (new_id,) = await transport.send_prepared(prepared)
@@ -120,13 +131,14 @@ async def send_batch(
     records: Sequence[Mapping[str, Any]],
     *,
     maxlen: Optional[int] = None,
+    minid: Optional[str] = None,
     atomic: bool = False,
 ) -> List[str]:
     """XADD every record, in order; their new ids. Raises ``BatchSendError`` when Redis refuses some."""
     encoded = [encode_record(topic, record) for record in records]
     if not encoded:
         return []
-    head = _head(topic, maxlen)
+    head = _head(topic, maxlen, minid)
     commands = [_command(head, fields) for fields in encoded]
     size = len(commands) if atomic else PIPELINE_CHUNK
     try:
