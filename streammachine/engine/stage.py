@@ -9,8 +9,8 @@ class's; what changes is what happens to a read once its handlers ran:
 - the read's units become one ``CommitPlan`` (``engine/commit.py``), sent in
   front of the next XREADGROUP in the same round trip (reclaimed entries:
   at once), atomically with the XACK of the entries;
-- a commit that finds a table changed meanwhile (``conflict``) or entries no
-  longer this consumer's (``stale``) wrote nothing: the state is refreshed
+- a commit that finds a table changed meanwhile (``conflict``) or, changing
+  tables, entries acknowledged meanwhile (``stale``) wrote nothing: the state is refreshed
   and the read's entries are handled again before the next read is looked at.
 """
 
@@ -229,7 +229,8 @@ class StageConsumer(StreamConsumer):
         await self._redo(plan, outcome)
 
     async def _redo(self, plan: CommitPlan, outcome: Outcome) -> None:
-        """A table changed under the read: take the current values and handle its entries again.
+        """A table changed under the read, or some of its entries were acknowledged meanwhile: take the current
+        values and handle its entries again.
 
         Only the entries still pending: one acknowledged meanwhile (an earlier
         attempt of this very commit whose reply was lost, or another consumer
@@ -243,7 +244,7 @@ class StageConsumer(StreamConsumer):
         committed = {as_text(i) for i in plan.effects.ids}
         entries = [e for e in plan.entries if as_text(e[0]) in committed]
         entries = await self._still_pending(entries)
-        log.debug("agent %s: commit conflict; handling %d entries again", self.spec.name, len(entries))
+        log.debug("agent %s: commit %s; handling %d entries again", self.spec.name, outcome.kind, len(entries))
         if entries:
             effects = await self._handle(entries, plan.deliveries)
             if not effects.empty:
