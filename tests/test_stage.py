@@ -310,3 +310,38 @@ async def test_a_commit_sent_on_its_own_to_a_server_without_the_script_loads_it(
     await wait_until(lambda: sync_redis.xlen("out") == 3, what="the adopted entries committed")
     assert sync_redis.xpending("in", "g")["pending"] == 0
     assert sync_redis.hget("streammachine:table:noscript", "n").split("|")[-1] == "3"
+
+
+async def test_a_read_handled_long_after_it_arrived_is_checked_entry_by_entry(app_factory, sync_redis):
+    """Entry 2 arrives with the round trip that commits entry 1; that commit conflicts and its redo is slow,
+    so entry 2 waits, idle, past claim_idle: app b claims and commits it. When app a then handles entry 2
+    its commit must check each entry (it is no longer pending): a "fast" commit (one XACK, every output)
+    wrote entry 2's output and table change a second time, as the read was timed from its handling."""
+    knobs = ConsumerConfig(count=1, block_ms=50, claim_idle_ms=600, retry_delay_ms=50, start_id="0")
+    calls: Counter = Counter()
+    apps = {name: app_factory(name, consumer_config=knobs) for name in ("a", "b")}
+    tables = {name: app.table("late", default=0) for name, app in apps.items()}
+    for name, app in apps.items():
+
+        @app.agent("in", group="g", output="out", tables=[tables[name]], name="stage")
+        async def stage(message, name=name):
+            n = int(message.message["n"])
+            calls[name, n] += 1
+            if (name, n) == ("a", 1) and calls[name, n] == 1:
+                sync_redis.hset(tables[name].key, "sum", "1||0")  # another writer: this commit conflicts
+            elif (name, n) == ("a", 1) and calls[name, n] == 2:
+                await asyncio.sleep(2.0)  # a slow redo: entry 2, read meanwhile, waits unhandled
+            tables[name]["sum"] += n
+            return {"n": n}
+
+    await apps["a"].send_batch("in", [{"n": 1}, {"n": 2}])
+    await apps["a"].startup()
+    await wait_until(lambda: calls["a", 1] == 2, what="a: entry 1 handled again after the conflict")
+    assert sync_redis.xpending("in", "g")["pending"] == 2  # entry 2 came with that round trip
+    await apps["b"].startup()
+    await wait_until(lambda: calls["b", 2] == 1, what="b: entry 2 claimed and handled")
+    await wait_until(lambda: calls["a", 2] >= 1, what="a: entry 2 handled late")
+    await wait_until(lambda: sync_redis.xpending("in", "g")["pending"] == 0, what="all acked")
+    await apps["a"].shutdown()
+    assert Counter(f["n"] for f in outputs(sync_redis, "out")) == {"1": 1, "2": 1}
+    assert sync_redis.hget(tables["a"].key, "sum").split("|")[-1] == "3"

@@ -180,6 +180,7 @@ class CommitPlan:
         self.stream = stream
         # what a redo needs: the read's entries, their delivery counts, how many times it was redone
         self.entries, self.deliveries, self.attempt = list(entries), deliveries, attempt
+        self.read_at = 0.0  # when its entries arrived (monotonic): a fast commit sent later must be gated
         keys: Dict[str, int] = {stream: 1}
 
         def index(key: str) -> int:

@@ -44,7 +44,7 @@ class StageConsumer(StreamConsumer):
         self.transport = Transport(self.client)
         self._commit: Optional[CommitPlan] = None
         self._warned_slots = False
-        self._read_at = 0.0  # when the entries being handled were read
+        self._read_at = 0.0  # when the last read's entries arrived (monotonic)
         self._fast_window = self.config.claim_idle_ms / 2000.0
         if self.spec.periodic is not None:
             self._periodic_due = time.monotonic() + self.spec.periodic[0]
@@ -63,7 +63,6 @@ class StageConsumer(StreamConsumer):
     async def _handle(self, entries: list, deliveries: Optional[dict]) -> ReadEffects:
         spec, stats = self.spec, self.stats
         effects = ReadEffects(spec.output, spec.tables)
-        self._read_at = time.monotonic()
         messages = list(received_messages(spec.stream, self.name, time.time(), entries))
         self._inflight = [entry[0] for entry in entries]
         self._inflight_since = time.monotonic()
@@ -150,11 +149,17 @@ class StageConsumer(StreamConsumer):
             effects, stream=self.spec.stream, group=self.spec.group, maxlen=self.maxlen,
             entries=entries, deliveries=deliveries, attempt=attempt,
         )  # fmt: skip
-        # Nobody can have claimed fresh entries before they were idle for claim_idle_ms: a read committed
-        # within half that commits with one XACK; anything else checks each entry as it acks it.
-        if deliveries is not None or attempt or time.monotonic() - self._read_at > self._fast_window:
+        plan.read_at = self._read_at
+        if deliveries is not None or attempt:
             plan.gate()
         self._commit = plan
+
+    def _gate_if_late(self, plan: CommitPlan) -> None:
+        """Nobody can claim fresh entries before they were idle for claim_idle_ms: a read whose commit is sent
+        within half that of the entries' arrival commits with one XACK; any later (its handling waited for
+        the redo of the read before it, the process stalled) checks each entry as it acks it."""
+        if time.monotonic() - plan.read_at > self._fast_window:
+            plan.gate()
 
     def _take_pending(self) -> tuple:
         commands, ids = super()._take_pending()
@@ -162,6 +167,8 @@ class StageConsumer(StreamConsumer):
         if plan is not None and self._crosses_slots(plan):
             self._commit = plan  # not atomic: sent on its own before the read (see _flush_commit)
             plan = None
+        if plan is not None:
+            self._gate_if_late(plan)
         return ([plan.command] if plan is not None else []) + commands, (plan, ids)
 
     def _pending_failed(self, token: Any) -> None:
@@ -172,6 +179,7 @@ class StageConsumer(StreamConsumer):
         super()._pending_failed(ids)
 
     async def _pending_sent(self, token: Any, replies: list) -> None:
+        self._read_at = time.monotonic()  # the entries of this read arrived: its commit is timed from here
         plan, ids = token
         if plan is not None:
             reply, replies = replies[0], replies[1:]
@@ -206,6 +214,7 @@ class StageConsumer(StreamConsumer):
             commands = unsafe_commands(plan.effects, stream=self.spec.stream, group=self.spec.group, maxlen=self.maxlen)
             await self.transport.send(commands)
             return [b"ok", 0]
+        self._gate_if_late(plan)
         try:
             return (await self.transport.send([plan.command]))[0]
         except NoScriptError:  # a new or restarted server: load the script once, send again
