@@ -264,7 +264,7 @@ async def test_a_commit_of_an_entry_committed_meanwhile_changes_no_table(redis_u
     transport = Transport(client)
 
     async def handle_and_commit():
-        effects = ReadEffects("out")
+        effects = ReadEffects("out", [table])
         for entry_id, fields in entries:
             unit = effects.begin([entry_id])
             token = current_unit.set(unit)
