@@ -151,23 +151,35 @@ async def _kill_run_processes(url: str, client, stream: str, table: str, fault: 
     env = {"STAGE_STREAM": stream, "STAGE_TABLE": table}
     procs = [spawn_stage(url, **env) for _ in range(2)]
     producing = producer_app(url)
+    live = []  # started and consuming: the ones a kill may pick
+    starting = []
+
+    async def start(proc: subprocess.Popen) -> None:
+        await ready(proc)
+        live.append(proc)
+
     try:
         for proc in procs:
-            await ready(proc)
+            await start(proc)
         producer = Producer(producing, stream, **PACE)
         sending = asyncio.ensure_future(producer.send(RECORDS))
 
         async def kill_one():
-            victim = procs.pop(rng.randrange(len(procs)))
+            # a replacement starts in the background (seconds under load): the next kill need not wait for it
+            await wait_until(lambda: live, 30, what="a live stage process to kill")
+            victim = live.pop(rng.randrange(len(live)))
             victim.kill()
             await asyncio.to_thread(victim.wait, 5)
             procs.append(spawn_stage(url, **env))
-            await ready(procs[-1])
+            starting.append(asyncio.ensure_future(start(procs[-1])))
 
         kills = await kill_under_load(client, f"{stream}:out", sending, rng, kill_one, max_kills=4)
+        await asyncio.gather(*starting)
         await settle(client, stream, 40, f"{fault}: every input committed")
-        await stop_gracefully(procs)
+        await stop_gracefully([proc for proc in procs if proc.returncode is None])
     finally:
+        for task in starting:
+            task.cancel()
         kill_all(procs)
         await producing.shutdown()
     result = stage_tally(f"stage: {fault} x{kills}", client, stream, TABLE_PREFIX + table, producer.confirmed, started)
