@@ -4,8 +4,8 @@ The stage under test (``stage_app.py``, run by the real headless runner)
 turns each input ``{"seq": n}`` into one output ``{"seq": n}`` and adds to a
 table ``r<n % 10>`` += 1 and ``sum`` += n, committed with the ack of the
 entry in one atomic Lua call per read. While records flow, processes are
-SIGKILLed, the server restarts, crashes or freezes, and commit replies are
-lost on the wire. Afterwards every input entry must have exactly one output
+SIGKILLed or frozen, the server restarts, crashes or freezes, and commit
+replies are lost on the wire. Afterwards every input entry must have exactly one output
 (lost 0, duplicates 0) and the stored table must equal what the input
 entries imply. Each test adds a row to the fault table.
 """
