@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -11,8 +14,9 @@ from helpers import wait_until
 
 from streammachine import ConsumerConfig, Emit
 from streammachine.engine.commit import SCRIPT, CommitPlan
-from streammachine.engine.effects import ReadEffects
+from streammachine.engine.effects import ReadEffects, current_unit
 from streammachine.redis.transport import Transport
+from streammachine.state.table import Table
 
 
 def outputs(sync_redis, stream: str) -> list:
@@ -244,3 +248,100 @@ async def test_hot_swap_of_a_stage_keeps_its_table_and_commits_each_entry_once(a
     await wait_until(lambda: totals["n"] == 300, what="the last commit's outcome applied locally")
     assert int(sync_redis.hget("streammachine:table:swap", "n").split("|")[-1]) == 300
     assert {f["version"] for f in outputs(sync_redis, "out")} == {"1", "2"}
+
+
+async def test_a_commit_of_an_entry_committed_meanwhile_changes_no_table(redis_url):
+    """One entry handled twice (a consumer claimed it while the commit of its first handling was still queued,
+    then committed that first): the second handling already saw the first commit's table values, so every
+    version it checks matches. The entry is no longer pending: nothing of the second handling may be written,
+    outputs nor table changes (the table counted it twice before)."""
+    client = aioredis.Redis.from_url(redis_url)
+    await client.xgroup_create("in", "g", id="0", mkstream=True)
+    await client.xadd("in", {"n": 5})
+    entries = (await client.xreadgroup("g", "c1", {"in": ">"}))[0][1]
+    table = Table("regate", default=0)
+    await client.script_load(SCRIPT)
+    transport = Transport(client)
+
+    async def handle_and_commit():
+        effects = ReadEffects("out", [table])
+        for entry_id, fields in entries:
+            unit = effects.begin([entry_id])
+            token = current_unit.set(unit)
+            try:
+                table["sum"] += int(fields[b"n"])
+            finally:
+                current_unit.reset(token)
+            effects.keep(unit, {"n": fields[b"n"]})
+        plan = CommitPlan(effects, stream="in", group="g", maxlen=None, entries=entries)
+        plan.gate()  # reclaimed entries are always checked one by one
+        return plan.outcome((await transport.send([plan.command]))[0])
+
+    first = await handle_and_commit()
+    second = await handle_and_commit()  # the table in memory holds the first commit: its versions match
+    assert first.kind == "ok"
+    assert second.kind == "stale"
+    assert await client.xlen("out") == 1
+    assert (await client.hget(table.key, "sum")).split(b"|")[-1] == b"5"
+    assert table["sum"] == 5
+    await client.aclose()
+
+
+async def test_a_commit_sent_on_its_own_to_a_server_without_the_script_loads_it(app_factory, sync_redis):
+    """A restarted server has no scripts. Reclaimed entries commit on their own (not in front of a read): the
+    NOSCRIPT reply there must load the script and commit, not fail the consumer loop again and again."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid names a consumer of this host whose process is gone
+    dead = f"{socket.gethostname()}-{gone.pid}-stage:0"
+    sync_redis.xgroup_create("in", "g", id="0", mkstream=True)
+    for i in range(3):
+        sync_redis.xadd("in", {"n": i})
+    sync_redis.xreadgroup("g", dead, {"in": ">"})  # left pending by a process of this host that died
+    sync_redis.script_flush()
+    app = app_factory()
+    totals = app.table("noscript", default=0)
+
+    @app.agent("in", group="g", output="out", tables=[totals])
+    async def stage(message):
+        totals["n"] += 1
+        return {"n": message.message["n"]}
+
+    await app.startup()
+    await wait_until(lambda: sync_redis.xlen("out") == 3, what="the adopted entries committed")
+    assert sync_redis.xpending("in", "g")["pending"] == 0
+    assert sync_redis.hget("streammachine:table:noscript", "n").split("|")[-1] == "3"
+
+
+async def test_a_read_handled_long_after_it_arrived_is_checked_entry_by_entry(app_factory, sync_redis):
+    """Entry 2 arrives with the round trip that commits entry 1; that commit conflicts and its redo is slow,
+    so entry 2 waits, idle, past claim_idle: app b claims and commits it. When app a then handles entry 2
+    its commit must check each entry (it is no longer pending): a "fast" commit (one XACK, every output)
+    wrote entry 2's output and table change a second time, as the read was timed from its handling."""
+    knobs = ConsumerConfig(count=1, block_ms=50, claim_idle_ms=600, retry_delay_ms=50, start_id="0")
+    calls: Counter = Counter()
+    apps = {name: app_factory(name, consumer_config=knobs) for name in ("a", "b")}
+    tables = {name: app.table("late", default=0) for name, app in apps.items()}
+    for name, app in apps.items():
+
+        @app.agent("in", group="g", output="out", tables=[tables[name]], name="stage")
+        async def stage(message, name=name):
+            n = int(message.message["n"])
+            calls[name, n] += 1
+            if (name, n) == ("a", 1) and calls[name, n] == 1:
+                sync_redis.hset(tables[name].key, "sum", "1||0")  # another writer: this commit conflicts
+            elif (name, n) == ("a", 1) and calls[name, n] == 2:
+                await asyncio.sleep(2.0)  # a slow redo: entry 2, read meanwhile, waits unhandled
+            tables[name]["sum"] += n
+            return {"n": n}
+
+    await apps["a"].send_batch("in", [{"n": 1}, {"n": 2}])
+    await apps["a"].startup()
+    await wait_until(lambda: calls["a", 1] == 2, what="a: entry 1 handled again after the conflict")
+    assert sync_redis.xpending("in", "g")["pending"] == 2  # entry 2 came with that round trip
+    await apps["b"].startup()
+    await wait_until(lambda: calls["b", 2] == 1, what="b: entry 2 claimed and handled")
+    await wait_until(lambda: calls["a", 2] >= 1, what="a: entry 2 handled late")
+    await wait_until(lambda: sync_redis.xpending("in", "g")["pending"] == 0, what="all acked")
+    await apps["a"].shutdown()
+    assert Counter(f["n"] for f in outputs(sync_redis, "out")) == {"1": 1, "2": 1}
+    assert sync_redis.hget(tables["a"].key, "sum").split("|")[-1] == "3"

@@ -16,8 +16,13 @@ around it). In one atomic step, in one round trip, it:
    acknowledged already (a retried commit whose
    first attempt went through although its reply was lost, or an entry
    another consumer claimed and committed) has its outputs skipped, never
-   doubled. Its table changes need no such gate: whoever committed it first
-   changed the versions this read relied on, so step 1 refused the commit;
+   doubled. Table changes cannot be split by entry (a read's units see each
+   other's writes), and the versions alone do not protect them: the second
+   handling of an entry may have seen the first one's commit (a consumer
+   that claimed its own entry while their commit waited, then sent that
+   commit first). So a gated read that changes tables first checks that
+   every entry is still pending; otherwise nothing is written (``stale``)
+   and the consumer handles the entries still pending again;
 4. writes the table changes (version + 1).
 
 So after any crash each input entry has exactly one set of outputs and
@@ -73,6 +78,19 @@ for c = 0, n_checks - 1 do
     end
 end
 if #conflicts > 1 then return conflicts end
+-- 1b. a gated read with table changes: every entry must still be pending. One acknowledged meanwhile (handled
+-- twice: claimed while the commit of its first handling waited) had its changes already, and this read may
+-- have seen them (then every version matches): nothing is written, the consumer handles the rest again.
+if ARGV[2] == 'gated' and n_writes > 0 then
+    local stale = {'stale'}
+    for u = 1, n_units do
+        local unit = units[u]
+        for i = unit[1], unit[1] + unit[2] - 1 do
+            if #redis.call('XPENDING', stream, group, ARGV[i], ARGV[i], 1) == 0 then stale[#stale + 1] = ARGV[i] end
+        end
+    end
+    if #stale > 1 then return stale end
+end
 -- 2. the kinds of the keys written, so nothing fails half-way
 for i = 2, #KEYS do
     local kind = redis.call('TYPE', KEYS[i])['ok']
@@ -136,7 +154,8 @@ SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
 
 @dataclass
 class Outcome:
-    """What a commit did: ``ok`` (``skipped``: entries acknowledged already) or ``conflict`` (nothing written)."""
+    """What a commit did: ``ok`` (``skipped``: entries acknowledged already), or nothing written: ``conflict``
+    (a table changed meanwhile) or ``stale`` (``skipped`` entries acknowledged meanwhile)."""
 
     kind: str
     skipped: int = 0
@@ -161,6 +180,7 @@ class CommitPlan:
         self.stream = stream
         # what a redo needs: the read's entries, their delivery counts, how many times it was redone
         self.entries, self.deliveries, self.attempt = list(entries), deliveries, attempt
+        self.read_at = 0.0  # when its entries arrived (monotonic): a fast commit sent later must be gated
         keys: Dict[str, int] = {stream: 1}
 
         def index(key: str) -> int:
@@ -204,6 +224,8 @@ class CommitPlan:
             for table, key, version, value, encoded in self.written:
                 table.apply_committed(key, version, value, encoded)
             return Outcome("ok", skipped=int(reply[1]))
+        if as_text(reply[0]) == "stale":  # entries acknowledged meanwhile: nothing written
+            return Outcome("stale", skipped=len(reply) - 1)
         conflicts = []
         for at in range(1, len(reply), 3):
             table = self.table_by_key[self.keys[int(reply[at]) - 1]]

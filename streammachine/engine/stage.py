@@ -9,8 +9,8 @@ class's; what changes is what happens to a read once its handlers ran:
 - the read's units become one ``CommitPlan`` (``engine/commit.py``), sent in
   front of the next XREADGROUP in the same round trip (reclaimed entries:
   at once), atomically with the XACK of the entries;
-- a commit that finds a table changed meanwhile (``conflict``) or entries no
-  longer this consumer's (``stale``) wrote nothing: the state is refreshed
+- a commit that finds a table changed meanwhile (``conflict``) or, changing
+  tables, entries acknowledged meanwhile (``stale``) wrote nothing: the state is refreshed
   and the read's entries are handled again before the next read is looked at.
 """
 
@@ -44,7 +44,7 @@ class StageConsumer(StreamConsumer):
         self.transport = Transport(self.client)
         self._commit: Optional[CommitPlan] = None
         self._warned_slots = False
-        self._read_at = 0.0  # when the entries being handled were read
+        self._read_at = 0.0  # when the last read's entries arrived (monotonic)
         self._fast_window = self.config.claim_idle_ms / 2000.0
         if self.spec.periodic is not None:
             self._periodic_due = time.monotonic() + self.spec.periodic[0]
@@ -63,7 +63,6 @@ class StageConsumer(StreamConsumer):
     async def _handle(self, entries: list, deliveries: Optional[dict]) -> ReadEffects:
         spec, stats = self.spec, self.stats
         effects = ReadEffects(spec.output, spec.tables)
-        self._read_at = time.monotonic()
         messages = list(received_messages(spec.stream, self.name, time.time(), entries))
         self._inflight = [entry[0] for entry in entries]
         self._inflight_since = time.monotonic()
@@ -150,11 +149,17 @@ class StageConsumer(StreamConsumer):
             effects, stream=self.spec.stream, group=self.spec.group, maxlen=self.maxlen,
             entries=entries, deliveries=deliveries, attempt=attempt,
         )  # fmt: skip
-        # Nobody can have claimed fresh entries before they were idle for claim_idle_ms: a read committed
-        # within half that commits with one XACK; anything else checks each entry as it acks it.
-        if deliveries is not None or attempt or time.monotonic() - self._read_at > self._fast_window:
+        plan.read_at = self._read_at
+        if deliveries is not None or attempt:
             plan.gate()
         self._commit = plan
+
+    def _gate_if_late(self, plan: CommitPlan) -> None:
+        """Nobody can claim fresh entries before they were idle for claim_idle_ms: a read whose commit is sent
+        within half that of the entries' arrival commits with one XACK; any later (its handling waited for
+        the redo of the read before it, the process stalled) checks each entry as it acks it."""
+        if time.monotonic() - plan.read_at > self._fast_window:
+            plan.gate()
 
     def _take_pending(self) -> tuple:
         commands, ids = super()._take_pending()
@@ -162,6 +167,8 @@ class StageConsumer(StreamConsumer):
         if plan is not None and self._crosses_slots(plan):
             self._commit = plan  # not atomic: sent on its own before the read (see _flush_commit)
             plan = None
+        if plan is not None:
+            self._gate_if_late(plan)
         return ([plan.command] if plan is not None else []) + commands, (plan, ids)
 
     def _pending_failed(self, token: Any) -> None:
@@ -172,6 +179,7 @@ class StageConsumer(StreamConsumer):
         super()._pending_failed(ids)
 
     async def _pending_sent(self, token: Any, replies: list) -> None:
+        self._read_at = time.monotonic()  # the entries of this read arrived: its commit is timed from here
         plan, ids = token
         if plan is not None:
             reply, replies = replies[0], replies[1:]
@@ -212,6 +220,7 @@ class StageConsumer(StreamConsumer):
                 return exc
             await self.transport.send(ack)  # ...before the entries are acknowledged
             return [b"ok", 0]
+        self._gate_if_late(plan)
         try:
             return (await self.transport.send([plan.command]))[0]
         except NoScriptError:  # a new or restarted server: load the script once, send again
@@ -236,7 +245,8 @@ class StageConsumer(StreamConsumer):
         await self._redo(plan, outcome)
 
     async def _redo(self, plan: CommitPlan, outcome: Outcome) -> None:
-        """A table changed under the read: take the current values and handle its entries again.
+        """A table changed under the read, or some of its entries were acknowledged meanwhile: take the current
+        values and handle its entries again.
 
         Only the entries still pending: one acknowledged meanwhile (an earlier
         attempt of this very commit whose reply was lost, or another consumer
@@ -249,7 +259,7 @@ class StageConsumer(StreamConsumer):
         committed = {as_text(i) for i in plan.effects.ids}
         entries = [e for e in plan.entries if as_text(e[0]) in committed]
         entries = await self._still_pending(entries)
-        log.debug("agent %s: commit conflict; handling %d entries again", self.spec.name, len(entries))
+        log.debug("agent %s: commit %s; handling %d entries again", self.spec.name, outcome.kind, len(entries))
         if entries:
             effects = await self._handle(entries, plan.deliveries)
             if not effects.empty:
