@@ -54,6 +54,12 @@ INT64_MAX = 2**63 - 1
 _NAN = math.nan
 
 
+def _sat(a: int, b: int) -> int:
+    """a + b, saturating at the int64 maximum, as the compiled core computes it."""
+    total = a + b
+    return total if total <= INT64_MAX else INT64_MAX
+
+
 def _pending_time(item):
     return item[0]
 
@@ -228,19 +234,19 @@ class WindowCore:
         kind = self._kind
         if kind == K_BUCKETS:
             windows, size = key.windows, self._size
-            if windows and min(windows) + size <= watermark:
+            if windows and _sat(min(windows), size) <= watermark:
                 for start in sorted(windows):
-                    if start + size > watermark:
+                    if _sat(start, size) > watermark:
                         break
                     record = windows.pop(start)
                     if self._final:
-                        self._emit(key, start, start + size, record)
+                        self._emit(key, start, _sat(start, size), record)
         elif kind == K_SESSION:
             sessions, gap = key.sessions, self._gap
-            while sessions and sessions[0][1] + gap < watermark:
+            while sessions and _sat(sessions[0][1], gap) < watermark:
                 start, end, record = sessions.pop(0)
-                if end + gap > key.sealed:
-                    key.sealed = end + gap
+                if _sat(end, gap) > key.sealed:
+                    key.sealed = _sat(end, gap)
                 if self._final:
                     self._emit(key, start, end, record)
         else:
@@ -252,7 +258,7 @@ class WindowCore:
         start = newest - size + step
         late = False
         while start <= newest:
-            end = start + size
+            end = _sat(start, size)
             if end <= watermark:
                 late = True
             else:
@@ -272,7 +278,7 @@ class WindowCore:
         i = 0
         while i < len(sessions) and sessions[i][0] <= ts:
             i += 1
-        before = sessions[i - 1] if i > 0 and ts <= sessions[i - 1][1] + gap else None
+        before = sessions[i - 1] if i > 0 and ts <= _sat(sessions[i - 1][1], gap) else None
         after = sessions[i] if i < len(sessions) and ts >= sessions[i][0] - gap else None
         if before is not None:
             self._update(before[2], ts, values)
@@ -288,7 +294,7 @@ class WindowCore:
             after[0] = ts
             target = after
         else:
-            if ts + gap < watermark:
+            if _sat(ts, gap) < watermark:
                 return True
             record = self._new_record()
             self._update(record, ts, values)

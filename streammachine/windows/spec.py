@@ -212,7 +212,7 @@ class Window:
         """A new, empty aggregator for this window (the compiled core when built, unless declined)."""
         from streammachine.windows.state import window_state_class
 
-        return window_state_class(pure_python)(self)
+        return window_state_class(pure_python, bool(self.plan["customs"]))(self)
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self._params.items())

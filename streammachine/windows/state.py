@@ -190,13 +190,16 @@ else:
         compiled = True
 
 
-def window_state_class(pure_python: Optional[bool] = None):
-    """The compiled class when built and not declined (``STREAMMACHINE_PURE_PYTHON=1`` declines), else Python."""
+def window_state_class(pure_python: Optional[bool] = None, custom_reducers: bool = False):
+    """The compiled class when built and not declined (``STREAMMACHINE_PURE_PYTHON=1`` declines), else Python.
+
+    Windows with custom reducers (``Reduce``) run Python code per entry anyway: they get the Python core.
+    """
     if pure_python is None:
         from streammachine.ohlc import _pure_python_requested
 
         pure_python = _pure_python_requested()
-    if CythonWindowState is not None and not pure_python:
+    if CythonWindowState is not None and not pure_python and not custom_reducers:
         return CythonWindowState
     return PythonWindowState
 
