@@ -82,7 +82,10 @@ def run(core, window, rows, *, via="add"):
         for key, ts, price, qty in rows:
             out += state.add({"symbol": key, "price": price, "qty": qty}, id=f"{ts}-0")
     elif via == "entries":
-        batch = [(f"{ts}-0", {b"symbol": key.encode(), b"price": repr(price).encode(), b"qty": str(qty)}) for key, ts, price, qty in rows]
+        batch = [
+            (f"{ts}-0", {b"symbol": key.encode(), b"price": repr(price).encode(), b"qty": str(qty)})
+            for key, ts, price, qty in rows
+        ]
         result = state.add_entries(batch)
         assert not result.late and not result.rejected
         out += result

@@ -133,7 +133,13 @@ def step(state, op):
         except ValueError as exc:
             return f"error: {exc}"
     if kind == "entries":
-        batch = [(fields_of(o)[1], {k.encode(): repr(v).encode() if isinstance(v, float) else v for k, v in fields_of(o)[0].items()}) for o in op[1]]
+        batch = [
+            (
+                fields_of(o)[1],
+                {k.encode(): repr(v).encode() if isinstance(v, float) else v for k, v in fields_of(o)[0].items()},
+            )
+            for o in op[1]
+        ]
         for entry_id, fields in batch:
             fields[b"k"] = fields[b"k"].encode() if isinstance(fields[b"k"], str) else fields[b"k"]
         rows = state.add_entries(batch)

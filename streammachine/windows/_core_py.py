@@ -29,7 +29,6 @@ from bisect import insort
 from typing import Any, Dict, List, Optional
 
 from streammachine.windows.aggregates import (
-    OP_CUSTOM,
     OP_FIRST,
     OP_LAST,
     OP_MAX,
@@ -38,7 +37,6 @@ from streammachine.windows.aggregates import (
     OP_SUM,
     OP_WELFORD,
     R_COUNT,
-    R_CUSTOM,
     R_DIV,
     R_MEAN,
     R_STD,
@@ -46,7 +44,7 @@ from streammachine.windows.aggregates import (
     R_VALUE,
     R_VAR,
 )
-from streammachine.windows.spec import K_BARS, K_BUCKETS, K_SESSION, K_SLIDE_COUNT, K_SLIDE_TIME, M_COUNT, M_FIELD
+from streammachine.windows.spec import K_BARS, K_BUCKETS, K_SESSION, K_SLIDE_TIME, M_COUNT, M_FIELD
 from streammachine.windows.values import EntryReader
 
 INT64_MIN = -(2**63)

@@ -36,7 +36,7 @@ class Aggregate:
         """Column names: a keyword name as is; a positional aggregate gets its default name."""
         return [name or self.default_name]
 
-    def _plan(self, layout: "Layout") -> List[tuple]:  # pragma: no cover - every aggregate overrides it
+    def _plan(self, layout: Layout) -> List[tuple]:  # pragma: no cover - every aggregate overrides it
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -172,7 +172,9 @@ class _Checker:
         out = []
         for ts, values in _pairs(raw, where, what, 2):
             if not isinstance(values, list) or len(values) != self.fields:
-                raise ValueError(f"window snapshot: {where}: {what}: expected {self.fields} values, got {_short(values)}")
+                raise ValueError(
+                    f"window snapshot: {where}: {what}: expected {self.fields} values, got {_short(values)}"
+                )
             checked = tuple(_double(v, f"{where}: {what} value") for v in values)
             if not all(math.isfinite(v) for v in checked):
                 raise ValueError(f"window snapshot: {where}: {what}: values must be finite, got {_short(values)}")

@@ -75,9 +75,9 @@ def _name(value: Any, what: str, optional: bool = False) -> Optional[str]:
 class Window:
     """A window description. Build one with a class method, then ``.agg(...)`` and ``.start()``::
 
-        w = Window.tumbling(60_000, key="symbol").agg(n=Count(), vwap=VWAP("price", "qty"))
-        state = w.start()
-        rows = state.add({"symbol": "AAPL", "price": 101.5, "qty": 10}, id="1700000000000-0")
+    w = Window.tumbling(60_000, key="symbol").agg(n=Count(), vwap=VWAP("price", "qty"))
+    state = w.start()
+    rows = state.add({"symbol": "AAPL", "price": 101.5, "qty": 10}, id="1700000000000-0")
     """
 
     __slots__ = ("_kind", "_params", "_key", "_time", "_grace", "_emit", "_aggregates", "_plan")
@@ -97,12 +97,12 @@ class Window:
     # -- kinds -----------------------------------------------------------------
 
     @classmethod
-    def tumbling(cls, size_ms: int, *, key=None, time="id", grace_ms=0, emit="final") -> "Window":
+    def tumbling(cls, size_ms: int, *, key=None, time="id", grace_ms=0, emit="final") -> Window:
         size = _ms(size_ms, "size_ms")
         return cls(K_BUCKETS, {"size": size, "step": size}, key, time, grace_ms, emit)
 
     @classmethod
-    def hopping(cls, size_ms: int, step_ms: int, *, key=None, time="id", grace_ms=0, emit="final") -> "Window":
+    def hopping(cls, size_ms: int, step_ms: int, *, key=None, time="id", grace_ms=0, emit="final") -> Window:
         size, step = _ms(size_ms, "size_ms"), _ms(step_ms, "step_ms")
         if size % step:
             raise ValueError(f"hopping: size_ms={size} is not a multiple of step_ms={step}; expected size = k * step")
@@ -111,7 +111,7 @@ class Window:
     @classmethod
     def sliding(
         cls, size_ms: Optional[int] = None, *, entries=None, key=None, time="id", grace_ms=0, emit="final"
-    ) -> "Window":
+    ) -> Window:
         if (size_ms is None) == (entries is None):
             raise ValueError("sliding: give size_ms (the last N ms) or entries= (the last N entries), one of them")
         if entries is not None:
@@ -119,16 +119,16 @@ class Window:
         return cls(K_SLIDE_TIME, {"size": _ms(size_ms, "size_ms")}, key, time, grace_ms, emit)
 
     @classmethod
-    def session(cls, gap_ms: int, *, key=None, time="id", grace_ms=0, emit="final") -> "Window":
+    def session(cls, gap_ms: int, *, key=None, time="id", grace_ms=0, emit="final") -> Window:
         return cls(K_SESSION, {"gap": _ms(gap_ms, "gap_ms", minimum=0)}, key, time, grace_ms, emit)
 
     @classmethod
-    def count_bars(cls, entries: int, *, key=None, time="id", grace_ms=0, emit="final") -> "Window":
+    def count_bars(cls, entries: int, *, key=None, time="id", grace_ms=0, emit="final") -> Window:
         n = _ms(entries, "entries")
         return cls(K_BARS, {"measure": M_COUNT, "threshold": float(n), "by": ()}, key, time, grace_ms, emit)
 
     @classmethod
-    def volume_bars(cls, units: float, qty: str, *, key=None, time="id", grace_ms=0, emit="final") -> "Window":
+    def volume_bars(cls, units: float, qty: str, *, key=None, time="id", grace_ms=0, emit="final") -> Window:
         by = (_name(qty, "qty"),)
         params = {"measure": M_FIELD, "threshold": _units(units, "units"), "by": by}
         return cls(K_BARS, params, key, time, grace_ms, emit)
@@ -136,21 +136,21 @@ class Window:
     @classmethod
     def dollar_bars(
         cls, units: float, price: str, qty: str, *, key=None, time="id", grace_ms=0, emit="final"
-    ) -> "Window":
+    ) -> Window:
         by = (_name(price, "price"), _name(qty, "qty"))
         params = {"measure": M_PRODUCT, "threshold": _units(units, "units"), "by": by}
         return cls(K_BARS, params, key, time, grace_ms, emit)
 
     # -- aggregates ------------------------------------------------------------
 
-    def agg(self, *aggregates: Aggregate, **named: Aggregate) -> "Window":
+    def agg(self, *aggregates: Aggregate, **named: Aggregate) -> Window:
         """A copy with these aggregates added (positional ones get default column names)."""
         copy = Window.__new__(Window)
         for slot in Window.__slots__:
             setattr(copy, slot, getattr(self, slot))
         copy._aggregates = self._aggregates + tuple((None, a) for a in aggregates) + tuple(named.items())
         copy._plan = None
-        copy.plan  # checks names now, not at the first entry
+        _ = copy.plan  # checks the names now, not at the first entry
         return copy
 
     @property

@@ -174,7 +174,11 @@ def prepare_arrays(
                     good[i] = True
                 except ValueError as exc:
                     reasons.setdefault(i, str(exc))
-        _note(reasons, ~good, lambda i: f"field {name!r}={_short(column[i])}: expected a finite number")
+        _note(
+            reasons,
+            ~good,
+            lambda i, name=name, column=column: f"field {name!r}={_short(column[i])}: expected a finite number",
+        )
         ok &= good
     values += 0.0  # -0.0 -> 0.0, as the entry path stores it
     codes, names = _key_codes(keys, count, key_names, reasons)
