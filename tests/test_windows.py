@@ -256,7 +256,7 @@ def test_custom_reducers_function_and_trio_with_merge_and_snapshot():
     restored.restore(json.loads(json.dumps(state.snapshot())))
     assert restored.flush() == [{"key": "A", "start": 0, "end": 300, "spread": 4.0, "avg": 3.0}]
     no_merge = (
-        Window.session(100, key="symbol", grace_ms=500)
+        Window.session(200, key="symbol", grace_ms=500)
         .agg(Reduce("price", init=list, add=lambda s, v: s + [v]))
         .start()
     )
