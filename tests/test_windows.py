@@ -255,12 +255,8 @@ def test_custom_reducers_function_and_trio_with_merge_and_snapshot():
     restored = window.start()
     restored.restore(json.loads(json.dumps(state.snapshot())))
     assert restored.flush() == [{"key": "A", "start": 0, "end": 300, "spread": 4.0, "avg": 3.0}]
-    no_merge = (
-        Window.session(200, key="symbol", grace_ms=500)
-        .agg(Reduce("price", init=list, add=lambda s, v: s + [v]))
-        .start()
-    )
-    no_merge.add(tick("A", 1.0), "0-0")
-    no_merge.add(tick("A", 1.0), "300-0")
-    with pytest.raises(ValueError, match="give merge="):
-        no_merge.add(tick("A", 1.0), "150-0")
+    no_merge = Reduce("price", init=list, add=lambda s, v: s + [v])
+    assert Window.tumbling(200).agg(no_merge).start().add({"price": 1.0}, "1-0") == []  # buckets never merge
+    for make in (lambda: Window.session(200), lambda: Window.sliding(200), lambda: Window.sliding(entries=2)):
+        with pytest.raises(ValueError, match="windows merge partial states: give Reduce\\(..., merge="):
+            make().agg(no_merge)

@@ -352,11 +352,18 @@ cdef class WindowCore:
 
     def add(self, fields, id=None, stream=None):
         """Take one entry; returns the rows it made emit. A bad entry raises ValueError (and is counted)."""
+        self._add_one(fields, id, stream)
+        if self._out.end == self._out.head:
+            return []
+        return self._take_rows()
+
+    cpdef bint _add_one(self, fields, entry_id, stream) except -1:
+        """Take one entry; True if it was late. A bad one raises ValueError (counted in ``rejected``)."""
         cdef int64_t ts = -1
-        cdef _Key key = self._read_fast(fields, id, stream, &ts)
+        cdef _Key key = self._read_fast(fields, entry_id, stream, &ts)
         if key is None:
             try:
-                name, ts, values = self._reader.read(fields, id, stream)
+                name, ts, values = self._reader.read(fields, entry_id, stream)
             except ValueError:
                 self._rejected += 1
                 raise
@@ -365,9 +372,8 @@ cdef class WindowCore:
         self._entries += 1
         if self._apply(key, ts, self._x):
             self._late += 1
-        if self._out.end == self._out.head:
-            return []
-        return self._take_rows()
+            return True
+        return False
 
     cdef _Key _read_fast(self, object fields, object entry_id, object stream, int64_t* ts):
         cdef PyObject* found
@@ -404,17 +410,6 @@ cdef class WindowCore:
         cdef Py_ssize_t j
         for j in range(self._nfields):
             self._x[j] = PyFloat_AS_DOUBLE(values[j])
-
-    def _add_batch(self, list batch, list late_ids):
-        """Take ``(name, ts, values, id)`` rows already read; ids of late ones go to ``late_ids``."""
-        cdef _Key key
-        for name, ts, values, entry_id in batch:
-            key = self._key_for(name)
-            self._copy_values(values)
-            self._entries += 1
-            if self._apply(key, ts, self._x):
-                self._late += 1
-                late_ids.append(entry_id)
 
     def _add_rows(self, times, codes, values, list names, list late_rows):
         """The array path: rows with code -1 were rejected (already counted by the caller)."""

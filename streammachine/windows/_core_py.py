@@ -150,23 +150,21 @@ class WindowCore:
 
     def add(self, fields: Any, id: Any = None, stream: Any = None) -> list:
         """Take one entry; returns the rows it made emit. A bad entry raises ValueError (and is counted)."""
+        self._add_one(fields, id, stream)
+        return self._take_rows()
+
+    def _add_one(self, fields: Any, entry_id: Any, stream: Any) -> bool:
+        """Take one entry; True if it was late. A bad one raises ValueError (counted in ``rejected``)."""
         try:
-            name, ts, values = self._reader.read(fields, id, stream)
+            name, ts, values = self._reader.read(fields, entry_id, stream)
         except ValueError:
             self._rejected += 1
             raise
         self._entries += 1
         if self._apply(self._key(name), ts, values):
             self._late += 1
-        return self._take_rows()
-
-    def _add_batch(self, batch: list, late_ids: list) -> None:
-        """Take ``(name, ts, values, id)`` rows already read; ids of late ones go to ``late_ids``."""
-        for name, ts, values, entry_id in batch:
-            self._entries += 1
-            if self._apply(self._key(name), ts, values):
-                self._late += 1
-                late_ids.append(entry_id)
+            return True
+        return False
 
     def _add_rows(self, times, codes, values, names: List[str], late_rows: list) -> None:
         """The array path: rows with code -1 were rejected (already counted by the caller)."""

@@ -239,6 +239,7 @@ class _ValuesReducer:
     """The state is ``[[ts, value], ...]`` in arrival order; ``fn`` sees the values sorted by time."""
 
     __slots__ = ("fn",)
+    merges = True
 
     def __init__(self, fn):
         self.fn = fn
@@ -267,6 +268,10 @@ class _TrioReducer:
     def __init__(self, init, add, merge, result):
         self._init, self._add, self._merge, self._result = init, add, merge, result
 
+    @property
+    def merges(self) -> bool:
+        return self._merge is not None
+
     def init(self):
         return self._init()
 
@@ -274,8 +279,6 @@ class _TrioReducer:
         return self._add(state, value)
 
     def merge(self, older, newer):
-        if self._merge is None:
-            raise ValueError("Reduce: this window merges partial states (session/sliding): give merge=(older, newer)")
         return self._merge(older, newer)
 
     def result(self, state):

@@ -165,6 +165,12 @@ class Window:
             if not self._aggregates:
                 raise ValueError("a window needs at least one aggregate: .agg(n=Count(), ...)")
             plan = plan_aggregates(list(self._aggregates))
+            if self._kind in (K_SESSION, K_SLIDE_TIME, K_SLIDE_COUNT):
+                for custom in plan["customs"]:
+                    if not custom.merges:
+                        raise ValueError(
+                            f"{KIND_NAMES[self._kind]} windows merge partial states: give Reduce(..., merge=(older, newer))"
+                        )
             seen = set(RESERVED)
             for column in plan["columns"]:
                 if column in seen:

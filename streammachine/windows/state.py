@@ -59,34 +59,34 @@ class Columns(dict):
 
 
 class WindowMethods:
-    """The API written once over a core's ``add``/``_add_batch``/``_add_rows``/``_take_*``/``_export``/``_load``."""
+    """The API written once over a core's ``add``/``_add_one``/``_add_rows``/``_take_*``/``_export``/``_load``."""
 
     __slots__ = ()
 
     def add_entries(self, entries: Any, *, stream: Any = None) -> Rows:
         """Take many entries (a read reply, ``(id, fields)`` pairs or Messages), in order."""
-        read = self._reader.read
-        batch, rejected = [], []
+        add_one = self._add_one
+        rejected: List[Rejected] = []
+        late: List[Any] = []
         position = 0
         for name, items in _batches(entries):
+            source = stream if stream is not None else name
             for item in items:
                 entry_id = None
                 try:
                     if hasattr(item, "data") and hasattr(item, "topic"):  # a Message
                         entry_id, fields = item.data if item.data else (getattr(item, "key", None), {})
-                        source = item.topic
+                        if add_one(fields, entry_id, stream if stream is not None else item.topic):
+                            late.append(entry_id)
                     else:
                         entry_id, fields = item
-                        source = name
-                    key, ts, values = read(fields, entry_id, stream if stream is not None else source)
+                        if add_one(fields, entry_id, source):
+                            late.append(entry_id)
                 except (ValueError, TypeError) as exc:
+                    if not isinstance(exc, ValueError):  # not a (id, fields) pair: counted here
+                        self._rejected += 1
                     rejected.append(Rejected(position, entry_id, str(exc)))
-                else:
-                    batch.append((key, ts, values, entry_id))
                 position += 1
-        self._rejected += len(rejected)
-        late: List[Any] = []
-        self._add_batch(batch, late)
         return Rows(self._take_rows(), late, rejected)
 
     def add_arrays(self, times: Any, keys: Any, columns: Dict[str, Any], *, key_names: Any = None) -> Columns:
