@@ -16,13 +16,13 @@ from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.ref cimport PyObject
 from libc.math cimport NAN, isfinite, sqrt
-from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t
+from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint64_t
 from libc.string cimport memcpy, memmove
 
 import numpy as np
 
 from streammachine.redis.entries import as_text
-from streammachine.windows.values import EntryReader
+from streammachine.windows.values import EntryReader, key_name
 
 cdef extern from "Python.h":
     long long PyLong_AsLongLongAndOverflow(object obj, int* overflow) except? -1
@@ -207,12 +207,20 @@ cdef int64_t _text_millis(object raw, bint stream_id) except -2:
     return -1
 
 
-cdef inline object _get(dict fields, object spelled_bytes, object spelled_str):
-    cdef PyObject* found = PyDict_GetItem(fields, spelled_bytes)
-    if found == NULL:
+cdef inline object _get(dict fields, object spelled_bytes, object spelled_str, bint text_first):
+    """fields[name] in either spelling, or None. The spelling that matched last is tried first: a str and
+    a bytes name hash the same, so the other spelling's miss costs a failed str/bytes comparison."""
+    cdef PyObject* found
+    if text_first:
         found = PyDict_GetItem(fields, spelled_str)
         if found == NULL:
-            return None
+            found = PyDict_GetItem(fields, spelled_bytes)
+    else:
+        found = PyDict_GetItem(fields, spelled_bytes)
+        if found == NULL:
+            found = PyDict_GetItem(fields, spelled_str)
+    if found == NULL:
+        return None
     return <object>found
 
 
@@ -247,6 +255,7 @@ cdef class WindowCore:
     cdef readonly object window
     cdef readonly object _reader
     cdef public Py_ssize_t _rejected
+    cdef public Py_ssize_t _slow_reads  # entries that took the checked path (the parity tests look)
     cdef Py_ssize_t _entries, _late
     cdef int _kind, _measure, _mf1, _mf2
     cdef bint _final
@@ -259,13 +268,18 @@ cdef class WindowCore:
     cdef Slot* _scratch
     cdef double* _x
     cdef double* _x2
-    cdef Table _out
-    cdef dict _keys
+    cdef list _out_arrays    # emitted rows as numpy columns: key index, start, end, one per result
+    cdef Slot** _out_ptr     # their data (int64 and float64 are both 8 bytes: one Slot each)
+    cdef Py_ssize_t _out_n, _out_cap
+    cdef list _out_dtypes
+    cdef dict _keys          # key name (str) -> _Key
+    cdef dict _keys_bytes    # the same keys spelled as UTF-8 bytes (a separate dict: see _get)
     cdef list _names
     cdef list _states
     cdef tuple _row_names
-    cdef object _key_field, _time_field
-    cdef list _spelled
+    cdef object _key_field, _time_field, _key_bytes, _time_bytes
+    cdef list _field_names, _field_bytes
+    cdef bint _text_first
 
     def __init__(self, window):
         plan = window.plan
@@ -303,11 +317,21 @@ cdef class WindowCore:
             self._blank[1 + k].f = value
         for k, value in enumerate(plan["t_init"]):
             self._blank[1 + len(plan["d_init"]) + k].i = value
-        _init_table(&self._out, 3 + self._nres)
+        self._out_ptr = <Slot**>PyMem_Malloc((3 + self._nres) * sizeof(Slot*))
+        if self._out_ptr == NULL:
+            raise MemoryError()
+        self._out_dtypes = [np.int64, np.int64, np.int64] + [
+            np.int64 if op in (R_COUNT, R_TIME) else np.float64 for op, _, _ in plan["results"]
+        ]
+        self._out_arrays = None
+        self._out_n = self._out_cap = 0
         self._row_names = ("key", "start", "end") + plan["columns"]
         self._key_field = plan["key"]
         self._time_field = plan["time"]
-        self._spelled = [(name.encode("utf-8"), name) for name in plan["fields"]]
+        self._key_bytes = None if self._key_field is None else self._key_field.encode("utf-8")
+        self._time_bytes = self._time_field.encode("utf-8")
+        self._field_names = list(plan["fields"])
+        self._field_bytes = [name.encode("utf-8") for name in plan["fields"]]
         self.clear()
 
     def __dealloc__(self):
@@ -317,16 +341,17 @@ cdef class WindowCore:
         PyMem_Free(self._scratch)
         PyMem_Free(self._x)
         PyMem_Free(self._x2)
-        PyMem_Free(self._out.data)
+        PyMem_Free(self._out_ptr)
 
     def clear(self):
         """Forget every key, window and counter."""
         self._keys = {}
+        self._keys_bytes = {}
         self._names = []
         self._states = []
         self._floor = INT64_MIN
         self._entries = self._late = self._rejected = 0
-        self._out.head = self._out.end = 0
+        self._out_n = 0
 
     @property
     def entries(self):
@@ -353,7 +378,7 @@ cdef class WindowCore:
     def add(self, fields, id=None, stream=None):
         """Take one entry; returns the rows it made emit. A bad entry raises ValueError (and is counted)."""
         self._add_one(fields, id, stream)
-        if self._out.end == self._out.head:
+        if self._out_n == 0:
             return []
         return self._take_rows()
 
@@ -362,6 +387,7 @@ cdef class WindowCore:
         cdef int64_t ts = -1
         cdef _Key key = self._read_fast(fields, entry_id, stream, &ts)
         if key is None:
+            self._slow_reads += 1
             try:
                 name, ts, values = self._reader.read(fields, entry_id, stream)
             except ValueError:
@@ -379,21 +405,28 @@ cdef class WindowCore:
         cdef PyObject* found
         cdef Py_ssize_t j
         cdef object raw
+        cdef bint text = self._text_first
         if type(fields) is not dict:
             return None
         if self._key_field is None:
             raw = "" if stream is None else stream
         else:
-            raw = _get(<dict>fields, self._reader._key[1], self._key_field)
-        if type(raw) is not str and type(raw) is not bytes:
+            raw = _get(<dict>fields, self._key_bytes, self._key_field, text)
+        if type(raw) is str:
+            found = PyDict_GetItem(self._keys, raw)
+        elif type(raw) is bytes:
+            found = PyDict_GetItem(self._keys_bytes, raw)
+        else:
             return None
-        found = PyDict_GetItem(self._keys, raw)
+        if self._key_field is not None:
+            text = type(raw) is str  # the fields spell names as the key field's value is spelled
+            self._text_first = text
         if found == NULL:
             return None
         if self._time_field == "id":
             ts[0] = _text_millis(entry_id, True)
         else:
-            raw = _get(<dict>fields, self._reader._time[1], self._time_field)
+            raw = _get(<dict>fields, self._time_bytes, self._time_field, text)
             if type(raw) is int:
                 ts[0] = raw if 0 <= raw <= INT64_MAX else -1
             else:
@@ -401,8 +434,7 @@ cdef class WindowCore:
         if ts[0] < 0:
             return None
         for j in range(self._nfields):
-            spelled = self._spelled[j]
-            if not _number(_get(<dict>fields, spelled[0], spelled[1]), &self._x[j]):
+            if not _number(_get(<dict>fields, self._field_bytes[j], self._field_names[j], text), &self._x[j]):
                 return None
         return <_Key>found
 
@@ -411,26 +443,82 @@ cdef class WindowCore:
         for j in range(self._nfields):
             self._x[j] = PyFloat_AS_DOUBLE(values[j])
 
-    def _add_rows(self, times, codes, values, list names, list late_rows):
-        """The array path: rows with code -1 were rejected (already counted by the caller)."""
-        cdef const int64_t[::1] t = np.ascontiguousarray(times, dtype=np.int64)
-        cdef const Py_ssize_t[::1] c = np.ascontiguousarray(codes, dtype=np.intp)
-        cdef const double[:, ::1] x = np.ascontiguousarray(values, dtype=np.float64).reshape(len(t), self._nfields)
-        cdef list keys = [self._key_for(name) for name in names]
-        cdef Py_ssize_t i, n = t.shape[0], code
-        cdef Py_ssize_t taken = 0, late = 0
-        cdef double* row
-        for i in range(n):
-            code = c[i]
-            if code < 0:
-                continue
-            taken += 1
-            row = <double*>&x[i, 0] if self._nfields else self._x
-            if self._apply(<_Key>keys[code], t[i], row):
-                late += 1
-                late_rows.append(i)
-        self._entries += taken
-        self._late += late
+    def _add_rows(self, times, list columns, valid, keys, names, list late_rows, list bad_keys):
+        """The array path (see arrays.prepare_arrays): rows not ``valid`` are skipped (reported by the caller).
+
+        ``keys`` is one key name, intp codes into ``names``, or an object
+        array resolved here, cached by object identity (rows whose key is
+        not text go to ``bad_keys``).
+        """
+        cdef const int64_t[::1] t = times
+        cdef Py_ssize_t i, j, n = t.shape[0], taken = 0, late = 0, slot
+        cdef const uint8_t[::1] ok
+        cdef bint check = valid is not None
+        cdef const Py_ssize_t[::1] codes
+        cdef PyObject** items = NULL
+        cdef PyObject* cache_keys[1024]
+        cdef PyObject* cache_states[1024]
+        cdef PyObject* item
+        cdef list states
+        cdef _Key key = None
+        cdef int mode  # 0: one key, 1: codes, 2: objects
+        cdef double** cols = <double**>PyMem_Malloc((self._nfields + 1) * sizeof(double*))
+        if cols == NULL:
+            raise MemoryError()
+        try:
+            for j in range(self._nfields):
+                cols[j] = <double*><size_t>columns[j].__array_interface__["data"][0]
+            if check:
+                ok = valid.view(np.uint8)
+            # keys are created when a valid row first uses them, in row order, as the Python core does
+            if isinstance(keys, str):
+                mode = 0
+            elif names is not None:
+                mode, codes = 1, keys
+                states = [None] * len(names)
+            else:
+                mode = 2
+                items = <PyObject**><size_t>keys.__array_interface__["data"][0]
+                for i in range(1024):
+                    cache_keys[i] = NULL
+            for i in range(n):
+                if check and not ok[i]:
+                    continue
+                if mode == 0:
+                    if key is None:
+                        key = self._key_for(keys)
+                elif mode == 1:
+                    if states[codes[i]] is None:
+                        states[codes[i]] = self._key_for(names[codes[i]])
+                    key = <_Key>states[codes[i]]
+                elif mode == 2:
+                    item = items[i]
+                    slot = <Py_ssize_t>((<uint64_t><size_t>item * 11400714819323198485ULL) >> 54)  # Fibonacci hash
+                    if cache_keys[slot] == item:
+                        key = <_Key>cache_states[slot]
+                    else:
+                        key = self._key_of_object(<object>item)
+                        if key is None:
+                            bad_keys.append(i)
+                            continue
+                        cache_keys[slot] = item  # the array keeps the object alive for this call
+                        cache_states[slot] = <PyObject*>key  # and self._keys keeps the key
+                for j in range(self._nfields):
+                    self._x[j] = cols[j][i] + 0.0
+                taken += 1
+                if self._apply(key, t[i], self._x):
+                    late += 1
+                    late_rows.append(i)
+        finally:
+            PyMem_Free(cols)
+            self._entries += taken
+            self._late += late
+
+    cdef _Key _key_of_object(self, object value):
+        try:
+            return self._key_for(key_name(value, "keys"))
+        except (TypeError, ValueError):
+            return None
 
     def _advance(self, int64_t now_ms):
         cdef int64_t watermark = now_ms - self._grace
@@ -736,79 +824,82 @@ cdef class WindowCore:
                                       + delta * delta * <double>n_old * <double>n_new / <double>count)
         dst[0].i = count
 
+    cdef int _grow_out(self) except -1:
+        cdef Py_ssize_t k, cap = self._out_cap * 2 if self._out_cap else 256
+        arrays = []
+        for k in range(3 + self._nres):
+            array = np.empty(cap, dtype=self._out_dtypes[k])
+            if self._out_n:
+                array[: self._out_n] = self._out_arrays[k][: self._out_n]
+            arrays.append(array)
+            self._out_ptr[k] = <Slot*><size_t>array.__array_interface__["data"][0]
+        self._out_arrays = arrays
+        self._out_cap = cap
+        return 0
+
     cdef int _emit(self, _Key key, int64_t start, int64_t end, const Slot* r) except -1:
-        cdef Slot* row
-        cdef Py_ssize_t k
+        cdef Py_ssize_t k, i = self._out_n
         cdef Op* op
         cdef int64_t count = r[0].i
         cdef double var
-        _reserve(&self._out, 1)
-        row = self._out.data + self._out.end * self._out.stride
-        self._out.end += 1
-        row[0].i = key.index
-        row[1].i = start
-        row[2].i = end
+        cdef Slot** out = self._out_ptr
+        if i == self._out_cap:
+            self._grow_out()
+        out[0][i].i = key.index
+        out[1][i].i = start
+        out[2][i].i = end
         for k in range(self._nres):
             op = &self._res[k]
             if op.op == R_COUNT:
-                row[3 + k].i = count
+                out[3 + k][i].i = count
             elif op.op == R_VALUE:
-                row[3 + k].f = r[op.slot].f
+                out[3 + k][i].f = r[op.slot].f
             elif op.op == R_TIME:
-                row[3 + k].i = r[op.slot].i
+                out[3 + k][i].i = r[op.slot].i
             elif op.op == R_DIV:
-                row[3 + k].f = r[op.slot].f / r[op.slot2].f if r[op.slot2].f != 0.0 else NAN
+                out[3 + k][i].f = r[op.slot].f / r[op.slot2].f if r[op.slot2].f != 0.0 else NAN
             elif op.op == R_MEAN:
-                row[3 + k].f = r[op.slot].f / <double>count
+                out[3 + k][i].f = r[op.slot].f / <double>count
             else:
                 var = r[op.slot + 1].f / <double>(count - op.slot2) if count > op.slot2 else NAN
-                row[3 + k].f = sqrt(var) if op.op == R_STD and var == var else var
+                out[3 + k][i].f = sqrt(var) if op.op == R_STD and var == var else var
+        self._out_n = i + 1
         return 0
 
     def _take_rows(self):
-        cdef Py_ssize_t i, k, n = _len(&self._out)
-        cdef Slot* row
+        """The emitted rows as dicts (the storage is kept for the next ones)."""
+        cdef Py_ssize_t i, k, n = self._out_n
+        cdef Slot** out = self._out_ptr
         cdef list rows = []
-        cdef dict out
+        cdef dict row
         cdef tuple names = self._row_names
+        cdef list key_names = self._names
         for i in range(n):
-            row = _at(&self._out, i)
-            out = {"key": self._names[row[0].i], "start": row[1].i, "end": row[2].i}
+            row = {"key": key_names[out[0][i].i], "start": out[1][i].i, "end": out[2][i].i}
             for k in range(self._nres):
                 if self._res[k].op == R_COUNT or self._res[k].op == R_TIME:
-                    out[names[3 + k]] = row[3 + k].i
+                    row[names[3 + k]] = out[3 + k][i].i
                 else:
-                    out[names[3 + k]] = row[3 + k].f
-            rows.append(out)
-        self._out.head = self._out.end = 0
+                    row[names[3 + k]] = out[3 + k][i].f
+            rows.append(row)
+        self._out_n = 0
         return rows
 
     def _take_columns(self):
-        cdef Py_ssize_t i, k, n = _len(&self._out)
-        cdef Slot* row
-        cdef int64_t[::1] ints
-        cdef double[::1] doubles
+        """The emitted rows as numpy columns (handed over without a copy; new storage for the next ones)."""
+        cdef Py_ssize_t k, n = self._out_n
         cdef tuple names = self._row_names
-        index = np.empty(n, dtype=np.int64)
-        ints = index
-        for i in range(n):
-            ints[i] = _at(&self._out, i)[0].i
-        names_array = np.empty(len(self._names), dtype=object)
-        names_array[:] = self._names
-        columns = {"key": names_array[index]}
-        for k in range(2 + self._nres):
-            is_int = k < 2 or self._res[k - 2].op in (R_COUNT, R_TIME)
-            column = np.empty(n, dtype=np.int64 if is_int else np.float64)
-            if is_int:
-                ints = column
-                for i in range(n):
-                    ints[i] = _at(&self._out, i)[1 + k].i
-            else:
-                doubles = column
-                for i in range(n):
-                    doubles[i] = _at(&self._out, i)[1 + k].f
-            columns[names[1 + k]] = column
-        self._out.head = self._out.end = 0
+        if n == 0:
+            columns = {name: np.empty(0, dtype=object if k == 0 else self._out_dtypes[k]) for k, name in enumerate(names)}
+            return columns
+        arrays = [array[:n] for array in self._out_arrays]
+        key_names = np.empty(len(self._names), dtype=object)
+        key_names[:] = self._names
+        columns = {"key": key_names[arrays[0]]}
+        for k in range(1, 3 + self._nres):
+            columns[names[k]] = arrays[k]
+        self._out_arrays = None
+        self._out_n = self._out_cap = 0
         return columns
 
     # -- snapshots (the format is in streammachine/windows/snapshot.py) -----------
@@ -931,7 +1022,7 @@ cdef class WindowCore:
         key = _Key(name, len(self._names), self._kind, self._record, self._nfields)
         self._keys[name] = key
         try:
-            self._keys[name.encode("utf-8")] = key  # entries spell keys as bytes too
+            self._keys_bytes[name.encode("utf-8")] = key  # entries spell keys as bytes too
         except UnicodeEncodeError:
             pass
         self._names.append(name)

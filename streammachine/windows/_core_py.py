@@ -45,7 +45,7 @@ from streammachine.windows.aggregates import (
     R_VAR,
 )
 from streammachine.windows.spec import K_BARS, K_BUCKETS, K_SESSION, K_SLIDE_TIME, M_COUNT, M_FIELD
-from streammachine.windows.values import EntryReader
+from streammachine.windows.values import EntryReader, key_name
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -166,15 +166,40 @@ class WindowCore:
             return True
         return False
 
-    def _add_rows(self, times, codes, values, names: List[str], late_rows: list) -> None:
-        """The array path: rows with code -1 were rejected (already counted by the caller)."""
-        keys = [self._key(name) for name in names]
-        stamps, codes_list, rows = times.tolist(), codes.tolist(), values.tolist()
-        for i, code in enumerate(codes_list):
-            if code < 0:
+    def _add_rows(self, times, columns, valid, keys, names, late_rows: list, bad_keys: list) -> None:
+        """The array path (see arrays.prepare_arrays): rows not ``valid`` are skipped (reported by the caller).
+
+        ``keys`` is one key name, intp codes into ``names``, or an object
+        array resolved here (rows whose key is not text go to ``bad_keys``).
+        """
+        stamps = times.tolist()
+        rows = list(zip(*[column.tolist() for column in columns])) if columns else [()] * len(stamps)
+        ok = valid.tolist() if valid is not None else None
+        # keys are created when a valid row first uses them, in row order, as the compiled core does
+        one = keys if isinstance(keys, str) else None
+        codes = keys.tolist() if names is not None else None
+        objects = keys.tolist() if one is None and names is None else None
+        cache: Dict[Any, Optional[_Key]] = {}
+        for i, ts in enumerate(stamps):
+            if ok is not None and not ok[i]:
                 continue
+            if one is not None:
+                key = self._key(one)
+            elif codes is not None:
+                key = self._key(names[codes[i]])
+            else:
+                value = objects[i]
+                try:
+                    key = (
+                        cache[value] if value in cache else cache.setdefault(value, self._key(key_name(value, "keys")))
+                    )
+                except (TypeError, ValueError):  # unhashable, or not text
+                    key = None
+                if key is None:
+                    bad_keys.append(i)
+                    continue
             self._entries += 1
-            if self._apply(keys[code], stamps[i], rows[i]):
+            if self._apply(key, ts, tuple(v + 0.0 for v in rows[i])):
                 self._late += 1
                 late_rows.append(i)
 

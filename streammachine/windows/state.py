@@ -29,7 +29,8 @@ from streammachine.redis.entries import iter_stream_batches
 from streammachine.windows import snapshot as _snapshot
 from streammachine.windows._core_py import WindowCore as _PythonCore
 from streammachine.windows.aggregates import R_COUNT, R_CUSTOM, R_TIME
-from streammachine.windows.values import Rejected, prepare_arrays
+from streammachine.windows.arrays import bad_key_reason, prepare_arrays
+from streammachine.windows.values import Rejected
 
 
 class Rows(list):
@@ -97,10 +98,15 @@ class WindowMethods:
         ``rejected``; returns the emitted rows as columns.
         """
         prepared = prepare_arrays(self.window.plan, times, keys, columns, key_names)
-        self._rejected += len(prepared.rejected)
         late: List[int] = []
-        self._add_rows(prepared.times, prepared.codes, prepared.values, prepared.names, late)
-        return Columns(self._take_columns(), np.asarray(late, dtype=np.intp), prepared.rejected)
+        bad_keys: List[int] = []
+        self._add_rows(prepared.times, prepared.columns, prepared.valid, prepared.keys, prepared.names, late, bad_keys)
+        reasons = prepared.reasons
+        for row in bad_keys:
+            reasons[row] = bad_key_reason(prepared.keys, row)
+        rejected = [Rejected(row, None, reasons[row]) for row in sorted(reasons)]
+        self._rejected += len(rejected)
+        return Columns(self._take_columns(), np.asarray(late, dtype=np.intp), rejected)
 
     def advance_to(self, now_ms: Any) -> Rows:
         """Close, for every key, what a clock at ``now_ms`` (minus grace) has passed; returns the rows."""
