@@ -200,3 +200,46 @@ def test_a_restored_state_goes_on_exactly_as_the_original(which):
         rest_restored = [restored.add(fields, f"{ts}-0") for fields, ts in ticks[1_500:]] + [restored.flush()]
         assert as_text(sum(rest_original, [])) == as_text(sum(rest_restored, []))
         assert sum(len(r) for r in rows + rest_original) > 0
+
+
+decimal_text = st.one_of(
+    st.from_regex(r"[+-]?[0-9]{0,17}(\.[0-9]{0,17})?", fullmatch=True),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.sampled_from([".", "-", "+.5", "1.", "-0", "-0.0", "1_000.5", " 2.5 ", "1e5", "nan", "inf", "0x10", "\u0661"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=decimal_text, as_bytes=st.booleans())
+def test_numbers_read_from_text_are_exactly_what_float_reads(text, as_bytes):
+    """The compiled core reads plain decimals itself (a fast path): the double must be float()'s, bit for bit."""
+    window = Window.tumbling(1_000).agg(total=Sum("p"))
+    raw = text.encode() if as_bytes else text
+    outcomes = []
+    for cls in (CythonWindowState, PythonWindowState):
+        state = cls(window)
+        try:
+            state.add({"p": raw}, "1-0")
+        except ValueError as exc:
+            outcomes.append(str(exc))
+        else:
+            outcomes.append(repr(state.flush()[0]["total"]))
+    assert outcomes[0] == outcomes[1]
+    try:
+        expected = float(raw) + 0.0
+    except ValueError:
+        return
+    if math.isfinite(expected):
+        assert outcomes[0] == repr(expected)
+
+
+def test_usual_entries_take_the_compiled_fast_path():
+    """Stream entries (bytes) and Python dicts (str keys, float values) are read in C, not by the checked path."""
+    state = CythonWindowState(Window.tumbling(1_000, key="k").agg(v=VWAP("price", "qty"), m=Mean("price")))
+    state.add({b"k": b"A", b"price": b"101.25", b"qty": b"3"}, b"1-0")  # creates the key: the checked path
+    state._slow_reads = 0
+    for ts in range(2, 50):
+        state.add({b"k": b"A", b"price": b"101.25", b"qty": b"3"}, f"{ts}-0".encode())
+        state.add({"k": "A", "price": 101.25, "qty": 3.0}, f"{ts}-1")
+        state.add({"k": "A", "price": "-0.5", "qty": 2}, f"{ts}-2")
+    assert state._slow_reads == 0

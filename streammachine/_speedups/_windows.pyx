@@ -224,20 +224,68 @@ cdef inline object _get(dict fields, object spelled_bytes, object spelled_str, b
     return <object>found
 
 
+cdef double[23] _POW10 = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                          1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22]
+
+
+cdef inline bint _plain_decimal(const char* text, Py_ssize_t size, double* out) noexcept nogil:
+    """A plain decimal ("-12.345", at most 15 digits, no exponent), as float() reads it; False otherwise.
+
+    m / 10**k with m < 2**53 and k <= 22 is one division of two exact doubles, so it is correctly
+    rounded: the same double float() returns (the classic exact fast path of decimal conversion).
+    """
+    cdef Py_ssize_t i = 0
+    cdef int64_t mantissa = 0
+    cdef int digits = 0, scale = -1, digit
+    cdef bint negative = False
+    cdef double value
+    if size and (text[0] == 45 or text[0] == 43):  # '-' '+'
+        negative = text[0] == 45
+        i = 1
+    while i < size:
+        if text[i] == 46:  # '.'
+            if scale >= 0:
+                return False
+            scale = 0
+        else:
+            digit = text[i] - 48
+            if digit < 0 or digit > 9 or digits == 15:
+                return False
+            mantissa = mantissa * 10 + digit
+            digits += 1
+            if scale >= 0:
+                scale += 1
+        i += 1
+    if digits == 0:
+        return False
+    value = <double>mantissa
+    if scale > 0:
+        value = value / _POW10[scale]
+    out[0] = -value if negative else value
+    return True
+
+
 cdef bint _number(object raw, double* out) except -1:
     """The fast cases of values.number(); False sends the entry to the checked path."""
     cdef const char* text
     cdef char* end
     cdef double value
+    cdef Py_ssize_t size
     if type(raw) is float:
         value = PyFloat_AS_DOUBLE(raw)
     elif type(raw) is bytes:
         text = PyBytes_AS_STRING(raw)
-        value = PyOS_string_to_double(text, &end, NULL)
-        if PyErr_Occurred() != NULL:
-            PyErr_Clear()
-            return False
-        if end != text + PyBytes_GET_SIZE(raw) or end == text:
+        size = PyBytes_GET_SIZE(raw)
+        if not _plain_decimal(text, size, &value):
+            value = PyOS_string_to_double(text, &end, NULL)
+            if PyErr_Occurred() != NULL:
+                PyErr_Clear()
+                return False
+            if end != text + size or end == text:
+                return False
+    elif type(raw) is str and (<str>raw).isascii():
+        text = PyUnicode_AsUTF8AndSize(raw, &size)
+        if not _plain_decimal(text, size, &value):
             return False
     elif type(raw) is int:
         value = float(raw)
@@ -377,13 +425,16 @@ cdef class WindowCore:
 
     def add(self, fields, id=None, stream=None):
         """Take one entry; returns the rows it made emit. A bad entry raises ValueError (and is counted)."""
-        self._add_one(fields, id, stream)
+        self._entry(fields, id, stream)
         if self._out_n == 0:
             return []
-        return self._take_rows()
+        return self._rows()
 
-    cpdef bint _add_one(self, fields, entry_id, stream) except -1:
+    def _add_one(self, fields, entry_id, stream):
         """Take one entry; True if it was late. A bad one raises ValueError (counted in ``rejected``)."""
+        return self._entry(fields, entry_id, stream)
+
+    cdef bint _entry(self, fields, entry_id, stream) except -1:
         cdef int64_t ts = -1
         cdef _Key key = self._read_fast(fields, entry_id, stream, &ts)
         if key is None:
@@ -868,6 +919,9 @@ cdef class WindowCore:
 
     def _take_rows(self):
         """The emitted rows as dicts (the storage is kept for the next ones)."""
+        return self._rows()
+
+    cdef list _rows(self):
         cdef Py_ssize_t i, k, n = self._out_n
         cdef Slot** out = self._out_ptr
         cdef list rows = []

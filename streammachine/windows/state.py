@@ -181,6 +181,7 @@ def _batches(entries: Any):
 class PythonWindowState(_PythonCore, WindowMethods):
     """A window's aggregator on the pure-Python core."""
 
+    __slots__ = ()
     compiled = False
 
 
@@ -193,6 +194,7 @@ else:
     class CythonWindowState(_CompiledCore, WindowMethods):  # type: ignore[no-redef]
         """A window's aggregator on the compiled core."""
 
+        __slots__ = ()  # no instance dict: nothing to look up before each C-level call
         compiled = True
 
 
