@@ -166,7 +166,7 @@ class WindowCore:
             return True
         return False
 
-    def _add_rows(self, times, columns, valid, keys, names, late_rows: list, bad_keys: list) -> None:
+    def _add_rows(self, times, columns, valid, keys, names: Any, late_rows: list, bad_keys: list) -> None:
         """The array path (see arrays.prepare_arrays): rows not ``valid`` are skipped (reported by the caller).
 
         ``keys`` is one key name, intp codes into ``names``, or an object
@@ -176,13 +176,14 @@ class WindowCore:
         rows = list(zip(*[column.tolist() for column in columns])) if columns else [()] * len(stamps)
         ok = valid.tolist() if valid is not None else None
         # keys are created when a valid row first uses them, in row order, as the compiled core does
-        one = keys if isinstance(keys, str) else None
+        one: Optional[str] = keys if isinstance(keys, str) else None
         codes = keys.tolist() if names is not None else None
-        objects = keys.tolist() if one is None and names is None else None
+        objects: Any = keys.tolist() if one is None and names is None else None
         cache: Dict[Any, Optional[_Key]] = {}
         for i, ts in enumerate(stamps):
             if ok is not None and not ok[i]:
                 continue
+            key: Optional[_Key]
             if one is not None:
                 key = self._key(one)
             elif codes is not None:
@@ -350,7 +351,8 @@ class WindowCore:
             while len(buffer) - key.head > self._count:
                 self._pop_front(key)
             start = buffer[key.head][0]
-        record = key.back if key.head == key.mid else self._merge(key.front[key.head], key.back)
+        front = key.front[key.head]
+        record = key.back if front is None else self._merge(front, key.back)
         self._emit(key, start, ts, record)
         if key.head >= 4096 and key.head * 2 >= len(buffer):  # compact: drop what left the window
             del buffer[: key.head], key.front[: key.head]
@@ -545,9 +547,9 @@ class WindowCore:
         key.front = [None] * len(buffer)
         key.head = 0
         key.mid = front
-        key.back = self._new_record() if buffer else None
+        key.back = back = self._new_record() if buffer else None
         for ts, values in buffer[front:]:
-            self._update(key.back, ts, values)
+            self._update(back, ts, values)  # type: ignore[arg-type]  # not None: buffer[front:] is not empty
         suffix = None
         for i in range(front - 1, -1, -1):
             single = self._new_record()

@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from typing import Any, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 from streammachine.redis.entries import _short
 from streammachine.windows.spec import K_BARS, K_BUCKETS, K_SESSION, K_SLIDE_COUNT, K_SLIDE_TIME
@@ -116,7 +116,8 @@ def parse(snapshot: Any, state: Any) -> Tuple[list, int, int, int, int]:
             raise ValueError(f"window snapshot: key {name!r} twice")
         seen.add(name)
         keys.append(checker.key(name, item))
-    return (keys, floor, *counters)
+    entries, late, rejected = counters
+    return keys, floor, entries, late, rejected
 
 
 class _Checker:
@@ -129,7 +130,7 @@ class _Checker:
 
     def key(self, name: str, item: dict) -> dict:
         where = f"key {name!r}"
-        out = {"key": name, "clock": _int(item.get("clock"), f"{where}: clock", -1)}
+        out: Dict[str, Any] = {"key": name, "clock": _int(item.get("clock"), f"{where}: clock", -1)}
         kind = self.kind
         if kind == K_BUCKETS:
             out["windows"] = [
@@ -162,7 +163,7 @@ class _Checker:
         size = 1 + self.doubles + self.times + self.customs
         if not isinstance(raw, list) or len(raw) != size:
             raise ValueError(f"window snapshot: {where}: expected a record of {size} items, got {_short(raw)}")
-        out = [_int(raw[0], f"{where}: record count", 1)]
+        out: List[Any] = [_int(raw[0], f"{where}: record count", 1)]
         out += [_double(v, f"{where}: record value") for v in raw[1 : 1 + self.doubles]]
         out += [_int(v, f"{where}: record time", -1) for v in raw[1 + self.doubles : 1 + self.doubles + self.times]]
         out += raw[1 + self.doubles + self.times :]

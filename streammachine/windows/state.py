@@ -21,7 +21,7 @@ is the whole state as JSON-able data, the same from both cores, and
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Protocol
 
 import numpy as np
 
@@ -59,12 +59,39 @@ class Columns(dict):
         return pd.DataFrame(dict(self))
 
 
+class _Core(Protocol):
+    """What ``WindowMethods`` needs from a core (both cores have it; stated for the type checker)."""
+
+    window: Any
+    compiled: bool
+    _rejected: int
+
+    @property
+    def entries(self) -> int: ...
+    @property
+    def late(self) -> int: ...
+    @property
+    def rejected(self) -> int: ...
+    @property
+    def keys(self) -> List[str]: ...
+    def _add_one(self, fields: Any, entry_id: Any, stream: Any) -> bool: ...
+    def _add_rows(self, times: Any, columns: Any, valid: Any, keys: Any, names: Any, late: list, bad: list) -> None: ...
+    def _advance(self, now_ms: int) -> None: ...
+    def _flush(self) -> None: ...
+    def _take_rows(self) -> list: ...
+    def _take_raw(self) -> list: ...
+    def _take_columns(self) -> Dict[str, np.ndarray]: ...
+    def _export(self) -> list: ...
+    def _load(self, keys: list, floor: int, entries: int, late: int, rejected: int) -> None: ...
+    def _floor_value(self) -> int: ...
+
+
 class WindowMethods:
     """The API written once over a core's ``add``/``_add_one``/``_add_rows``/``_take_*``/``_export``/``_load``."""
 
     __slots__ = ()
 
-    def add_entries(self, entries: Any, *, stream: Any = None) -> Rows:
+    def add_entries(self: _Core, entries: Any, *, stream: Any = None) -> Rows:
         """Take many entries (a read reply, ``(id, fields)`` pairs or Messages), in order."""
         add_one = self._add_one
         rejected: List[Rejected] = []
@@ -90,7 +117,7 @@ class WindowMethods:
                 position += 1
         return Rows(self._take_rows(), late, rejected)
 
-    def add_arrays(self, times: Any, keys: Any, columns: Dict[str, Any], *, key_names: Any = None) -> Columns:
+    def add_arrays(self: _Core, times: Any, keys: Any, columns: Dict[str, Any], *, key_names: Any = None) -> Columns:
         """Take rows given as arrays in arrival order: event times (ms), keys, and one array per field.
 
         ``keys`` is one key for all rows, a 1-D array of keys, or integer
@@ -108,19 +135,19 @@ class WindowMethods:
         self._rejected += len(rejected)
         return Columns(self._take_columns(), np.asarray(late, dtype=np.intp), rejected)
 
-    def advance_to(self, now_ms: Any) -> Rows:
+    def advance_to(self: _Core, now_ms: Any) -> Rows:
         """Close, for every key, what a clock at ``now_ms`` (minus grace) has passed; returns the rows."""
         if isinstance(now_ms, bool) or not isinstance(now_ms, (int, np.integer)) or now_ms < 0:
             raise ValueError(f"now_ms={now_ms!r}: expected integer epoch milliseconds >= 0")
         self._advance(int(now_ms))
         return Rows(self._take_rows())
 
-    def flush(self) -> Rows:
+    def flush(self: _Core) -> Rows:
         """End of data: emit every open window (and bar in progress); entries after it are late."""
         self._flush()
         return Rows(self._take_rows())
 
-    def _take_columns(self) -> Dict[str, np.ndarray]:
+    def _take_columns(self: _Core) -> Dict[str, np.ndarray]:
         """The pending output as columns (the compiled core has its own, filled in C)."""
         raw = self._take_raw()
         names = ("key", "start", "end") + self.window.plan["columns"]
@@ -138,11 +165,11 @@ class WindowMethods:
 
     # -- snapshots -------------------------------------------------------------
 
-    def snapshot(self) -> Dict[str, Any]:
+    def snapshot(self: _Core) -> Dict[str, Any]:
         """The whole state as plain JSON-able data, the same for both cores."""
         return _snapshot.build(self)
 
-    def restore(self, snapshot: Any) -> None:
+    def restore(self: _Core, snapshot: Any) -> None:
         """Replace the whole state with ``snapshot`` (a dict or its JSON) from either core.
 
         It must come from the same window (kind, sizes, key, time, grace,
@@ -151,7 +178,7 @@ class WindowMethods:
         """
         self._load(*_snapshot.parse(snapshot, self))
 
-    def stats(self) -> Dict[str, Any]:
+    def stats(self: _Core) -> Dict[str, Any]:
         return {
             "implementation": "cython" if self.compiled else "python",
             "window": self.window.describe(),
@@ -161,7 +188,7 @@ class WindowMethods:
             "rejected": self.rejected,
         }
 
-    def __repr__(self) -> str:
+    def __repr__(self: _Core) -> str:
         return f"{type(self).__name__}({self.window!r}, keys={len(self.keys)}, entries={self.entries})"
 
 
