@@ -260,3 +260,25 @@ def test_custom_reducers_function_and_trio_with_merge_and_snapshot():
     for make in (lambda: Window.session(200), lambda: Window.sliding(200), lambda: Window.sliding(entries=2)):
         with pytest.raises(ValueError, match="windows merge partial states: give Reduce\\(..., merge="):
             make().agg(no_merge)
+
+
+def test_the_readme_candles_example_gives_fastohlc_candles_ready_for_a_stream():
+    from streammachine.ohlc import PythonFastOHLC, format_candle_for_redis
+    from streammachine.windows import candle_from_row
+
+    candles = Window.tumbling(60_000, key="symbol", grace_ms=1_000).agg(OHLC("price", "volume")).start()
+    reference = PythonFastOHLC([60_000])
+    rng = np.random.default_rng(5)
+    stamps = np.sort(rng.integers(0, 600_000, 500)).tolist()
+    messages, out = [], []
+    for ts, price, volume in zip(stamps, rng.normal(100, 1, 500).round(2).tolist(), rng.random(500).round(3).tolist()):
+        fields = {b"symbol": b"AAPL", b"price": repr(price).encode(), b"volume": repr(volume).encode()}
+        messages.append(Message(topic="ticks", key=f"{ts}-0", data=(f"{ts}-0".encode(), fields)))
+        reference.update_tick("AAPL", price, volume, ts)
+    for batch in range(0, 500, 50):
+        out += [
+            format_candle_for_redis(candle_from_row(r), r["key"], 60_000)
+            for r in candles.add_entries(messages[batch : batch + 50])
+        ]
+    completed = reference.flush_interval("AAPL", 60_000)
+    assert out == [format_candle_for_redis(c, "AAPL", 60_000) for c in completed] and len(out) >= 8
