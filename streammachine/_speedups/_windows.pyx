@@ -521,6 +521,9 @@ cdef class WindowCore:
                 cols[j] = <double*><size_t>columns[j].__array_interface__["data"][0]
             if check:
                 ok = valid.view(np.uint8)
+            if self._kind >= K_SLIDE_TIME and self._kind != K_BARS or not self._final:
+                # about a row per entry (size / step per entry for hopping): room for them at once
+                self._reserve_out(self._out_n + n * (self._size // self._step if self._kind == K_BUCKETS else 1))
             # keys are created when a valid row first uses them, in row order, as the Python core does
             if isinstance(keys, str):
                 mode = 0
@@ -596,6 +599,12 @@ cdef class WindowCore:
         cdef int64_t watermark = key.clock - self._grace
         return self._floor if watermark < self._floor else watermark
 
+    cdef inline int64_t _watermark_after(self, _Key key, int64_t ts) noexcept:
+        """The key's watermark once an entry at ``ts`` has moved its clock."""
+        cdef int64_t clock = ts if ts > key.clock else key.clock
+        cdef int64_t watermark = clock - self._grace
+        return self._floor if watermark < self._floor else watermark
+
     cdef bint _apply(self, _Key key, int64_t ts, const double* x) except -1:
         cdef int64_t watermark = self._watermark(key), raised
         cdef bint late = False
@@ -608,6 +617,15 @@ cdef class WindowCore:
         else:
             if ts < watermark:
                 return True
+            if _len(&key.pending) == 0 and ts <= self._watermark_after(key, ts):
+                # in order and already released: what the pending table would do, without it
+                if ts > key.clock:
+                    key.clock = ts
+                if self._kind == K_BARS:
+                    self._bar(key, ts, x)
+                else:
+                    self._slide(key, ts, x)
+                return False
             i = _len(&key.pending)  # after any equal time: arrival order on ties
             while i > 0 and _at(&key.pending, i - 1)[0].i > ts:
                 i -= 1
@@ -875,8 +893,15 @@ cdef class WindowCore:
                                       + delta * delta * <double>n_old * <double>n_new / <double>count)
         dst[0].i = count
 
-    cdef int _grow_out(self) except -1:
+    cdef int _reserve_out(self, Py_ssize_t rows) except -1:
+        if rows > self._out_cap:
+            self._grow_out(rows)
+        return 0
+
+    cdef int _grow_out(self, Py_ssize_t at_least=0) except -1:
         cdef Py_ssize_t k, cap = self._out_cap * 2 if self._out_cap else 256
+        if cap < at_least:
+            cap = at_least
         arrays = []
         for k in range(3 + self._nres):
             array = np.empty(cap, dtype=self._out_dtypes[k])

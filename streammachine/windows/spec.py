@@ -1,7 +1,7 @@
 """``Window``: what to aggregate, over which windows, per which key, by which clock.
 
 A Window is an immutable description; ``.agg(...)`` adds aggregates and
-``.start()`` makes the stateful aggregator (``WindowState``) that takes
+``.start()`` makes the stateful aggregator (a ``CythonWindowState`` or ``PythonWindowState``) that takes
 entries and hands back the rows it emits.
 
 Kinds (all per key, all by event time):

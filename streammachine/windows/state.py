@@ -1,4 +1,4 @@
-"""``WindowState``: a window's live aggregator (compiled or pure-Python core) and the API both share.
+"""A window's live state (``CythonWindowState``, or ``PythonWindowState``) and the API both cores share.
 
 Every input path returns the rows its entries made emit (``emit="final"``:
 the windows that closed; ``"current"``: every window an entry updated),
@@ -237,6 +237,3 @@ def window_state_class(pure_python: Optional[bool] = None, custom_reducers: bool
     if CythonWindowState is not None and not pure_python and not custom_reducers:
         return CythonWindowState
     return PythonWindowState
-
-
-WindowState = window_state_class
