@@ -74,6 +74,9 @@ def test_each_key_has_its_own_clock_and_advance_to_closes_quiet_keys(core):
     assert state.add(tick("C", 1.0), "2500-0") == [] and state.late == 2  # a new key starts at the floor too
     assert state.add(tick("C", 1.0), "3950-0") == []  # >= 4000 - grace: taken
     assert state.keys == ["A", "B", "C"]
+    for bad in (-1, 2**63, 1.5, True):
+        with pytest.raises(ValueError, match="now_ms=.*: expected integer epoch milliseconds"):
+            state.advance_to(bad)
     assert {row["key"]: row["n"] for row in state.flush()} == {"A": 1, "C": 1}
 
 

@@ -137,8 +137,8 @@ class WindowMethods:
 
     def advance_to(self: _Core, now_ms: Any) -> Rows:
         """Close, for every key, what a clock at ``now_ms`` (minus grace) has passed; returns the rows."""
-        if isinstance(now_ms, bool) or not isinstance(now_ms, (int, np.integer)) or now_ms < 0:
-            raise ValueError(f"now_ms={now_ms!r}: expected integer epoch milliseconds >= 0")
+        if isinstance(now_ms, bool) or not isinstance(now_ms, (int, np.integer)) or not 0 <= now_ms < 2**63:
+            raise ValueError(f"now_ms={now_ms!r}: expected integer epoch milliseconds in [0, 2**63)")
         self._advance(int(now_ms))
         return Rows(self._take_rows())
 
