@@ -149,7 +149,7 @@ def assert_rows_equal(got, want, columns):
 
 
 COLUMNS = ["key", "start", "end"] + list(AGGREGATES)
-SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.mark.parametrize("core", CORES)
