@@ -138,7 +138,9 @@ class App(Lifecycle):
     def storage(self) -> Storage:
         """This App's shared state (its backend, its Redis): created on first use."""
         if self._storage is None:
-            self._storage = Storage.create(self._storage_backend, connection=self._redis)
+            self._storage = Storage.create(
+                self._storage_backend, connection=self._redis, manager=self.settings.storage_manager
+            )
         return self._storage
 
     @property

@@ -114,6 +114,7 @@ class Settings:
     )
     consumer_name: Optional[str] = _variable("STREAMMACHINE_CONSUMER_NAME")
     secret_key: Optional[bytes] = _variable("STREAMMACHINE_SECRET_KEY", str.encode, "text")
+    storage_manager: Optional[str] = _variable("STREAMMACHINE_STORAGE_MANAGER")  # set by a supervisor: secret
     storage_backend: str = _variable(
         "STREAMMACHINE_STORAGE", _choice("manager", "redis"), "'manager' or 'redis'", "manager"
     )
@@ -159,14 +160,19 @@ class Settings:
         finally:
             _current.reset(token)
 
-    def child_environment(self, *, consumer_name: Optional[str] = None) -> Dict[str, str]:
+    def child_environment(
+        self, *, consumer_name: Optional[str] = None, storage_manager: Optional[str] = None
+    ) -> Dict[str, str]:
         """The environment of a worker process: this one's, with the Redis URL in force (a ``--redis-url``
-        included) and, when given, its own consumer name."""
+        included) and, when given, its own consumer name and the storage Manager to share (a secret: the
+        environment, unlike argv, is private to the user)."""
         env = dict(os.environ)
         if self.redis_url:
             env["REDIS_URL"] = self.redis_url
         if consumer_name:
             env["STREAMMACHINE_CONSUMER_NAME"] = consumer_name
+        if storage_manager:
+            env["STREAMMACHINE_STORAGE_MANAGER"] = storage_manager
         return env
 
     def __repr__(self) -> str:  # credentials never in logs or tracebacks: URL password redacted, key hidden
@@ -177,6 +183,8 @@ class Settings:
             shown["redis_url"] = redact_url(self.redis_url)
         if self.secret_key:
             shown["secret_key"] = "***"
+        if self.storage_manager:
+            shown["storage_manager"] = "***"
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     @property
