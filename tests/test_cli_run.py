@@ -12,7 +12,7 @@ import textwrap
 
 import httpx
 import pytest
-from helpers import wait_until_sync
+from helpers import process_gone, wait_until_sync
 from test_metrics import samples_of
 
 from streammachine.embedded import free_port
@@ -455,15 +455,7 @@ def test_run_workers_second_signal_exits_at_once(redis_url, sync_redis, tmp_path
         run.kill()
     assert "exiting at once" in run.output()
 
-    def gone(pid):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        with open(f"/proc/{pid}/stat") as stat:  # a zombie waiting for its reaper counts as gone
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-
-    wait_until_sync(lambda: gone(worker0), 10, what="the workers to exit with the supervisor")
+    wait_until_sync(lambda: process_gone(worker0), 10, what="the workers to exit with the supervisor")
 
 
 def test_run_redis_url_is_passed_down_not_written_to_the_environment(redis_url, sync_redis, tmp_path, monkeypatch):
