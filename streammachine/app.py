@@ -17,18 +17,21 @@ import time
 import warnings
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable, Coroutine, Dict, List, Optional, Union
+from typing import Any, Awaitable, Callable, Coroutine, Dict, List, Optional, Sequence, Tuple, Union
 
 from streammachine.config import AppConfig, ConsumerConfig, Settings, TimerConfig
 from streammachine.engine.executors import InProcessRunner, ProcessRunner
 from streammachine.engine.identity import app_consumer_base
 from streammachine.engine.lifecycle import ACTIVE_STATES, STOPPED_STATES, Lifecycle, Transition, running_loop
+from streammachine.engine.limits import ensure_open_files
 from streammachine.engine.specs import AgentSpec, AgentStats, TimerSpec, TimerStats, handler_name
 from streammachine.engine.status import AppStatus, app_status
 from streammachine.engine.timers import TimerRunner
 from streammachine.redis.connection import RedisConnection, ensure_group
 from streammachine.redis.inspect import Groups, fetch_groups
 from streammachine.state.storage import Storage
+from streammachine.state.table import _MISSING as _NO_DEFAULT
+from streammachine.state.table import Table
 
 log = logging.getLogger("streammachine.app")
 
@@ -103,6 +106,7 @@ class App(Lifecycle):
         self._redis = RedisConnection(url=redis_url, settings=self.settings)
         self._agents: Dict[str, AgentSpec] = {}
         self._timers: Dict[str, TimerSpec] = {}
+        self._tables: Dict[str, Table] = {}
         self._stats: Dict[str, AgentStats] = {}
         self._timer_stats: Dict[str, TimerStats] = {}
         self._runners: Dict[str, Union[InProcessRunner, ProcessRunner]] = {}
@@ -164,12 +168,24 @@ class App(Lifecycle):
         name: Optional[str] = None,
         config: Optional[ConsumerConfig] = None,
         threaded: bool = False,
+        output: Optional[str] = None,
+        tables: Sequence[Table] = (),
+        periodic: Optional[Tuple[float, Callable[[], Any]]] = None,
         **options: Any,
     ) -> Callable:
         """Register a stream consumer. Re-registering a name replaces it (hot swap when running).
 
         ``threaded=True`` runs a sync handler in the App's thread pool
         (``max_threads``), so blocking code does not stall the event loop.
+
+        A stage: ``output=STREAM`` writes what the handler returns (a record, a
+        list of them, ``Emit(stream, record)`` for other streams) and
+        ``tables=[...]`` lets it change ``app.table`` tables; both are committed
+        with the ack of the entry, in one atomic step per read (see
+        ``engine/commit.py``). ``periodic=(seconds, hook)``: a stage's hook run
+        every ``seconds`` in its consumer's task, its return value and table
+        writes committed like a handler's (e.g. closing the windows of quiet
+        keys by wall-clock time).
 
         ``options`` override fields of ``ConsumerConfig`` (count, block_ms,
         start_id, max_deliveries, on_error, retry_delay_ms, claim_idle_ms,
@@ -188,12 +204,35 @@ class App(Lifecycle):
                 batch=batch,
                 config=consumer_config,
                 threaded=threaded,
+                output=output,
+                tables=tuple(tables),
+                maxlen=self.config.stream_maxlen,
+                periodic=periodic,
             )
             self._check_process_budget(spec)
             self._register_agent(spec)
             return fn
 
         return decorate
+
+    def table(self, name: str, *, default: Any = _NO_DEFAULT, ttl: Optional[float] = None) -> Table:
+        """Keyed state for stages: a dict-like table kept in Redis, changed with the ack of the entries.
+
+        Calling it again with the same name returns the same table (a re-run
+        notebook cell keeps its state); ``default`` and ``ttl`` then take the
+        new values.
+        """
+        table = self._tables.get(name)
+        if table is None:
+            table = self._tables[name] = Table(name, default=default, ttl=ttl)
+        else:
+            fresh = Table(name, default=default, ttl=ttl)  # validates the arguments
+            table.default, table.ttl_ms = fresh.default, fresh.ttl_ms
+        return table
+
+    @property
+    def tables(self) -> Dict[str, Table]:
+        return dict(self._tables)
 
     def timer(self, t: float, *, name: Optional[str] = None, run_immediately: bool = False) -> Callable:
         """Register a periodic task every ``t`` seconds (fixed rate, never overlapping itself)."""
@@ -330,6 +369,7 @@ class App(Lifecycle):
                 await asyncio.wait_for(client.ping(), timeout=10)
             except Exception as exc:
                 raise ConnectionError(f"cannot reach Redis at {self._redis.safe_url}: {exc}") from None
+            ensure_open_files(self._agents.values(), self._redis.max_connections, self.name)
             # groups first, so whatever startup hooks send is not missed under start id "$"
             for spec in self._agents.values():
                 await ensure_group(client, spec.stream, spec.group, spec.config.start_id)
@@ -411,19 +451,26 @@ class App(Lifecycle):
         """XADD one record; returns its id."""
         return await self._redis.xadd(topic, record, maxlen=self.config.stream_maxlen)
 
-    async def send_batch(self, topic: str, records: List[dict]) -> List[str]:
-        """XADD many records in pipelined round trips; returns their ids in order."""
-        return await self._redis.pipeline_xadd(topic, records, maxlen=self.config.stream_maxlen)
+    async def send_batch(self, topic: str, records: List[dict], *, atomic: bool = False) -> List[str]:
+        """XADD many records in pipelined round trips; returns their ids in order.
+
+        ``atomic=True`` writes all or none (one MULTI/EXEC). Otherwise, when Redis refuses
+        some records, ``BatchSendError`` (streammachine.redis.producer) says which were written.
+        """
+        return await self._redis.pipeline_xadd(topic, records, maxlen=self.config.stream_maxlen, atomic=atomic)
 
     # -- observing -----------------------------------------------------------
 
     async def health_check(self) -> dict:
         redis_ok = await self._redis.health_check()
+        expected = sum(r.expected for r in self._runners.values()) + len(self._timer_runners)
         active = sum(r.active for r in self._runners.values()) + sum(
             1 for r in self._timer_runners.values() if r.task is not None and not r.task.done()
         )
         return {
-            "status": "healthy" if redis_ok and self._state in ("running", "idle") else "degraded",
+            "status": "healthy"
+            if redis_ok and self._state in ("running", "idle") and active >= expected
+            else "degraded",
             "redis": "connected" if redis_ok else "disconnected",
             "active_tasks": active,
             "registered_agents": len(self._agents),
@@ -442,8 +489,13 @@ class App(Lifecycle):
         """Per agent: counters, rate, and (while running, from Redis) pending, lag and consumers of its group."""
         if self._state != "running":
             return self.status_now()
-        client = await self._redis.get_client()
-        return self.status_now(await fetch_groups(client, [s.stream for s in self._agents.values()]), redis_up=True)
+        try:
+            client = await self._redis.get_client()
+            groups = await fetch_groups(client, [s.stream for s in self._agents.values()], strict=True)
+        except Exception as exc:  # an outage is part of the status (redis_up False), not an error
+            log.debug("app %s: status without Redis: %s", self.name, exc)
+            return self.status_now(redis_up=False)
+        return self.status_now(groups, redis_up=True)
 
     def stats(self, name: str) -> AgentStats:
         return self._stats[self._resolve_name(name)]

@@ -11,7 +11,7 @@
     tail STREAM [-n N] [--no-follow] [--json]          last N entries, then follow
     info STREAM [--json]                               length, groups, pending, lag, consumers
     server start|stop|status                           the per-user embedded server
-    mcp [--transport stdio|streamable-http] [--host H] [--port P] [--read-only]
+    mcp [--transport stdio|streamable-http] [--host H] [--port P] [--read-only] [--allowed-host H]...
 
 ``--redis-url`` (before or after the command) wins over REDIS_URL and
 REDIS_HOST/PORT/DB; with nothing configured the local default or the
@@ -31,11 +31,12 @@ from typing import List, Optional
 
 from streammachine._redact import redact_url, scrub
 from streammachine._speedups import decode_dict_bytes_to_utf8
-from streammachine.config import ConfigError, ConsumerConfig, Settings
+from streammachine._validate import check_number
+from streammachine.config import BadRedisURL, ConfigError, ConsumerConfig, Settings, check_redis_url
 from streammachine.embedded import EmbeddedServerError, shared_server_status, shared_server_url, stop_shared_server
 from streammachine.redis.connection import resolve_url
 from streammachine.redis.entries import as_text
-from streammachine.redis.records import encode_record, find_unencodable
+from streammachine.redis.producer import send_sync, validated_fields
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -52,12 +53,9 @@ def _int_in(low: int, high: Optional[int], expected: str):
 
     def convert(text: str) -> int:
         try:
-            value = int(text)
+            return check_number("value", int(text), integer=True, minimum=low, inclusive=True, maximum=high)
         except ValueError:
-            value = None
-        if value is None or value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}")
-        return value
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}") from None
 
     return convert
 
@@ -167,6 +165,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="hide the tools that write (also STREAMMACHINE_MCP_READ_ONLY=1)",
     )
+    mcp.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME[:PORT]",
+        help="a Host header HTTP clients may use, beyond loopback (repeatable; also STREAMMACHINE_MCP_ALLOWED_HOSTS)",
+    )
+    mcp.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="SCHEME://NAME[:PORT]",
+        help="an Origin header HTTP clients may send (repeatable; also STREAMMACHINE_MCP_ALLOWED_ORIGINS)",
+    )
     return parser
 
 
@@ -185,7 +197,7 @@ def _client(args, settings: Settings):
     try:
         return sync_client(url, cluster=settings.redis_cluster)
     except ValueError as exc:  # the URL does not parse (scheme, port, db)
-        raise CommandError(f"bad Redis URL {redact_url(url)}: {exc}") from None
+        raise BadRedisURL(f"bad Redis URL {redact_url(url)}: {scrub(str(exc), [url])}") from None
     except RedisClusterException as exc:  # a cluster client connects at once (not a RedisError)
         raise CommandError(f"cannot reach the cluster at {redact_url(url)}: {exc}") from None
 
@@ -218,12 +230,11 @@ def cmd_send(args, settings: Settings) -> int:
         raise argparse.ArgumentTypeError(f"argument FIELD=VALUE: {exc}") from None
     if not record:
         raise argparse.ArgumentTypeError('no fields to send: give FIELD=VALUE pairs or --json \'{"field": "value"}\'')
-    fields = encode_record(args.stream, record)
-    unencodable = find_unencodable(args.stream, [fields])  # argv holds lone surrogates for non-UTF-8 bytes
-    if unencodable is not None:
-        raise argparse.ArgumentTypeError(str(unencodable))
-    new_id = _client(args, settings).xadd(args.stream, fields, maxlen=settings.stream_maxlen, approximate=True)
-    print(as_text(new_id))
+    try:  # before connecting: bad input never starts a server (argv holds lone surrogates for non-UTF-8 bytes)
+        validated_fields(args.stream, record)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    print(send_sync(_client(args, settings), args.stream, record, maxlen=settings.stream_maxlen))
     return 0
 
 
@@ -269,16 +280,13 @@ def cmd_tail(args, settings: Settings) -> int:
 
 
 def stream_details(client, stream: str, dead_letter_stream: Optional[str] = None) -> dict:
-    """``info`` plus each group's consumers and the dead-letter stream's length."""
-    from streammachine.console import info
+    """``info`` plus each group's consumers (listed where XINFO GROUPS counts them) and the dead-letter length."""
+    from streammachine.redis.inspect import stream_info_sync
 
-    details = info(client, stream)  # raises KeyError when the stream does not exist
-    for group in details["groups"]:
-        group["consumers"] = [
-            {as_text(k): as_text(v) for k, v in c.items()} for c in client.xinfo_consumers(stream, group["name"])
-        ]
     dead = dead_letter_stream or ConsumerConfig().dead_letter_for(stream)
-    details["dead_letter"] = {"stream": dead, "length": client.xlen(dead)}
+    details = stream_info_sync(client, stream, consumers=True, dead_letter_stream=dead)  # KeyError: no stream
+    for group in details["groups"]:
+        group["consumers"] = group.pop("consumer_details")
     return details
 
 
@@ -339,7 +347,12 @@ def cmd_mcp(args, settings: Settings) -> int:
         ) from None
 
     serve(
-        dataclasses.replace(settings, log_level=args.log_level),
+        dataclasses.replace(
+            settings,
+            log_level=args.log_level,
+            mcp_allowed_hosts=settings.mcp_allowed_hosts + tuple(args.allowed_host),
+            mcp_allowed_origins=settings.mcp_allowed_origins + tuple(args.allowed_origin),
+        ),
         transport=args.transport,
         host=args.host,
         port=args.port,
@@ -366,6 +379,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         settings = Settings.from_env()
+        if args.redis_url:
+            check_redis_url(args.redis_url, "--redis-url")
     except ConfigError as exc:
         parser.exit(2, f"streammachine: {exc}\n")
     args.log_level = args.log_level or settings.log_level
@@ -388,7 +403,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return COMMANDS[args.command](args, settings)
     except argparse.ArgumentTypeError as exc:
         parser.exit(2, f"streammachine {args.command}: error: {exc}\n")
-    except TargetError as exc:
+    except (TargetError, BadRedisURL) as exc:  # BadRedisURL: an App(redis_url=...) in the target, say
         print(f"streammachine {args.command}: {exc}", file=sys.stderr)
         return 2
     except (CommandError, ConfigError, ConnectionError, EmbeddedServerError, OSError) as exc:

@@ -14,32 +14,87 @@ own in force with ``settings.use()``, and ``Settings.current()`` returns them.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import random
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Literal, Mapping, Optional, Tuple
+from urllib.parse import unquote, urlsplit
+
+from streammachine._validate import check_non_negative, check_positive
 
 ErrorPolicy = Literal["retry", "dead_letter", "skip"]
+
+
+log = logging.getLogger("streammachine.config")
+
+# An HMAC key guessed or brute-forced means forged pickles, and unpickling runs code: below this, say so.
+MIN_SECRET_KEY_LENGTH = 32
+_warned: set = set()
+
+
+def _warn_once(topic: str, message: str, *args: Any) -> None:
+    if topic not in _warned:
+        _warned.add(topic)
+        log.warning(message, *args)
 
 
 class ConfigError(ValueError):
     """An environment variable or option has a value StreamMachine cannot use."""
 
 
+class BadRedisURL(ConfigError):
+    """A Redis URL that does not parse; the message shows it with its password hidden."""
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+
+
+def check_redis_url(url: str, source: str = "") -> str:
+    """``url`` if it parses as a Redis URL, else BadRedisURL naming ``source`` (e.g. REDIS_URL) and the URL, redacted.
+
+    The same rules as redis-py's parser, plus one it lets pass silently: a
+    database path that is not a number (redis-py would connect to db 0).
+    """
+    from streammachine._redact import redact_url, scrub
+
+    problem = None
+    try:
+        parts = urlsplit(url)
+        if parts.scheme not in REDIS_SCHEMES:
+            problem = "expected a redis://, rediss://, unix://, redis+cluster:// or rediss+cluster:// URL"
+        elif parts.scheme != "unix":
+            parts.port  # noqa: B018  (raises ValueError for a port that is no number in 0-65535)
+            database = unquote(parts.path).strip("/")
+            if database and not database.isdigit():
+                problem = f"database {database!r} (the path after the host): expected a number >= 0"
+    except (ValueError, TypeError) as exc:
+        problem = str(exc)
+    if problem is not None:
+        where = f"{source}: " if source else ""
+        raise BadRedisURL(f"{where}bad Redis URL {redact_url(str(url))}: {scrub(problem, [str(url)])}")
+    return url
+
+
 def _positive_int(raw: str) -> int:
-    value = int(raw)
-    if value <= 0:
-        raise ValueError(raw)
-    return value
+    return check_positive("value", int(raw), integer=True)  # _parse words the error for the variable
 
 
 def _non_negative_int(raw: str) -> int:
-    value = int(raw)
-    if value < 0:
-        raise ValueError(raw)
-    return value
+    return check_non_negative("value", int(raw), integer=True)
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    def convert(raw: str) -> int:
+        value = int(raw)
+        if value < low:
+            raise ValueError(raw)
+        return value
+
+    return convert
 
 
 def _bool(raw: str) -> bool:
@@ -58,6 +113,18 @@ def _choice(*options: str) -> Callable[[str], str]:
         return raw
 
     return convert
+
+
+def _names(raw: str) -> tuple:
+    """A comma-separated list (hosts, origins), blanks dropped."""
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _key_prefix(raw: str) -> str:
+    """A key prefix that confines a namespace: non-empty and free of glob characters."""
+    if any(c in raw for c in "*?[]\\") or not raw.strip():
+        raise ValueError(raw)
+    return raw
 
 
 def _default_home(env: Mapping[str, str]) -> Path:
@@ -92,7 +159,7 @@ _current: ContextVar[Optional[Settings]] = ContextVar("streammachine_settings", 
 class Settings:
     """Everything StreamMachine takes from the environment, parsed once; each default is written here only."""
 
-    redis_url: Optional[str] = _variable("REDIS_URL")
+    redis_url: Optional[str] = _variable("REDIS_URL", lambda raw: check_redis_url(raw, "REDIS_URL"), "a Redis URL")
     redis_host: Optional[str] = _variable("REDIS_HOST")
     redis_port: Optional[int] = _variable("REDIS_PORT", _positive_int, "a port number")
     redis_db: Optional[int] = _variable("REDIS_DB", _non_negative_int, "a database number >= 0")
@@ -119,6 +186,18 @@ class Settings:
         "STREAMMACHINE_STORAGE", _choice("manager", "redis"), "'manager' or 'redis'", "manager"
     )
     mcp_read_only: bool = _variable("STREAMMACHINE_MCP_READ_ONLY", _bool, "0 or 1", False)
+    mcp_object_prefix: str = _variable(
+        "STREAMMACHINE_MCP_OBJECT_PREFIX", _key_prefix, "a non-empty key prefix without * ? [ ] \\", "obj:"
+    )
+    mcp_max_result_bytes: int = _variable(
+        "STREAMMACHINE_MCP_MAX_RESULT_BYTES", _at_least(4096), "bytes >= 4096", 512 * 1024
+    )
+    mcp_max_request_bytes: int = _variable(
+        "STREAMMACHINE_MCP_MAX_REQUEST_BYTES", _at_least(4096), "bytes >= 4096", 4 * 1024 * 1024
+    )
+    mcp_allowed_hosts: tuple = _variable("STREAMMACHINE_MCP_ALLOWED_HOSTS", _names, "host[:port],...", ())
+    mcp_allowed_origins: tuple = _variable("STREAMMACHINE_MCP_ALLOWED_ORIGINS", _names, "scheme://host[:port],...", ())
+    mcp_token: Optional[str] = _variable("STREAMMACHINE_MCP_TOKEN")
     log_level: str = _variable("STREAMMACHINE_LOG_LEVEL", _upper, "a log level", "INFO")
     gc_freeze: bool = _variable("STREAMMACHINE_GC_FREEZE", _bool, "0 or 1", True)
     pure_python: bool = _variable("STREAMMACHINE_PURE_PYTHON", _bool, "0 or 1", False)
@@ -126,7 +205,17 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> Settings:
         env = os.environ if environ is None else environ
-        return cls(**{f.name: _read(f, env) for f in dataclasses.fields(cls)})
+        settings = cls(**{f.name: _read(f, env) for f in dataclasses.fields(cls)})
+        if settings.secret_key and len(settings.secret_key) < MIN_SECRET_KEY_LENGTH:
+            _warn_once(
+                "secret_key",
+                "STREAMMACHINE_SECRET_KEY is %d characters: the key that signs stored objects (unpickling runs "
+                "code) should be at least %d random characters, e.g. python -c 'import secrets; "
+                "print(secrets.token_hex(32))'",
+                len(settings.secret_key),
+                MIN_SECRET_KEY_LENGTH,
+            )
+        return settings
 
     @classmethod
     def read(cls, name: str, environ: Optional[Mapping[str, str]] = None) -> Any:
@@ -185,6 +274,8 @@ class Settings:
             shown["secret_key"] = "***"
         if self.storage_manager:
             shown["storage_manager"] = "***"
+        if self.mcp_token:
+            shown["mcp_token"] = "***"
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     @property
@@ -201,6 +292,8 @@ def _read(f: dataclasses.Field, env: Mapping[str, str]) -> Any:
         return f.default if f.default is not dataclasses.MISSING else meta["default"](env)
     try:
         return meta["convert"](raw)
+    except ConfigError:  # a converter's own message (a bad Redis URL, its password hidden)
+        raise
     except (TypeError, ValueError):
         raise ConfigError(f"{meta['env']}={raw!r}: expected {meta['expected']}") from None
 
@@ -213,6 +306,13 @@ class ConsumerConfig:
     until ``max_deliveries``, then dead-letters it; ``"dead_letter"`` sends
     it to the dead-letter stream at the first failure; ``"skip"`` logs and
     acknowledges it (the only policy that drops data, on request).
+
+    Retries wait ``retry_delay_ms`` x ``retry_backoff`` ** (delivery - 1),
+    at most ``retry_max_delay_ms``, with jitter (half fixed, half random), so
+    a downstream outage does not burn through ``max_deliveries`` in a few
+    seconds. ``retry_on``: only these exception types are retried, others are
+    dead-lettered at once (default: every ``Exception``); ``dead_letter_on``:
+    these are dead-lettered at once whatever ``retry_on`` says.
     """
 
     count: int = Settings.count
@@ -223,16 +323,60 @@ class ConsumerConfig:
     retry_delay_ms: int = Settings.retry_delay_ms
     claim_idle_ms: int = Settings.claim_idle_ms
     dead_letter_stream: str = "{stream}:dead"
+    retry_backoff: float = 2.0
+    retry_max_delay_ms: Optional[int] = None  # None: 30 s, or retry_delay_ms when that is longer
+    retry_on: Tuple[type, ...] = (Exception,)
+    dead_letter_on: Tuple[type, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("count", "block_ms", "max_deliveries", "claim_idle_ms"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"ConsumerConfig.{name}={value!r}: expected a positive integer")
+            check_positive(
+                f"ConsumerConfig.{name}",
+                getattr(self, name),
+                integer=True,
+                expected="a positive integer",
+                error=ConfigError,
+            )
         if self.on_error not in ("retry", "dead_letter", "skip"):
             raise ConfigError(f"ConsumerConfig.on_error={self.on_error!r}: expected 'retry', 'dead_letter' or 'skip'")
-        if not isinstance(self.retry_delay_ms, int) or self.retry_delay_ms < 0:
-            raise ConfigError(f"ConsumerConfig.retry_delay_ms={self.retry_delay_ms!r}: expected milliseconds >= 0")
+        check_non_negative(
+            "ConsumerConfig.retry_delay_ms",
+            self.retry_delay_ms,
+            integer=True,
+            expected="milliseconds >= 0",
+            error=ConfigError,
+        )
+        if (
+            isinstance(self.retry_backoff, bool)
+            or not isinstance(self.retry_backoff, (int, float))
+            or not (self.retry_backoff >= 1)
+        ):
+            raise ConfigError(f"ConsumerConfig.retry_backoff={self.retry_backoff!r}: expected a factor >= 1")
+        if self.retry_max_delay_ms is not None and (
+            not isinstance(self.retry_max_delay_ms, int) or self.retry_max_delay_ms < self.retry_delay_ms
+        ):
+            raise ConfigError(
+                f"ConsumerConfig.retry_max_delay_ms={self.retry_max_delay_ms!r}: expected milliseconds >= "
+                f"retry_delay_ms ({self.retry_delay_ms})"
+            )
+        for name in ("retry_on", "dead_letter_on"):
+            value = getattr(self, name)
+            if isinstance(value, type):
+                object.__setattr__(self, name, (value,))
+            elif not (
+                isinstance(value, tuple) and all(isinstance(v, type) and issubclass(v, BaseException) for v in value)
+            ):
+                raise ConfigError(f"ConsumerConfig.{name}={value!r}: expected an exception class or a tuple of them")
+
+    def retry_delay(self, delivered: int) -> float:
+        """Seconds before the retry of an entry that failed on its ``delivered``-th delivery (with jitter)."""
+        cap = max(30000, self.retry_delay_ms) if self.retry_max_delay_ms is None else self.retry_max_delay_ms
+        delay = min(self.retry_delay_ms * self.retry_backoff ** max(delivered - 1, 0), cap)
+        return (delay / 2 + random.uniform(0, delay / 2)) / 1000.0
+
+    def retries(self, exc: BaseException) -> bool:
+        """Whether a failure with ``exc`` is retried (rather than dead-lettered at once)."""
+        return isinstance(exc, self.retry_on) and not isinstance(exc, self.dead_letter_on)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConsumerConfig:
@@ -265,8 +409,7 @@ class TimerConfig:
     run_immediately: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.interval, bool) or not isinstance(self.interval, (int, float)) or not self.interval > 0:
-            raise ConfigError(f"timer interval={self.interval!r}: expected seconds > 0")
+        check_positive("timer interval", self.interval, expected="seconds > 0", error=ConfigError)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from streammachine._validate import check_positive
 from streammachine.embedded import EmbeddedServer, EmbeddedServerError, find_server_binary, free_port
 
 __all__ = ["EmbeddedServer", "EmbeddedServerError", "LocalCluster", "free_port", "supports_tls"]
@@ -45,8 +46,7 @@ class LocalCluster:
         extra_args: Sequence[str] = (),
         binary: Optional[str] = None,
     ) -> None:
-        if masters < 1:
-            raise ValueError(f"LocalCluster(masters={masters!r}): expected at least 1")
+        check_positive("masters", masters, integer=True)
         self.data_dir = Path(data_dir)
         self.password = secrets.token_urlsafe(24) if password is None else password
         self.nodes = []

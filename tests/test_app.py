@@ -26,7 +26,8 @@ async def test_produce_and_consume(app_factory):
     assert first.json("tags") == ["a", "b"]
     assert first.consumer_id.endswith(":handle:0")
     assert first.timer.startswith("orders: task ") and first.timer.endswith(" ms")
-    assert first.sent is None  # no 'sent' field was included
+    # no 'sent' field was included: sent is the send time, the id's (issue 11 item 14)
+    assert first.sent == first.timestamp_ms / 1000 and first.latency_ms >= -50
     assert first.received * 1000 >= first.timestamp_ms - 50
 
 

@@ -86,6 +86,8 @@ def test_mcp_tools_survive_any_arguments(redis_url, redis_server, tools, data):
         assert redis_server.password not in text, f"{name}{arguments} leaked the password: {text[:300]}"
         if is_error:
             assert text.strip(), f"{name}{arguments}: an empty tool error says nothing"
+            for leak in ("errors.pydantic.dev", "validation error for", "Traceback", "input_type="):
+                assert leak not in text, f"{name}{arguments}: the error shows library internals: {text[:300]}"
 
 
 def test_unknown_tool_is_an_error_not_a_crash(redis_url):

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
 from helpers import wait_until
-from mcp import Client
+from mcp_client import call, connected
 
 from streammachine.config import Settings
-from streammachine.mcp import build_server
 from streammachine.mcp.server import WRITE_TOOLS
 
 REFERENCE_TOOLS = {
@@ -39,26 +37,16 @@ REFERENCE_TOOLS = {
     "ohlc_stats",
     "ohlc_list",
 }
-EXTRA_TOOLS = {"stream_groups", "stream_pending", "stream_dead_letters"}
-
-
-@asynccontextmanager
-async def connected(redis_url=None, **kwargs):
-    server = build_server(redis_url=redis_url, **kwargs)
-    try:
-        async with Client(server) as client:
-            client.transcript = []  # every text the server sent back, to grep for secrets
-            yield client
-    finally:
-        await server.state.close()
-
-
-async def call(client, name, arguments=None, *, error=False):
-    result = await client.call_tool(name, arguments or {})
-    text = " ".join(getattr(block, "text", "") for block in result.content)
-    client.transcript.append(text + json.dumps(result.structured_content, default=str))
-    assert result.is_error is error, f"{name}{arguments}: is_error={result.is_error}: {text}"
-    return text if error else result.structured_content
+EXTRA_TOOLS = {
+    "stream_groups",
+    "stream_pending",
+    "stream_dead_letters",
+    "stream_group_create",
+    "stream_group_destroy",
+    "stream_group_read",
+    "stream_group_ack",
+    "stream_trim",
+}
 
 
 async def test_every_reference_tool_resource_and_prompt_is_listed(redis_url):
@@ -102,9 +90,12 @@ async def test_stream_tools_round_trip(redis_url, sync_redis):
         sync_redis.set("plain-key", "not a stream")
         sync_redis.xadd("other", {"a": "1"})
         listed = await call(client, "stream_list", {})
-        assert listed["streams"] == ["events", "other"] and not listed["truncated"]
+        assert listed["streams"] == ["events", "other"] and listed["next_cursor"] is None
         assert (await call(client, "stream_list", {"pattern": "ev*"}))["streams"] == ["events"]
-        assert (await call(client, "stream_list", {"limit": 1}))["truncated"] is True
+        first = await call(client, "stream_list", {"limit": 1})
+        assert first["streams"] == ["events"] and first["next_cursor"] == "events"
+        rest = await call(client, "stream_list", {"limit": 1, "cursor": first["next_cursor"]})
+        assert rest["streams"] == ["other"] and rest["next_cursor"] is None
 
         info = await call(client, "stream_info", {"stream": "events"})
         assert (info["length"], info["first_id"], info["last_id"]) == (5, sent["id"], batch["ids"][-1])
@@ -166,13 +157,14 @@ async def test_storage_tools_share_state_with_an_app_on_the_redis_backend(redis_
     app = app_factory("stateful", storage_backend="redis")
     await app.storage.write("counter", 41)
     async with connected(redis_url) as client:
-        assert await call(client, "storage_read", {"key": "counter"}) == {"key": "counter", "exists": True, "value": 41}
+        read = await call(client, "storage_read", {"key": "counter"})
+        assert (read["exists"], read["value"], read["truncated"]) == (True, 41, False)
         await call(client, "storage_write", {"key": "counter", "value": 42})
         await call(client, "storage_write", {"key": "config", "value": {"symbols": ["AAPL"], "live": True}})
         assert await app.storage.read("counter") == 42
         assert await app.storage.read("config") == {"symbols": ["AAPL"], "live": True}
         missing = await call(client, "storage_read", {"key": "nope", "default": 0})
-        assert missing == {"key": "nope", "exists": False, "value": 0}
+        assert (missing["exists"], missing["value"]) == (False, 0)
         assert (await call(client, "storage_keys"))["keys"] == ["config", "counter"]
         assert (await call(client, "storage_delete", {"key": "config"}))["deleted"] is True
         assert (await call(client, "storage_delete", {"key": "config"}))["deleted"] is False
@@ -368,4 +360,4 @@ async def test_streammachine_records_caps_what_one_read_returns(redis_url, sync_
     async with connected(redis_url, settings=Settings.from_env({"STREAMMACHINE_RECORDS": "5"})) as client:
         assert (await call(client, "stream_read", {"stream": "capped", "count": 5}))["count"] == 1
         text = await call(client, "stream_read", {"stream": "capped", "count": 6}, error=True)
-        assert "count=6" in text and "STREAMMACHINE_RECORDS=5" in text
+        assert "count=6" in text and "1..5 (STREAMMACHINE_RECORDS)" in text

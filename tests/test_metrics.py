@@ -128,3 +128,20 @@ async def test_redis_outage_reads_as_redis_up_0_not_a_failed_scrape(app_factory)
 
     samples = samples_of(generate_latest(registry_for(broken)).decode())
     assert _value(samples, "streammachine_workers") == 0
+
+
+async def test_a_server_that_went_away_reads_as_redis_up_0(app_factory, private_server):
+    """Regression: the group reader swallowed every error, so a running app whose server was gone still
+    reported redis_up 1 (with no groups)."""
+    app = app_factory("outage", url=private_server.url)
+
+    @app.agent("orders", group="billing")
+    async def bill(record):
+        pass
+
+    await app.startup()
+    before = await snapshot(app)
+    assert before["redis_up"] and [(a["group"], a["pending"]) for a in before["agents"]] == [("billing", 0)]
+    private_server.stop()
+    after = await snapshot(app)
+    assert after["redis_up"] is False and [a["pending"] for a in after["agents"]] == [None]

@@ -141,6 +141,35 @@ started = app.start()
     assert kernel.value("(len(got), view.frames == closed_at, view.running)") == (250, True, False)
 
 
+def test_live_table_follows_a_stage_while_the_kernel_is_idle(kernel, sync_redis):
+    kernel.run("""
+import time
+from streammachine.notebook import live_table
+app = App("tables", consumer_config=ConsumerConfig(block_ms=100, count=50))
+totals = app.table("totals", default=0)
+
+@app.agent("orders", group="g", output="orders:done", tables=[totals])
+async def add(message):
+    totals[message.message["customer"]] += int(message.message["amount"])
+    return {"customer": message.message["customer"]}
+
+app.start()
+await until(lambda: app.is_running, 20, what="app running")
+view = live_table(totals, max_rows=2, fps=10)
+shown_at = time.monotonic()
+view
+""")
+    assert "application/vnd.jupyter.widget-view+json" in kernel.displayed[-1]
+    for n in range(90):  # the kernel is idle from here: the stage commits and the view redraws on its loop
+        sync_redis.xadd("orders", {"customer": "abc"[n % 3], "amount": n})
+    wait_until_sync(lambda: fully_consumed(sync_redis, "orders", "g", 90), 10, what="90 orders committed")
+    expected = {c: sum(n for n in range(90) if "abc"[n % 3] == c) for c in "ab"}
+    kernel.run(f"await until(lambda: view.frame['value'].to_dict() == {expected!r}, 10, what='the view')")
+    checks = "(view.keys, 'first 2 by key' in view.header.value, view.frames <= 10 * (time.monotonic() - shown_at) + 2)"
+    assert kernel.value(checks) == (3, True, True)  # at most fps redraws a second
+    kernel.run("view.close()")
+
+
 AGENT_CELL = """
 @app.agent("orders", group="g")
 async def handle(message):
@@ -360,3 +389,25 @@ await clock.start()
     wait_until_sync(lambda: sync_redis.xlen("ticks") >= 5, 10, what="five periods of a fresh timer")
     assert sync_redis.xlen("beats") == stopped_at, "a stopped app's timer still ran"
     kernel.run("await clock.stop()")
+
+
+def test_magic_send_honours_stream_maxlen(private_server, tmp_path):
+    """Regression: `%streammachine send` passed no maxlen, so STREAMMACHINE_STREAM_MAXLEN never trimmed it
+    (app.send and `streammachine send` did trim)."""
+    client = redis.Redis.from_url(private_server.url, decode_responses=True)
+    client.config_set("stream-node-max-entries", 2)  # MAXLEN ~ 3 then keeps at most 5 entries
+    env = dict(
+        os.environ,
+        REDIS_URL=private_server.url,
+        STREAMMACHINE_HOME=str(tmp_path / "smhome"),
+        STREAMMACHINE_STREAM_MAXLEN="3",
+    )
+    kernel = Kernel(env, str(tmp_path))
+    try:
+        kernel.run(SETUP + "%load_ext streammachine\napp = App('trim')")
+        kernel.run("for i in range(20):\n    get_ipython().run_line_magic('streammachine', f'send capped i={i}')")
+    finally:
+        kernel.close()
+    assert 3 <= client.xlen("capped") <= 5
+    assert client.xrevrange("capped", count=1)[0][1] == {"i": "19"}
+    client.close()

@@ -15,19 +15,30 @@ import os
 import signal
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Optional
 
 from streammachine.engine import loop as event_loop
 from streammachine.engine.consumer import StreamConsumer
 from streammachine.engine.identity import consumer_name
 from streammachine.engine.specs import AgentSpec, AgentStats
+from streammachine.engine.stage import StageConsumer
 from streammachine.engine.supervision import WorkerPool, parent_alive, report_ready
 from streammachine.redis.connection import RedisConnection, ensure_group, make_client
 
 log = logging.getLogger("streammachine.engine.executors")
 
 # What a worker process publishes for its parent (AgentStats fields).
-_SHARED_FIELDS = ("processed", "failed", "dead_lettered", "retried", "skipped", "reconnects", "handler_seconds")
+_SHARED_FIELDS = (
+    "processed",
+    "failed",
+    "dead_lettered",
+    "retried",
+    "skipped",
+    "reconnects",
+    "commit_retries",
+    "handler_seconds",
+)
 
 
 def consumer_client_options(spec: AgentSpec) -> dict:
@@ -52,9 +63,26 @@ async def stop_consumers(consumers: list, grace: float, finish_read: bool = True
 
 
 async def prepare(spec: AgentSpec, connection: RedisConnection) -> None:
-    """Create the group before start() returns, so what is sent next is not missed under start id "$"."""
+    """Create the group before start() returns, so what is sent next is not missed under start id "$";
+    load a stage's tables not loaded yet, so its handlers see committed state from the first entry."""
     client = await connection.get_client()
     await ensure_group(client, spec.stream, spec.group, spec.config.start_id)
+    await load_tables(spec, client, only_new=True)
+
+
+async def load_tables(spec: AgentSpec, client: Any, *, only_new: bool = False) -> None:
+    for table in spec.tables:
+        if not (only_new and table.loaded):
+            await table.load(client)
+
+
+def make_consumer(
+    client: Any, spec: AgentSpec, name: str, stats: AgentStats, executor: Optional[Executor]
+) -> StreamConsumer:
+    """A stage's consumer (outputs and tables committed with the ack) or a plain one."""
+    if spec.is_stage:
+        return StageConsumer(client, spec, name, stats, executor, maxlen=spec.maxlen)
+    return StreamConsumer(client, spec, name, stats, executor)
 
 
 class InProcessRunner:
@@ -72,23 +100,49 @@ class InProcessRunner:
         self.executor = executor
         self.consumers: list[StreamConsumer] = []
         self._clients: list = []
+        self._stopping = False
+        self.restarts = 0
 
     async def start(self) -> None:
         await prepare(self.spec, self.connection)
         for slot in range(self.spec.concurrency):
             client = self.connection.new_client(max_connections=2, **consumer_client_options(self.spec))
             self._clients.append(client)
-            consumer = StreamConsumer(
+            consumer = make_consumer(
                 client, self.spec, consumer_name(self.base, self.spec.name, str(slot)), self.stats, self.executor
             )
-            consumer.start()
             self.consumers.append(consumer)
+            self._start(slot)
+
+    def _start(self, slot: int) -> None:
+        task = self.consumers[slot].start()
+        task.add_done_callback(partial(self._ended, slot))
+
+    def _ended(self, slot: int, task: asyncio.Task) -> None:
+        """A consumer task that ends while the agent runs is a defect somewhere: say so loudly, start it again."""
+        if self._stopping or slot >= len(self.consumers) or self.consumers[slot].task is not task:
+            return
+        error = None if task.cancelled() else task.exception()
+        log.error(
+            "agent %s: consumer %s ended unexpectedly (%s); starting it again",
+            self.spec.name, self.consumers[slot].name, "cancelled" if task.cancelled() else repr(error),
+            exc_info=error,
+        )  # fmt: skip
+        self.restarts += 1
+        old = self.consumers[slot]
+        self.consumers[slot] = make_consumer(old.client, self.spec, old.name, self.stats, self.executor)
+        self._start(slot)
+
+    @property
+    def expected(self) -> int:
+        return self.spec.concurrency
 
     @property
     def active(self) -> int:
         return sum(1 for c in self.consumers if c.task is not None and not c.task.done())
 
     async def stop(self, grace: float, finish_read: bool = True) -> None:
+        self._stopping = True
         await stop_consumers(self.consumers, grace, finish_read)
         for client in self._clients:
             await client.aclose()
@@ -168,6 +222,10 @@ class ProcessRunner(WorkerPool):
     def active(self) -> int:
         return len(self.pids) * self.spec.concurrency
 
+    @property
+    def expected(self) -> int:
+        return (self.spec.processes or 1) * self.spec.concurrency
+
     async def stop(self, grace: float, finish_read: bool = True) -> None:
         """SIGTERM the workers: each finishes its read in hand within ``grace`` (``finish_read`` is moot here)."""
         if self._supervisor is not None:
@@ -213,8 +271,10 @@ class ForkedWorker:
         for slot in range(spec.concurrency):
             client = make_client(self.url, max_connections=2, cluster=self.cluster, **consumer_client_options(spec))
             clients.append(client)
+            if slot == 0:
+                await load_tables(spec, client)  # fresh from Redis: what the parent held at fork may be old
             name = consumer_name(self.base, spec.name, f"w{self.index}.{slot}")
-            consumer = StreamConsumer(client, spec, name, stats, executor)
+            consumer = make_consumer(client, spec, name, stats, executor)
             consumer.start()
             consumers.append(consumer)
         report_ready(self.ready_fd)

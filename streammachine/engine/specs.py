@@ -5,8 +5,9 @@ from __future__ import annotations
 import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
+from streammachine._validate import check_positive
 from streammachine.config import ConsumerConfig, TimerConfig
 
 
@@ -31,6 +32,8 @@ class AgentStats:
     dead_lettered: int = 0
     skipped: int = 0
     reconnects: int = 0
+    commit_retries: int = 0  # a stage's commits refused (a table changed meanwhile) and handled again
+    commit_failures: int = 0  # a stage's commits that failed (an error reply: nothing written, entries pending)
     handler_seconds: float = 0.0
     last_error: Optional[str] = None
     started_at: float = field(default_factory=time.time)
@@ -66,6 +69,8 @@ class AgentStats:
             "dead_lettered": self.dead_lettered,
             "skipped": self.skipped,
             "reconnects": self.reconnects,
+            "commit_retries": self.commit_retries,
+            "commit_failures": self.commit_failures,
             "handler_seconds": round(self.handler_seconds, 6),
             "last_error": self.last_error,
         }
@@ -82,16 +87,39 @@ class AgentSpec:
     batch: bool = False
     config: ConsumerConfig = field(default_factory=ConsumerConfig)
     threaded: bool = False
+    output: Optional[str] = None  # where the handler's return value goes (a stage)
+    tables: Tuple[Any, ...] = ()  # the tables its handler changes, committed with the ack (a stage)
+    maxlen: Optional[int] = None  # approximate MAXLEN of what a stage writes
+    # (seconds, hook): a stage's hook run every ``seconds`` in its consumer's task, its effects committed like
+    # a handler's (e.g. completing the windows or candles of quiet keys by wall-clock time)
+    periodic: Optional[Tuple[float, Callable[[], Any]]] = None
+
+    @property
+    def is_stage(self) -> bool:
+        return self.output is not None or bool(self.tables) or self.periodic is not None
 
     def __post_init__(self) -> None:
+        if self.output is not None and (not isinstance(self.output, str) or not self.output):
+            raise ValueError(f"agent {self.name!r}: output={self.output!r}, expected None or a non-empty str")
+        self.tables = tuple(self.tables)
+        if self.periodic is not None:
+            seconds, hook = self.periodic
+            if (
+                isinstance(seconds, bool)
+                or not isinstance(seconds, (int, float))
+                or not seconds > 0
+                or not callable(hook)
+            ):
+                raise ValueError(f"agent {self.name!r}: periodic={self.periodic!r}, expected (seconds > 0, a callable)")
+        for table in self.tables:
+            if not hasattr(table, "committed_get"):
+                raise TypeError(f"agent {self.name!r}: tables=[...{table!r}...]: expected tables from app.table()")
         if not isinstance(self.stream, str) or not self.stream:
             raise ValueError(f"agent {self.name!r}: stream={self.stream!r}, expected a non-empty str")
         if not isinstance(self.group, str) or not self.group:
             raise ValueError(f"agent {self.name!r}: group={self.group!r}, expected a non-empty str")
-        if not isinstance(self.concurrency, int) or self.concurrency < 1:
-            raise ValueError(f"agent {self.name!r}: concurrency={self.concurrency!r}, expected an int >= 1")
-        if self.processes is not None and (not isinstance(self.processes, int) or self.processes < 1):
-            raise ValueError(f"agent {self.name!r}: processes={self.processes!r}, expected None or an int >= 1")
+        check_positive(f"agent {self.name!r}: concurrency", self.concurrency, integer=True)
+        check_positive(f"agent {self.name!r}: processes", self.processes, integer=True, optional=True)
         if not callable(self.handler):
             raise TypeError(f"agent {self.name!r}: handler {self.handler!r} is not callable")
         self.is_async = is_async_callable(self.handler)

@@ -24,9 +24,11 @@ calls, ``_sum`` seconds), ``group_pending``, ``group_lag``,
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Callable, List
@@ -47,11 +49,7 @@ _AGENT_LABELS = ["app", "agent", "stream", "group", "worker"]
 
 async def snapshot(app, worker: str = "0") -> dict:
     """The app's status (engine/status.py) as one JSON-able dict, with the worker it comes from."""
-    try:
-        status = await app.status()
-    except Exception as exc:  # an outage shows as redis_up 0, never as a failed scrape
-        log.debug("metrics: Redis unavailable: %s", exc)
-        status = app.status_now(redis_up=False)
+    status = await app.status()  # an outage shows as redis_up 0, never as a failed scrape
     return {
         **status.as_dict(),
         "worker": str(worker),
@@ -174,7 +172,25 @@ def serve_metrics(source: Callable[[], List[dict]], port: int, host: str = "127.
     except OSError as exc:
         raise OSError(f"--metrics-port {port}: cannot listen on {host}:{port} ({exc.strerror or exc})") from None
     log.info("metrics: serving Prometheus metrics on http://%s:%d/metrics", host, server.server_port)
+    if not is_loopback(host):
+        log.warning(
+            "metrics: --metrics-host %s is reachable from other hosts, and /metrics has no authentication "
+            "(it names your streams, groups and agents); keep the default 127.0.0.1, or put it behind a "
+            "firewall or an authenticating proxy",
+            host,
+        )
     return server
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback one ("", "0.0.0.0" and "::" mean every interface)."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host or None, None, proto=socket.IPPROTO_TCP)}
+    except (OSError, UnicodeError):
+        return False
+    if not host or not addresses:
+        return False
+    return all(ipaddress.ip_address(str(address).split("%", 1)[0]).is_loopback for address in addresses)
 
 
 def registry_for(source: Callable[[], List[dict]]):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 INSTRUCTIONS = """\
 StreamMachine: stream processing on Redis Streams. Use stream_list / stream_info / stream_read to look at
-streams, stream_send to add entries, stream_groups / stream_pending / stream_dead_letters to see how consumer
-groups are doing (lag, unacknowledged work, entries that failed too often). storage_* tools read and write the
+streams, stream_send / stream_send_batch (all or nothing) to add entries, stream_groups / stream_pending /
+stream_dead_letters to see how consumer groups are doing (lag, unacknowledged work, entries that failed too
+often), stream_group_read / stream_group_ack to consume through a group. storage_* tools read and write the
 state apps share (Redis storage backend: apps run with STREAMMACHINE_STORAGE=redis). ohlc_* tools aggregate
-ticks into OHLC candles in this server's memory. Destructive tools (storage_clear, obj_delete) need
-confirm: true."""
+ticks into OHLC candles in this server's memory. Times and stream ids are epoch milliseconds. Listings are
+paged: pass a result's next_cursor as cursor. Destructive tools (stream_trim, stream_group_destroy,
+storage_clear, obj_delete) need confirm: true (the JSON boolean) and say what they would delete without it."""
 
 READ_ONLY_NOTE = "\nThis server is read-only: tools that write to Redis are not available."
 
@@ -65,12 +67,13 @@ and atomic `update(key, fn)` / `incr(key)`. Backends: "manager" (one host, defau
     "mcp": """\
 # This MCP server
 
-Tools: stream_send, stream_send_batch, stream_read, stream_info, stream_list, stream_groups, stream_pending,
-stream_dead_letters; storage_read/write/delete/keys/clear; health_check, redis_info, redis_ping;
-obj_get/obj_list/obj_delete (signed objects of RedisObjectStorage); ohlc_create/update/get_candles/
-get_completed/flush/clear/stats/list. Resources: streammachine://config, streammachine://status.
+Tools: stream_send, stream_send_batch, stream_read, stream_info, stream_list, stream_trim; stream_groups,
+stream_pending, stream_dead_letters, stream_group_create/read/ack/destroy; storage_read/write/delete/keys/clear;
+health_check, redis_info, redis_ping; obj_get/obj_list/obj_delete (signed objects of RedisObjectStorage, under
+the object prefix only); ohlc_create/update/get_candles/get_completed/flush/clear/stats/list.
+Resources: streammachine://config, streammachine://status.
 Start it with `streammachine-mcp` (stdio) or `streammachine mcp --transport streamable-http --port 8000`;
-`--read-only` hides the tools that write.""",
+`--read-only` hides the tools that write. Beyond loopback, HTTP needs STREAMMACHINE_MCP_TOKEN.""",
     "ohlc": """\
 # OHLC candles
 

@@ -4,14 +4,27 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_serializer
 
 from streammachine.ohlc.candle import Candle
+
+NEXT_CURSOR = "non-null when more follow: pass it as `cursor` to get the next page"
+TRUNCATED = "true when the result limit (STREAMMACHINE_MCP_MAX_RESULT_BYTES) cut this result short or cut values"
 
 
 class Entry(BaseModel):
     id: str = Field(description="Redis stream entry id, '<ms>-<seq>'")
     fields: Dict[str, str] = Field(description="the entry's fields, decoded as UTF-8")
+    truncated_fields: Optional[Dict[str, int]] = Field(
+        default=None, description="present when values were cut to fit the result limit: field -> its full length"
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_empty_truncation(self, handler: Any) -> Any:
+        data = handler(self)
+        if data.get("truncated_fields") is None:
+            data.pop("truncated_fields", None)
+        return data
 
 
 class SendResult(BaseModel):
@@ -22,13 +35,15 @@ class SendResult(BaseModel):
 class SendBatchResult(BaseModel):
     stream: str
     count: int
-    ids: List[str]
+    ids: List[str] = Field(description="the new entries' ids, in the order of the messages")
 
 
 class ReadResult(BaseModel):
     stream: str
     count: int
-    entries: List[Entry]
+    entries: List[Entry] = Field(description="oldest first")
+    next_cursor: Optional[str] = Field(default=None, description=NEXT_CURSOR)
+    truncated: bool = Field(default=False, description=TRUNCATED)
 
 
 class ConsumerInfo(BaseModel):
@@ -42,7 +57,7 @@ class GroupInfo(BaseModel):
     name: str
     consumers: int
     pending: int
-    lag: Optional[int] = Field(None, description="entries not yet delivered to the group (None when unknown)")
+    lag: Optional[int] = Field(default=None, description="entries not yet delivered to the group (None when unknown)")
     last_delivered_id: str
     consumer_details: Optional[List[ConsumerInfo]] = None
 
@@ -64,8 +79,9 @@ class StreamInfo(BaseModel):
 
 class StreamList(BaseModel):
     pattern: str
-    streams: List[str]
-    truncated: bool = Field(description="true when more streams matched than the limit")
+    streams: List[str] = Field(description="sorted")
+    next_cursor: Optional[str] = Field(default=None, description=NEXT_CURSOR)
+    truncated: bool = Field(default=False, description=TRUNCATED)
 
 
 class PendingEntry(BaseModel):
@@ -83,6 +99,7 @@ class PendingResult(BaseModel):
     max_id: Optional[str]
     per_consumer: Dict[str, int]
     entries: List[PendingEntry] = Field(description="the oldest pending entries, up to count")
+    next_cursor: Optional[str] = Field(default=None, description=NEXT_CURSOR)
 
 
 class DeadLetter(BaseModel):
@@ -93,8 +110,11 @@ class DeadLetter(BaseModel):
     agent: Optional[str]
     error: Optional[str]
     deliveries: Optional[int]
-    at: Optional[float] = Field(None, description="epoch seconds when it was dead-lettered")
+    at: Optional[float] = Field(default=None, description="epoch seconds when it was dead-lettered")
     fields: Dict[str, str] = Field(description="the original entry's fields")
+    truncated_fields: Optional[Dict[str, int]] = Field(
+        default=None, description="set when values were cut to fit the result limit: field -> its full length"
+    )
 
 
 class DeadLetters(BaseModel):
@@ -102,12 +122,55 @@ class DeadLetters(BaseModel):
     dead_letter_stream: str
     length: int
     entries: List[DeadLetter]
+    next_cursor: Optional[str] = Field(default=None, description=NEXT_CURSOR)
+    truncated: bool = Field(default=False, description=TRUNCATED)
+
+
+class Trimmed(BaseModel):
+    stream: str
+    removed: int = Field(description="entries deleted")
+    length: int = Field(description="entries left")
+
+
+class GroupCreated(BaseModel):
+    stream: str
+    group: str
+    created: bool = Field(description="false when the group already existed (nothing changed)")
+
+
+class GroupDestroyed(BaseModel):
+    stream: str
+    group: str
+    destroyed: bool
+    dropped_pending: int = Field(description="entries that were pending in the group (no longer tracked)")
+
+
+class GroupRead(BaseModel):
+    stream: str
+    group: str
+    consumer: str
+    count: int
+    entries: List[Entry] = Field(
+        description="delivered to the consumer and now pending until acked with stream_group_ack; an entry "
+        "deleted since it was delivered has no fields"
+    )
+    truncated: bool = Field(default=False, description=TRUNCATED)
+
+
+class Acked(BaseModel):
+    stream: str
+    group: str
+    acked: int = Field(description="ids that were pending and are now acknowledged")
 
 
 class StorageValue(BaseModel):
     key: str
     exists: bool
     value: Any = None
+    truncated: bool = Field(
+        default=False, description="true when the value is too big for one result: value is null then"
+    )
+    size_bytes: Optional[int] = Field(default=None, description="the value's size as JSON, when truncated")
 
 
 class StorageWritten(BaseModel):
@@ -121,8 +184,10 @@ class StorageDeleted(BaseModel):
 
 
 class StorageKeys(BaseModel):
-    count: int
-    keys: List[str]
+    count: int = Field(description="keys in this page")
+    keys: List[str] = Field(description="sorted")
+    next_cursor: Optional[str] = Field(default=None, description=NEXT_CURSOR)
+    truncated: bool = Field(default=False, description=TRUNCATED)
 
 
 class Cleared(BaseModel):
@@ -146,17 +211,24 @@ class Ping(BaseModel):
 class ObjValue(BaseModel):
     key: str
     type: str = Field(description="Python type of the stored object")
-    value: Any = Field(None, description="the object as JSON when it has a JSON form, else null")
-    repr: str = Field(description="repr() of the object, truncated")
+    value: Any = Field(default=None, description="the object as JSON when it has a JSON form that fits, else null")
+    repr: str = Field(description="repr() of the object, cut at 2000 characters")
+    truncated: bool = Field(
+        default=False, description="true when the JSON form is too big for one result (value is null)"
+    )
 
 
 class ObjKeys(BaseModel):
+    prefix: str
     pattern: str
-    count: int
-    keys: List[str]
+    count: int = Field(description="keys in this page")
+    keys: List[str] = Field(description="sorted, without the prefix")
+    next_cursor: Optional[str] = Field(default=None, description=NEXT_CURSOR)
+    truncated: bool = Field(default=False, description=TRUNCATED)
 
 
 class ObjDeleted(BaseModel):
+    prefix: str
     pattern: str
     deleted: int
 
@@ -165,8 +237,10 @@ class Candles(BaseModel):
     name: str
     symbol: str
     interval_ms: int
-    count: int
-    candles: List[Candle]
+    count: int = Field(description="candles in this result (for ohlc_flush: all removed)")
+    candles: List[Candle] = Field(description="oldest first")
+    next_cursor: Optional[str] = Field(default=None, description=NEXT_CURSOR)
+    truncated: bool = Field(default=False, description=TRUNCATED)
 
 
 class OhlcCreated(BaseModel):

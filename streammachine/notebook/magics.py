@@ -175,7 +175,7 @@ class StreamMachineMagics(Magics):
     def _cmd_send(self, args):
         app = self.app()
         try:
-            return commands.send(self._client(app), args.stream, args.fields)
+            return commands.send(self._client(app), args.stream, args.fields, maxlen=app.config.stream_maxlen)
         except (TypeError, ValueError) as exc:
             raise UsageError(f"%streammachine send: {exc}") from None
 

@@ -17,18 +17,12 @@ import logging
 import time
 from typing import Any, Hashable, Optional
 
+from streammachine._validate import check_positive
+
 log = logging.getLogger("streammachine.notebook")
 
 MAX_FPS = 60.0
 _NEVER = object()
-
-
-def check_positive(name: str, value: Any, *, maximum: Optional[float] = None) -> None:
-    """Reject a bad knob with a message naming it (bools are not numbers here)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name}={value!r}: expected a number > 0")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name}={value!r}: expected at most {maximum}")
 
 
 def close_tree(widget: Any) -> None:

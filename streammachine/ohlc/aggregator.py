@@ -6,9 +6,13 @@ Semantics, identical in both cores:
   starting at ``ts - ts % interval``.
 - ``open`` is the earliest tick by timestamp and ``close`` the latest (not by
   arrival); ties go by arrival order (first arrival opens, last closes).
-- A candle is complete once it ended at or before the symbol's latest tick
-  (``start + interval <= latest``), or before ``as_of_ms`` when given (a
-  wall clock, so a quiet symbol's candle completes too).
+- The clock is data time: a candle is complete once it ended at or before
+  the symbol's latest tick (``start + interval <= latest``), so a replay of
+  history completes the same candles the live run did. For a quiet symbol
+  (no later tick comes) pass a wall clock: ``as_of_ms`` moves the horizon
+  forward to it (never back). Upstream's positional ``before_timestamp`` is
+  an explicit horizon instead: exactly the candles that ended at or before
+  it, whatever the latest tick.
 - ``flush_interval`` removes the completed candles and seals that time: a
   later tick for it counts in ``late_ticks`` and is dropped for that
   interval, so a flushed candle is never emitted twice.
@@ -38,14 +42,28 @@ class OHLCMethods:
         """Every candle held for ``symbol`` and ``interval``, oldest first (the last may be in progress)."""
         return [Candle(*row) for row in self._rows(symbol, self._interval_index(interval), None)]
 
-    def get_completed_candles(self, symbol: Any, interval: int, *, as_of_ms: Optional[int] = None) -> List[Candle]:
-        """The candles that are complete (ready to emit), oldest first."""
-        index, cut = self._completion(symbol, interval, as_of_ms)
+    def get_completed_candles(
+        self,
+        symbol: Any,
+        interval: int,
+        before_timestamp: Optional[int] = None,
+        *,
+        as_of_ms: Optional[int] = None,
+    ) -> List[Candle]:
+        """The candles that are complete (ready to emit), oldest first; the clock is in the module docstring."""
+        index, cut = self._completion(symbol, interval, as_of_ms, before_timestamp)
         return [] if cut is None else [Candle(*row) for row in self._rows(symbol, index, cut)]
 
-    def flush_interval(self, symbol: Any, interval: int, *, as_of_ms: Optional[int] = None) -> List[Candle]:
+    def flush_interval(
+        self,
+        symbol: Any,
+        interval: int,
+        before_timestamp: Optional[int] = None,
+        *,
+        as_of_ms: Optional[int] = None,
+    ) -> List[Candle]:
         """Remove the completed candles (and seal their time); returns them, oldest first."""
-        index, cut = self._completion(symbol, interval, as_of_ms)
+        index, cut = self._completion(symbol, interval, as_of_ms, before_timestamp)
         return [] if cut is None else [Candle(*row) for row in self._flush(symbol, index, cut)]
 
     def get_candles_as_dicts(self, symbol: Any, interval: int) -> List[Dict[str, Any]]:
@@ -83,10 +101,11 @@ class OHLCMethods:
             "rejected": self.rejected,
         }
 
-    def _completion(self, symbol: Any, interval: Any, as_of_ms: Any):
+    def _completion(self, symbol: Any, interval: Any, as_of_ms: Any, before_timestamp: Any = None):
         """(interval index, start before which candles are complete or None)."""
         index = self._interval_index(interval)
-        return index, completion_cut(self.latest_timestamp(symbol), self.intervals[index], as_of_ms)
+        latest = self.latest_timestamp(symbol)
+        return index, completion_cut(latest, self.intervals[index], as_of_ms, before_timestamp)
 
     def _interval_index(self, interval: Any) -> int:
         try:

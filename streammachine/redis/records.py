@@ -12,8 +12,8 @@ from typing import Any, Mapping, Optional
 
 import orjson
 
-_AS_IS = frozenset((str, bytes, int, float))
-_AS_JSON = frozenset((dict, list, tuple, bool))
+_AS_IS: frozenset = frozenset((str, bytes, int, float))
+_AS_JSON: frozenset = frozenset((dict, list, tuple, bool))
 
 
 def encode_value(topic: str, field: str, value: Any) -> Any:
@@ -40,7 +40,7 @@ def encode_value(topic: str, field: str, value: Any) -> Any:
     )
 
 
-def encode_record(topic: str, record: Mapping[str, Any]) -> dict:
+def encode_record(topic: str, record: Mapping[str, Any]) -> Mapping:
     """Validate and encode one record; the common all-scalar case costs one pass."""
     if not isinstance(record, Mapping):
         raise TypeError(f"stream {topic!r}: a record must be a dict of fields, got {type(record).__name__}")
@@ -64,7 +64,7 @@ def encode_record(topic: str, record: Mapping[str, Any]) -> dict:
 
 def _check_name_clash(topic: str, record: Mapping) -> None:
     """ "a" and b"a" would both be the Redis field a: one value would silently shadow the other."""
-    seen = {}
+    seen: dict = {}
     for field in record:
         raw = field if type(field) is bytes else field.encode("utf-8", "surrogatepass")
         if raw in seen:

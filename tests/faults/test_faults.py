@@ -273,6 +273,9 @@ class _AsyncShim:
     async def xgroup_create(self, *args, **kwargs):
         return self.client.xgroup_create(*args, **kwargs)
 
+    async def xinfo_groups(self, *args, **kwargs):
+        return self.client.xinfo_groups(*args, **kwargs)
+
 
 # -- the server under fault ----------------------------------------------------
 
