@@ -348,6 +348,7 @@ class App(Lifecycle):
         if self._state not in STOPPED_STATES:
             raise AppStateError(f"app {self.name!r} is {self._state}: stop it before changing its server")
         self._redis = RedisConnection(url=url, settings=self.settings)
+        self._work.connection = self._redis  # the agents' runners connect through it
 
     async def startup(self) -> None:
         """Connect, create the groups, run the startup hooks, start agents and timers (``start()`` calls it)."""
