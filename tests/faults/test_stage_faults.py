@@ -136,7 +136,12 @@ def live_children(pid: int) -> list:
     import psutil
 
     try:
-        return [p for p in psutil.Process(pid).children() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        return [
+            p
+            for p in psutil.Process(pid).children()
+            # the workers, not the supervisor's storage Manager process
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE and "--worker-index" in p.cmdline()
+        ]
     except psutil.NoSuchProcess:
         return []
 
