@@ -117,7 +117,8 @@ class App(Lifecycle):
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._pending: Optional[asyncio.Task] = None  # the last start/stop scheduled on self._loop
         self._predecessor: Optional[Transition] = None  # the stop of the App this one replaces
-        self._stopped: Optional[asyncio.Event] = None
+        self._stopped: Optional[asyncio.Event] = None  # set to end run(): a stop was asked for
+        self._shut_down: Optional[asyncio.Event] = None  # set when the shutdown under way has finished
         base = app_consumer_base(self.settings.consumer_name, name)
         self._work = Workload(name, self._redis, base, self.config, self._agents, self._timers, self._stats)
         self._runners, self._timer_runners = self._work.runners, self._work.timer_runners
@@ -396,10 +397,16 @@ class App(Lifecycle):
         )
 
     async def shutdown(self) -> None:
-        """Stop timers and agents (in-flight work finishes within the grace period), run hooks, close."""
+        """Stop timers and agents (in-flight work finishes within the grace period), run hooks, close.
+
+        While another shutdown is under way, waits for it (a runner must not return and close its loop
+        under a shutdown started elsewhere, e.g. by ``app.stop()`` in a handler)."""
+        if self._state == "stopping" and self._shut_down is not None:
+            await self._shut_down.wait()
         if self._state in STOPPED_STATES or self._state == "stopping":
             return
         self._state = "stopping"
+        self._shut_down = asyncio.Event()
         grace = self.config.grace_seconds
         try:
             await self._work.stop(grace)
@@ -412,6 +419,7 @@ class App(Lifecycle):
             self._work.clear()
             await self._redis.close()
             self._state = "stopped"
+            self._shut_down.set()
             if self._stopped is not None:
                 self._stopped.set()
 

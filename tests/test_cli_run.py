@@ -477,9 +477,14 @@ def test_run_redis_url_is_passed_down_not_written_to_the_environment(redis_url, 
             app.stop()  # ends the run: the runner serves while the app runs
     """)
     )
-    assert cli.main(["--redis-url", redis_url, "run", str(script)]) == 0
-    assert "REDIS_URL" not in os.environ
-    assert sync_redis.get("ran_on") and sync_redis.get("ran_on").startswith("redis://")
+    try:
+        assert cli.main(["--redis-url", redis_url, "run", str(script)]) == 0
+        assert "REDIS_URL" not in os.environ
+        assert sync_redis.get("ran_on") and sync_redis.get("ran_on").startswith("redis://")
+        # the runner waited for the shutdown the app started itself (it returned halfway, leaving "stopping")
+        assert sys.modules["once"].app.state == "stopped"
+    finally:
+        sys.modules.pop("once", None)
 
 
 def test_run_workers_share_the_manager_storage(redis_url, sync_redis, tmp_path):

@@ -118,11 +118,12 @@ async def test_stop_all_reaches_every_app_of_the_process(app_factory):
     apps = [app_factory(name) for name in ("a", "b", "c")]
     for app in apps[:2]:
         await app.start()
-    assert [app.name for app in running_apps()] == ["a", "b"]
+    names = [app.name for app in running_apps()]
+    assert "a" in names and "b" in names and "c" not in names  # (the process may hold others' apps too)
     transitions = stop_all()
-    assert len(transitions) == 2
-    assert [await t for t in transitions] == ["stopped", "stopped"]
-    assert running_apps() == []
+    assert len(transitions) == len(names)
+    assert {await t for t in transitions} == {"stopped"}
+    assert running_apps() == [] and apps[0].state == apps[1].state == "stopped"
 
 
 def test_no_op_parameters_warn():

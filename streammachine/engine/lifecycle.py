@@ -195,7 +195,8 @@ class Lifecycle:
         while self._state == "starting" and self._pending is None:  # a startup() awaited directly
             await asyncio.sleep(0.01)
         if self._state != "running" or self._pending is not None:
-            await self.start()  # raises what made the start fail
+            loop = asyncio.get_running_loop()
+            await Transition(self._chain(loop, "start", self._start_owned), "start", self._describe)
 
     def start(self) -> Transition:
         """Start the app; returns a ``Transition`` (awaitable, see engine/lifecycle.py).
@@ -275,6 +276,12 @@ class Lifecycle:
     def _settled(self, task: asyncio.Task) -> None:
         if self._pending is task:
             self._pending = None
+
+    async def _start_owned(self) -> str:
+        """A start on a loop the caller owns (``streammachine run``): quiet when already running, no gc.freeze()."""
+        if self._state not in ("starting", "running"):
+            await self.startup()
+        return self._state
 
     async def _start_step(self) -> str:
         if self._state in ("starting", "running"):
