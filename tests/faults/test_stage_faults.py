@@ -132,15 +132,16 @@ async def kill_under_load(
     return kills
 
 
-def live_children(pid: int) -> list:
+def live_children(pid: int, *, forked: bool = False) -> list:
+    """The worker processes of ``pid``: its forks (an agent's processes=N; no Manager runs with the redis
+    storage), or the interpreters of --workers N (not the supervisor's storage Manager process)."""
     import psutil
 
     try:
         return [
             p
             for p in psutil.Process(pid).children()
-            # the workers, not the supervisor's storage Manager process
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE and "--worker-index" in p.cmdline()
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE and (forked or "--worker-index" in p.cmdline())
         ]
     except psutil.NoSuchProcess:
         return []
@@ -258,7 +259,7 @@ async def test_stage_sigkill_forked_agent_workers(redis_url):
     try:
         await ready(app_proc)
         await wait_until(
-            lambda: len(live_children(app_proc.pid)) == 2 and _consumers(client, "orders") >= 2,
+            lambda: len(live_children(app_proc.pid, forked=True)) == 2 and _consumers(client, "orders") >= 2,
             60,
             what="2 forked workers consuming",
         )
@@ -266,14 +267,16 @@ async def test_stage_sigkill_forked_agent_workers(redis_url):
         sending = asyncio.ensure_future(producer.send(RECORDS))
 
         async def kill_one():
-            rng.choice(live_children(app_proc.pid)).kill()
-            await wait_until(lambda: len(live_children(app_proc.pid)) == 2, 30, what="the runner restarted it")
+            rng.choice(live_children(app_proc.pid, forked=True)).kill()
+            await wait_until(
+                lambda: len(live_children(app_proc.pid, forked=True)) == 2, 30, what="the runner restarted it"
+            )
 
         kills = await kill_under_load(client, "orders:out", sending, rng, kill_one, max_kills=4)
         await settle(client, "orders", 40, "every input committed after forked worker kills")
         await stop_gracefully([app_proc])
     finally:
-        for child in live_children(app_proc.pid):
+        for child in live_children(app_proc.pid, forked=True):
             child.kill()
         kill_all([app_proc])
         await producing.shutdown()
