@@ -16,8 +16,8 @@ every path: one day of trades, a random walk in price):
             of them, so this row uses fewer ticks.
 - FastOHLCConsumer end to end: the same --stream-ticks ticks in a stream of
             a private server, consumed by a FastOHLCConsumer (COUNT 1000):
-            from start() until every tick was handled and its checkpoint
-            written (read, aggregate, candles out, checkpoint, ack).
+            from start() until every tick was handled (read, aggregate, then
+            candles + aggregator snapshot + acks in one commit per read).
 
 The Python core's figures include aggregating what it buffered. Each figure
 is the best of --repeat runs (the machine is shared; the best run is the

@@ -30,6 +30,9 @@ _LAZY = {
     "format_candle_for_redis": "ohlc",
     "_HAS_FAST_OHLC_CYTHON": "ohlc",
     "RedisObjectStorage": "state.objstore",
+    # stages (beyond the reference): routing a handler's result, keyed state
+    "Emit": "engine.effects",
+    "Table": "state.table",
 }
 
 __all__ = [

@@ -1,39 +1,63 @@
-"""App: the registry, the lifecycle, send, health. A thin facade.
+"""App: the registry of agents and timers, and their lifecycle. A thin facade.
 
 Work is done by collaborators: ``RedisConnection`` (where and how to talk to
 Redis), ``InProcessRunner``/``ProcessRunner`` (an agent's consumers),
-``TimerRunner`` (a timer), ``Storage`` (shared state).
+``TimerRunner`` (a timer), ``Storage`` (shared state). ``start()`` and
+``stop()`` return a ``Transition`` (engine/lifecycle.py) wherever they are
+called. Apps register themselves in a weak per-process set: a new App with
+the name of a running one replaces (stops) it, and ``running_apps()`` /
+``stop_all()`` reach every App of the process (a notebook kernel's).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import gc
+import contextlib
 import logging
-import signal
 import time
+import warnings
+import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Union
+from typing import Any, Awaitable, Callable, Coroutine, Dict, List, Optional, Sequence, Tuple, Union
 
 from streammachine.config import AppConfig, ConsumerConfig, Settings, TimerConfig
-from streammachine.engine.executors import InProcessRunner, ProcessRunner, consumer_base
-from streammachine.engine.specs import AgentSpec, AgentStats, TimerSpec, handler_name
+from streammachine.engine.executors import InProcessRunner, ProcessRunner
+from streammachine.engine.identity import app_consumer_base
+from streammachine.engine.lifecycle import ACTIVE_STATES, STOPPED_STATES, Lifecycle, Transition, running_loop
+from streammachine.engine.limits import ensure_open_files
+from streammachine.engine.specs import AgentSpec, AgentStats, TimerSpec, TimerStats, handler_name
+from streammachine.engine.status import AppStatus, app_status
 from streammachine.engine.timers import TimerRunner
 from streammachine.redis.connection import RedisConnection, ensure_group
-from streammachine.redis.inspect import fetch_groups
+from streammachine.redis.inspect import Groups, fetch_groups
+from streammachine.redis.positions import minid_for_age
 from streammachine.state.storage import Storage
+from streammachine.state.table import _MISSING as _NO_DEFAULT
+from streammachine.state.table import Table
 
 log = logging.getLogger("streammachine.app")
 
 Hook = Callable[[], Awaitable[Any]]
+
+# Every App of this process, held weakly: a stopped App nobody references goes away.
+_apps: weakref.WeakSet[App] = weakref.WeakSet()
+
+
+def running_apps() -> List[App]:
+    """The Apps of this process that are starting, running or stopping (a notebook kernel's included)."""
+    return sorted((app for app in list(_apps) if app.state in ACTIVE_STATES), key=lambda app: app.name)
+
+
+def stop_all() -> List[Transition]:
+    """Stop every running App of this process; one ``Transition`` per App (await them, or not)."""
+    return [app.stop() for app in running_apps()]
 
 
 class AppStateError(RuntimeError):
     """An operation that the App's current state does not allow."""
 
 
-class App:
+class App(Lifecycle):
     """A StreamMachine application: agents and timers on Redis Streams.
 
     ``App(name)`` does no I/O: connecting happens in ``start()``/``run()``.
@@ -42,47 +66,75 @@ class App:
     def __init__(
         self,
         name: str = __name__,
-        to_scan: bool = True,
-        max_processes: int = 5,
-        max_threads: int = 5,
+        to_scan: Optional[bool] = None,
+        max_processes: int = AppConfig.max_processes,
+        max_threads: int = AppConfig.max_threads,
         *,
         redis_url: Optional[str] = None,
         stream_maxlen: Optional[int] = None,
+        stream_max_age: Optional[float] = None,
         grace_seconds: Optional[float] = None,
         consumer_config: Optional[ConsumerConfig] = None,
         storage_backend: Optional[str] = None,
         settings: Optional[Settings] = None,
         dashboard_enabled: bool = False,
     ) -> None:
-        self.settings = settings or Settings.from_env()
+        if to_scan is not None:
+            warnings.warn(
+                "App(to_scan=...) has no effect: decorators register agents and timers at once",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        if dashboard_enabled:
+            warnings.warn(
+                "App(dashboard_enabled=True): the web dashboard is not built yet; use app.dashboard() in a notebook",
+                UserWarning,
+                stacklevel=2,
+            )
+        self.settings = settings or Settings.current()
         self.name = name
-        self.to_scan = to_scan  # decorators register at once; kept for API compatibility
+        self.to_scan = True if to_scan is None else to_scan
         self.config = AppConfig.from_settings(
             self.settings,
             name=name,
             max_processes=max_processes,
             max_threads=max_threads,
             stream_maxlen=stream_maxlen,
+            stream_max_age=stream_max_age,
             grace_seconds=grace_seconds,
             consumer=consumer_config,
         )
         self.dashboard_enabled = dashboard_enabled
         self._storage_backend = storage_backend or self.settings.storage_backend
+        self._storage: Optional[Storage] = None
         self._redis = RedisConnection(url=redis_url, settings=self.settings)
         self._agents: Dict[str, AgentSpec] = {}
         self._timers: Dict[str, TimerSpec] = {}
+        self._tables: Dict[str, Table] = {}
         self._stats: Dict[str, AgentStats] = {}
+        self._timer_stats: Dict[str, TimerStats] = {}
         self._runners: Dict[str, Union[InProcessRunner, ProcessRunner]] = {}
         self._timer_runners: Dict[str, TimerRunner] = {}
         self._startup_hooks: List[Hook] = []
         self._shutdown_hooks: List[Hook] = []
-        self._state = "idle"  # idle -> starting -> running -> stopping -> stopped
+        self._state = "idle"  # idle -> starting -> running (or failed) -> stopping -> stopped
         self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._pending: Optional[asyncio.Task] = None  # the last start/stop scheduled on self._loop
+        self._predecessor: Optional[Transition] = None  # the stop of the App this one replaces
         self._stopped: Optional[asyncio.Event] = None
         self._swap_locks: Dict[str, asyncio.Lock] = {}
         self.last_swap_ms: Optional[float] = None
         self._executor: Optional[ThreadPoolExecutor] = None
-        self._base = f"{consumer_base(self.settings.consumer_name)}-{name}"
+        self._base = app_consumer_base(self.settings.consumer_name, name)
+        self._replace_namesake()
+        _apps.add(self)
+
+    def _replace_namesake(self) -> None:
+        """A re-run ``App(name=...)`` cell: the earlier App of that name stops (it would share consumer names)."""
+        for other in list(_apps):
+            if other.name == self.name and (other.state in ACTIVE_STATES or other._pending is not None):
+                log.warning("app %r: a new App of this name replaces the running one, which stops", self.name)
+                self._predecessor = other.stop()
 
     # -- properties ----------------------------------------------------------
 
@@ -92,15 +144,10 @@ class App:
 
     @property
     def storage(self) -> Storage:
-        return Storage(self._storage_backend, connection=self._redis)
-
-    @property
-    def state(self) -> str:
-        return self._state
-
-    @property
-    def is_running(self) -> bool:
-        return self._state == "running"
+        """This App's shared state (its backend, its Redis): created on first use."""
+        if self._storage is None:
+            self._storage = Storage.create(self._storage_backend, connection=self._redis)
+        return self._storage
 
     @property
     def agents(self) -> Dict[str, AgentSpec]:
@@ -123,12 +170,24 @@ class App:
         name: Optional[str] = None,
         config: Optional[ConsumerConfig] = None,
         threaded: bool = False,
+        output: Optional[str] = None,
+        tables: Sequence[Table] = (),
+        periodic: Optional[Tuple[float, Callable[[], Any]]] = None,
         **options: Any,
     ) -> Callable:
         """Register a stream consumer. Re-registering a name replaces it (hot swap when running).
 
         ``threaded=True`` runs a sync handler in the App's thread pool
         (``max_threads``), so blocking code does not stall the event loop.
+
+        A stage: ``output=STREAM`` writes what the handler returns (a record, a
+        list of them, ``Emit(stream, record)`` for other streams) and
+        ``tables=[...]`` lets it change ``app.table`` tables; both are committed
+        with the ack of the entry, in one atomic step per read (see
+        ``engine/commit.py``). ``periodic=(seconds, hook)``: a stage's hook run
+        every ``seconds`` in its consumer's task, its return value and table
+        writes committed like a handler's (e.g. closing the windows of quiet
+        keys by wall-clock time).
 
         ``options`` override fields of ``ConsumerConfig`` (count, block_ms,
         start_id, max_deliveries, on_error, retry_delay_ms, claim_idle_ms,
@@ -147,6 +206,10 @@ class App:
                 batch=batch,
                 config=consumer_config,
                 threaded=threaded,
+                output=output,
+                tables=tuple(tables),
+                maxlen=self.config.stream_maxlen,
+                periodic=periodic,
             )
             self._check_process_budget(spec)
             self._register_agent(spec)
@@ -154,18 +217,39 @@ class App:
 
         return decorate
 
+    def table(self, name: str, *, default: Any = _NO_DEFAULT, ttl: Optional[float] = None) -> Table:
+        """Keyed state for stages: a dict-like table kept in Redis, changed with the ack of the entries.
+
+        Calling it again with the same name returns the same table (a re-run
+        notebook cell keeps its state); ``default`` and ``ttl`` then take the
+        new values.
+        """
+        table = self._tables.get(name)
+        if table is None:
+            table = self._tables[name] = Table(name, default=default, ttl=ttl)
+        else:
+            fresh = Table(name, default=default, ttl=ttl)  # validates the arguments
+            table.default, table.ttl_ms = fresh.default, fresh.ttl_ms
+        return table
+
+    @property
+    def tables(self) -> Dict[str, Table]:
+        return dict(self._tables)
+
     def timer(self, t: float, *, name: Optional[str] = None, run_immediately: bool = False) -> Callable:
         """Register a periodic task every ``t`` seconds (fixed rate, never overlapping itself)."""
         config = TimerConfig(interval=t, name=name, run_immediately=run_immediately)
 
         def decorate(fn: Callable) -> Callable:
-            spec = TimerSpec(name=handler_name(fn, name), handler=fn, config=config)
+            key = handler_name(fn, name)
+            # the counters carry over a re-registration (a re-run timer cell), as an agent's do
+            spec = TimerSpec(name=key, handler=fn, config=config, stats=self._timer_stats.setdefault(key, TimerStats()))
             replaced = spec.name in self._timers
             self._timers[spec.name] = spec
             if self._state == "running" or spec.name in self._timer_runners:
                 self._in_loop(self._swap_timer(spec))
                 if replaced:
-                    print(f"streammachine: timer {spec.name!r} replaced")
+                    log.info("timer %s replaced", spec.name)
             return fn
 
         return decorate
@@ -217,18 +301,13 @@ class App:
         if self._state == "running" or spec.name in self._runners:
             self._in_loop(self._swap_agent(spec.name, spec))
             if replaced:
-                print(
-                    f"streammachine: agent {spec.name!r} replaced; its consumers hand over (pending entries carry over)"
-                )
+                log.info("agent %s replaced; its consumers hand over (pending entries carry over)", spec.name)
         # while "starting", startup() picks it up when it finishes; while "stopping", the next start does
 
-    def _in_loop(self, coro: Awaitable) -> None:
+    def _in_loop(self, coro: Coroutine[Any, Any, None]) -> None:
         loop = self._loop
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
+        assert loop is not None, "only called once the app has started"
+        if running_loop() is loop:
             task = loop.create_task(coro)
             task.add_done_callback(_log_task_error)
         else:
@@ -257,8 +336,9 @@ class App:
         runner.start()
         self._timer_runners[spec.name] = runner
 
-    async def _start_runner(self, spec: AgentSpec):
+    async def _start_runner(self, spec: AgentSpec) -> Union[InProcessRunner, ProcessRunner]:
         stats = self._stats.setdefault(spec.name, AgentStats())
+        runner: Union[InProcessRunner, ProcessRunner]
         if spec.processes:
             runner = ProcessRunner(
                 spec, self._redis, self._base, stats, self.config.grace_seconds, self.config.max_threads
@@ -272,56 +352,50 @@ class App:
 
     # -- lifecycle -----------------------------------------------------------
 
-    def start(self) -> Optional[asyncio.Task]:
-        """Start the app.
+    async def run(self, count: Optional[int] = None, timeout: Optional[float] = None) -> int:
+        """Awaitable entry: start, serve until ``stop()``/a signal, shut down; returns the entries handled.
 
-        Headless (no running event loop): blocks until SIGINT/SIGTERM or
-        ``stop()``, on uvloop when installed. Inside a running loop (a
-        notebook): schedules the app on that loop and returns the startup
-        task at once; the agents keep running between cells.
+        Bounded runs for notebooks and scripts: stop once the agents handled
+        ``count`` entries between them (handled, dead-lettered or skipped), or
+        after ``timeout`` seconds, whichever comes first.
         """
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        if loop is not None:
-            task = loop.create_task(self.startup(), name=f"streammachine:{self.name}:startup")
-            task.add_done_callback(_log_task_error)
-            return task
-        try:
-            import uvloop
-
-            uvloop.run(self._run_headless())
-        except ImportError:
-            asyncio.run(self._run_headless())
-        return None
-
-    async def _run_headless(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._request_stop, sig)
-        try:
-            await self.run()
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-
-    def _request_stop(self, sig: signal.Signals) -> None:
-        log.info("received %s: shutting down", sig.name)
-        if self._stopped is not None:
-            self._stopped.set()
-
-    async def run(self) -> None:
-        """Awaitable entry: start, serve until ``stop()``/a signal, shut down."""
         await self.startup()
+        before = self._handled()
+        stopped = self._stopped
+        assert stopped is not None  # startup() made it
         try:
-            await self._stopped.wait()
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not stopped.is_set():
+                if count is not None and self._handled() - before >= count:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                wait = 0.02 if count is not None else (None if deadline is None else deadline - time.monotonic())
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stopped.wait(), wait)
         finally:
             await self.shutdown()
+        return self._handled() - before
+
+    def _handled(self) -> int:
+        return sum(s.processed + s.dead_lettered + s.skipped for s in self._stats.values())
+
+    def use_server(self, url: str) -> None:
+        """Point a stopped App at another Redis (the test harness does); the next start connects there."""
+        if self._state not in STOPPED_STATES:
+            raise AppStateError(f"app {self.name!r} is {self._state}: stop it before changing its server")
+        self._redis = RedisConnection(url=url, settings=self.settings)
 
     async def startup(self) -> None:
-        if self._state not in ("idle", "stopped"):
+        """Connect, create the groups, run the startup hooks, start agents and timers (``start()`` calls it)."""
+        if self._state not in STOPPED_STATES:
             raise AppStateError(f"app {self.name!r} is already {self._state}")
+        predecessor, self._predecessor = self._predecessor, None
+        if predecessor is not None:  # the App this one replaced: its consumers hand over their names
+            try:
+                await predecessor
+            except Exception as exc:
+                log.warning("app %r: the app it replaces did not stop cleanly: %s", self.name, exc)
         self._state = "starting"
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
@@ -331,6 +405,7 @@ class App:
                 await asyncio.wait_for(client.ping(), timeout=10)
             except Exception as exc:
                 raise ConnectionError(f"cannot reach Redis at {self._redis.safe_url}: {exc}") from None
+            ensure_open_files(self._agents.values(), self._redis.max_connections, self.name)
             # groups first, so whatever startup hooks send is not missed under start id "$"
             for spec in self._agents.values():
                 await ensure_group(client, spec.stream, spec.group, spec.config.start_id)
@@ -342,15 +417,14 @@ class App:
                 self._runners[name] = await self._start_runner(spec)
             await self._start_registered()
         except BaseException:
-            self._state = "running"
-            await self.shutdown()
+            self._state = "running"  # so that shutdown() releases what did start
+            try:
+                await self.shutdown()
+            finally:
+                self._state = "failed"
             raise
         self._state = "running"
         await self._start_registered()  # what cells registered while the hooks and runners started
-        if self.settings.gc_freeze and self._on_notebook_loop():
-            # Objects alive now (imports, notebook state) leave the cyclic GC's generations:
-            # full collections over them otherwise stall the kernel for 100+ ms under load.
-            gc.freeze()
         log.info(
             "app %s running: %d agents, %d timers on %s",
             self.name,
@@ -363,9 +437,9 @@ class App:
         for name, spec in list(self._agents.items()):
             if name not in self._runners:
                 self._runners[name] = await self._start_runner(spec)
-        for name, spec in list(self._timers.items()):
+        for name, timer in list(self._timers.items()):
             if name not in self._timer_runners:
-                runner = TimerRunner(spec)
+                runner = TimerRunner(timer)
                 runner.start()
                 self._timer_runners[name] = runner
 
@@ -376,16 +450,9 @@ class App:
             )
         return self._executor
 
-    @staticmethod
-    def _on_notebook_loop() -> bool:
-        import sys
-
-        shell = sys.modules.get("IPython")
-        return shell is not None and getattr(shell, "get_ipython", lambda: None)() is not None
-
     async def shutdown(self) -> None:
         """Stop timers and agents (in-flight work finishes within the grace period), run hooks, close."""
-        if self._state in ("idle", "stopped", "stopping"):
+        if self._state in STOPPED_STATES or self._state == "stopping":
             return
         self._state = "stopping"
         grace = self.config.grace_seconds
@@ -414,37 +481,39 @@ class App:
             if self._stopped is not None:
                 self._stopped.set()
 
-    def stop(self) -> Union[asyncio.Task, concurrent.futures.Future, None]:
-        """Shut down; works awaited (``await app.stop()``) or not (``app.stop()`` in a cell)."""
-        if self._loop is None or self._state in ("idle", "stopped"):
-            return None
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self._loop:
-            return self._loop.create_task(self.shutdown())
-        return asyncio.run_coroutine_threadsafe(self.shutdown(), self._loop)
-
     # -- producing -----------------------------------------------------------
 
-    async def send(self, topic: str, record: dict) -> str:
-        """XADD one record; returns its id."""
-        return await self._redis.xadd(topic, record, maxlen=self.config.stream_maxlen)
+    async def send(self, topic: str, record: Any) -> str:
+        """XADD one record (a dict, or a pydantic/msgspec/dataclass instance); returns its id."""
+        return await self._redis.xadd(topic, record, maxlen=self.config.stream_maxlen, minid=self._minid())
 
-    async def send_batch(self, topic: str, records: List[dict]) -> List[str]:
-        """XADD many records in pipelined round trips; returns their ids in order."""
-        return await self._redis.pipeline_xadd(topic, records, maxlen=self.config.stream_maxlen)
+    async def send_batch(self, topic: str, records: List[Any], *, atomic: bool = False) -> List[str]:
+        """XADD many records (dicts or model instances) in pipelined round trips; returns their ids in order.
+
+        ``atomic=True`` writes all or none (one MULTI/EXEC). Otherwise, when Redis refuses
+        some records, ``BatchSendError`` (streammachine.redis.producer) says which were written.
+        """
+        return await self._redis.pipeline_xadd(
+            topic, records, maxlen=self.config.stream_maxlen, minid=self._minid(), atomic=atomic
+        )
+
+    def _minid(self) -> Optional[str]:
+        """``stream_max_age``: entries older than that many seconds are trimmed as new ones arrive."""
+        age = self.config.stream_max_age
+        return None if age is None else minid_for_age(age)
 
     # -- observing -----------------------------------------------------------
 
     async def health_check(self) -> dict:
         redis_ok = await self._redis.health_check()
+        expected = sum(r.expected for r in self._runners.values()) + len(self._timer_runners)
         active = sum(r.active for r in self._runners.values()) + sum(
             1 for r in self._timer_runners.values() if r.task is not None and not r.task.done()
         )
         return {
-            "status": "healthy" if redis_ok and self._state in ("running", "idle") else "degraded",
+            "status": "healthy"
+            if redis_ok and self._state in ("running", "idle") and active >= expected
+            else "degraded",
             "redis": "connected" if redis_ok else "disconnected",
             "active_tasks": active,
             "registered_agents": len(self._agents),
@@ -453,39 +522,22 @@ class App:
             "server": self._redis.safe_url,
         }
 
-    async def status(self) -> List[dict]:
-        """Per agent: counters, rate, and (from Redis) pending and lag of its group."""
-        rows = []
-        groups = {}
-        if self._state == "running":
-            groups = await fetch_groups(await self._redis.get_client(), [s.stream for s in self._agents.values()])
-        for name, spec in self._agents.items():
-            stats = self._stats.setdefault(name, AgentStats())
-            group = groups.get((spec.stream, spec.group), {})
-            rows.append(
-                {
-                    "agent": name,
-                    "stream": spec.stream,
-                    "group": spec.group,
-                    "rate": round(stats.rate(), 1),
-                    "running": name in self._runners,
-                    **stats.as_dict(),
-                    "pending": group.get("pending"),
-                    "lag": group.get("lag"),
-                }
-            )
-        for name, spec in self._timers.items():
-            rows.append(
-                {
-                    "timer": name,
-                    "interval": spec.config.interval,
-                    "runs": spec.runs,
-                    "failures": spec.failures,
-                    "last_error": spec.last_error,
-                    "running": name in self._timer_runners,
-                }
-            )
-        return rows
+    def status_now(self, groups: Optional[Groups] = None, redis_up: Optional[bool] = None) -> AppStatus:
+        """The status of every agent and timer from what is in hand (``groups``: fetched by the caller); no I/O."""
+        agents = {name: (spec, self._stats.setdefault(name, AgentStats())) for name, spec in self._agents.items()}
+        running = set(self._runners) | set(self._timer_runners)
+        return app_status(self.name, self._state, self._redis.safe_url, agents, self._timers, running, groups, redis_up)
+
+    async def status(self, *, strict: bool = False) -> AppStatus:
+        """Per agent: counters, rate, and (while running, from Redis) pending, lag and consumers of its group.
+
+        ``strict``: a Redis that does not answer raises (metrics report it as down) instead of leaving the
+        groups' figures empty."""
+        if self._state != "running":
+            return self.status_now()
+        client = await self._redis.get_client()
+        groups = await fetch_groups(client, [s.stream for s in self._agents.values()], strict=strict)
+        return self.status_now(groups, redis_up=True)
 
     def stats(self, name: str) -> AgentStats:
         return self._stats[self._resolve_name(name)]

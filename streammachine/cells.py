@@ -19,7 +19,7 @@ import ast
 import re
 import shlex
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence, Set
+from typing import Callable, Iterable, Iterator, Sequence, Set, Union, cast
 
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
 _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
@@ -90,7 +90,7 @@ def handler_from_cell(
     keyword = "async def" if _is_async(body) else "def"
     identifier = re.sub(r"\W|^(?=\d)", "_", name) or "_cell_handler"  # shown in tracebacks
     module = ast.parse(f"{keyword} {identifier}({', '.join(params)}):\n    pass", filename)
-    function = module.body[0]
+    function = cast(Union[ast.FunctionDef, ast.AsyncFunctionDef], module.body[0])
     shared = sorted(assigned_names(body) - set(params))
     function.body = ([ast.Global(names=shared)] if shared else []) + list(body)
     ast.fix_missing_locations(module)
@@ -104,6 +104,8 @@ def handler_from_cell(
 
 class MagicArgumentError(ValueError):
     """A ``%streammachine``/``%%streammachine`` line does not parse, or names a bad value."""
+
+    reason: str  # argparse's own words, set by RaisingParser (absent on the other errors)
 
 
 class RaisingParser(argparse.ArgumentParser):
@@ -158,7 +160,7 @@ def cell_registration(app, line: str, body: str, namespace: dict, filename: str 
         name = args.name or f"cell_agent:{args.stream}:{group}"
         handler = handler_from_cell(body, ["messages" if args.batch else "message"], name, namespace, filename)
 
-        def register() -> None:
+        def register_agent() -> None:
             app.agent(
                 args.stream,
                 group=group,
@@ -168,13 +170,15 @@ def cell_registration(app, line: str, body: str, namespace: dict, filename: str 
                 threaded=args.threaded,
             )(handler)
 
-        return CellRegistration("agent", name, f"agent {name!r} on stream {args.stream!r} (group {group!r})", register)
+        return CellRegistration(
+            "agent", name, f"agent {name!r} on stream {args.stream!r} (group {group!r})", register_agent
+        )
     if not args.seconds > 0:
         raise MagicArgumentError(f"timer {args.seconds}: expected seconds > 0")
     name = args.name or f"cell_timer:{args.seconds:g}s"
     handler = handler_from_cell(body, [], name, namespace, filename)
 
-    def register() -> None:
+    def register_timer() -> None:
         app.timer(args.seconds, name=name)(handler)
 
-    return CellRegistration("timer", name, f"timer {name!r} every {args.seconds:g}s", register)
+    return CellRegistration("timer", name, f"timer {name!r} every {args.seconds:g}s", register_timer)

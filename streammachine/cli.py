@@ -11,6 +11,10 @@
     tail STREAM [-n N] [--no-follow] [--json]          last N entries, then follow
     info STREAM [--json]                               length, groups, pending, lag, consumers
     server start|stop|status                           the per-user embedded server
+    group list|reset|delete STREAM [GROUP --to POS]     consumer groups: list, move, delete
+    trim STREAM --maxlen N | --minid ID | --max-age S  remove the oldest entries
+    replay TARGET [--start POS] [--end POS] [--speed X] an App's agents over history, in groups of their own
+    backfill STREAM FILE [--time-column COL]           a CSV/Parquet file into a stream, ids from its times
     mcp [--transport stdio|streamable-http] [--host H] [--port P] [--read-only] [--allowed-host H]...
 
 ``--redis-url`` (before or after the command) wins over REDIS_URL and
@@ -22,20 +26,24 @@ embedded server is used, as for ``App()``. Exit codes: 0 done, 1 failed
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import logging
-import os
 import signal
 import sys
 from typing import List, Optional
 
 from streammachine._redact import redact_url, scrub
 from streammachine._speedups import decode_dict_bytes_to_utf8
-from streammachine.config import ConfigError, ConsumerConfig, Settings
+from streammachine._validate import check_number
+from streammachine.config import BadRedisURL, ConfigError, ConsumerConfig, Settings, check_redis_url
 from streammachine.embedded import EmbeddedServerError, shared_server_status, shared_server_url, stop_shared_server
+from streammachine.headless import history
+from streammachine.redis.catalog import read_catalog_sync
 from streammachine.redis.connection import resolve_url
 from streammachine.redis.entries import as_text
-from streammachine.redis.records import encode_record, find_unencodable
+from streammachine.redis.producer import send_sync, validated_fields
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -52,12 +60,9 @@ def _int_in(low: int, high: Optional[int], expected: str):
 
     def convert(text: str) -> int:
         try:
-            value = int(text)
+            return check_number("value", int(text), integer=True, minimum=low, inclusive=True, maximum=high)
         except ValueError:
-            value = None
-        if value is None or value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}")
-        return value
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}") from None
 
     return convert
 
@@ -130,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--worker-index", type=_count, help=argparse.SUPPRESS)
     run.add_argument("--stats-dir", help=argparse.SUPPRESS)
+    run.add_argument("--ready-fd", type=_count, help=argparse.SUPPRESS)
+    run.add_argument("--supervisor-pid", type=_count, help=argparse.SUPPRESS)
 
     send = command("send", "add one entry to a stream and print its id")
     send.add_argument("stream")
@@ -154,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     server = command("server", "start, stop or inspect the per-user embedded Valkey server")
     server.add_argument("action", choices=("start", "stop", "status"))
+
+    history.add_commands(command, lambda sub: _global_options(sub, suppress=True))  # group, trim, replay, backfill
 
     mcp = command("mcp", "serve StreamMachine's MCP tools (stdio or streamable HTTP)")
     mcp.add_argument("--transport", choices=("stdio", "streamable-http"), default="stdio")
@@ -197,13 +206,14 @@ def _client(args, settings: Settings):
     try:
         return sync_client(url, cluster=settings.redis_cluster)
     except ValueError as exc:  # the URL does not parse (scheme, port, db)
-        raise CommandError(f"bad Redis URL {redact_url(url)}: {exc}") from None
+        raise BadRedisURL(f"bad Redis URL {redact_url(url)}: {scrub(str(exc), [url])}") from None
     except RedisClusterException as exc:  # a cluster client connects at once (not a RedisError)
         raise CommandError(f"cannot reach the cluster at {redact_url(url)}: {exc}") from None
 
 
 def cmd_run(args, settings: Settings) -> int:
-    from streammachine.headless.run import RunOptions, run
+    from streammachine.headless.options import RunOptions
+    from streammachine.headless.run import run
 
     options = RunOptions(
         target=args.target,
@@ -213,6 +223,8 @@ def cmd_run(args, settings: Settings) -> int:
         log_level=args.log_level,
         worker_index=args.worker_index,
         stats_dir=args.stats_dir,
+        ready_fd=args.ready_fd,
+        supervisor_pid=args.supervisor_pid,
     )
     return run(options, settings)
 
@@ -227,12 +239,11 @@ def cmd_send(args, settings: Settings) -> int:
         raise argparse.ArgumentTypeError(f"argument FIELD=VALUE: {exc}") from None
     if not record:
         raise argparse.ArgumentTypeError('no fields to send: give FIELD=VALUE pairs or --json \'{"field": "value"}\'')
-    fields = encode_record(args.stream, record)
-    unencodable = find_unencodable(args.stream, [fields])  # argv holds lone surrogates for non-UTF-8 bytes
-    if unencodable is not None:
-        raise argparse.ArgumentTypeError(str(unencodable))
-    new_id = _client(args, settings).xadd(args.stream, fields, maxlen=settings.stream_maxlen, approximate=True)
-    print(as_text(new_id))
+    try:  # before connecting: bad input never starts a server (argv holds lone surrogates for non-UTF-8 bytes)
+        validated_fields(args.stream, record)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    print(send_sync(_client(args, settings), args.stream, record, maxlen=settings.stream_maxlen))
     return 0
 
 
@@ -278,16 +289,14 @@ def cmd_tail(args, settings: Settings) -> int:
 
 
 def stream_details(client, stream: str, dead_letter_stream: Optional[str] = None) -> dict:
-    """``info`` plus each group's consumers and the dead-letter stream's length."""
-    from streammachine.console import info
+    """``info`` plus each group's consumers (listed where XINFO GROUPS counts them) and the dead-letter length."""
+    from streammachine.redis.inspect import stream_info_sync
 
-    details = info(client, stream)  # raises KeyError when the stream does not exist
-    for group in details["groups"]:
-        group["consumers"] = [
-            {as_text(k): as_text(v) for k, v in c.items()} for c in client.xinfo_consumers(stream, group["name"])
-        ]
     dead = dead_letter_stream or ConsumerConfig().dead_letter_for(stream)
-    details["dead_letter"] = {"stream": dead, "length": client.xlen(dead)}
+    details = stream_info_sync(client, stream, consumers=True, dead_letter_stream=dead)  # KeyError: no stream
+    for group in details["groups"]:
+        group["consumers"] = group.pop("consumer_details")
+    details["models"] = read_catalog_sync(client, stream)
     return details
 
 
@@ -314,6 +323,10 @@ def cmd_info(args, settings: Settings) -> int:
             print(f"    consumer {consumer['name']}: pending {consumer.get('pending')}, idle {consumer.get('idle')} ms")
     dead = details["dead_letter"]
     print(f"  dead letters ({dead['stream']}): {dead['length']}")
+    for model in details["models"]:
+        who = f" by agent {model['agent']}" if model.get("agent") else ""
+        fields = ", ".join(f"{f['name']}: {f['type']}" + ("" if f["required"] else "?") for f in model["fields"])
+        print(f"  model {model['model']} ({model['kind']}, {model['role']}{who}): {fields}")
     return 0
 
 
@@ -338,8 +351,6 @@ def cmd_server(args, settings: Settings) -> int:
 
 
 def cmd_mcp(args, settings: Settings) -> int:
-    import dataclasses
-
     try:
         from streammachine.mcp.server import serve
     except ImportError as exc:
@@ -366,6 +377,7 @@ def cmd_mcp(args, settings: Settings) -> int:
 
 
 COMMANDS = {"run": cmd_run, "send": cmd_send, "tail": cmd_tail, "info": cmd_info, "server": cmd_server, "mcp": cmd_mcp}
+COMMANDS.update({name: functools.partial(history.run, name, connect=_client) for name in history.COMMANDS})
 
 
 def configure_logging(level: str) -> None:
@@ -382,6 +394,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         settings = Settings.from_env()
+        if args.redis_url:
+            check_redis_url(args.redis_url, "--redis-url")
     except ConfigError as exc:
         parser.exit(2, f"streammachine: {exc}\n")
     args.log_level = args.log_level or settings.log_level
@@ -396,16 +410,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             except UnicodeEncodeError:
                 parser.exit(2, f"streammachine {args.command}: error: argument {arg!r} is not valid UTF-8 text\n")
     configure_logging(args.log_level)
-    if args.redis_url and args.command == "run":
-        os.environ["REDIS_URL"] = args.redis_url  # the target's App() and the worker processes read it
-        settings = Settings.from_env()
+    if args.redis_url and args.command == "run":  # passed down: to the target's App() and to the workers
+        settings = dataclasses.replace(settings, redis_url=args.redis_url)
     from streammachine.headless.targets import TargetError
 
     try:
         return COMMANDS[args.command](args, settings)
     except argparse.ArgumentTypeError as exc:
         parser.exit(2, f"streammachine {args.command}: error: {exc}\n")
-    except TargetError as exc:
+    except (TargetError, BadRedisURL) as exc:  # BadRedisURL: an App(redis_url=...) in the target, say
         print(f"streammachine {args.command}: {exc}", file=sys.stderr)
         return 2
     except (CommandError, ConfigError, ConnectionError, EmbeddedServerError, OSError) as exc:

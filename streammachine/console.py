@@ -18,7 +18,8 @@ from streammachine._redact import redact_url
 from streammachine.embedded import read_runtime_file
 from streammachine.redis.connection import resolve_url
 from streammachine.redis.entries import as_text
-from streammachine.redis.records import encode_record
+from streammachine.redis.inspect import stream_info_sync
+from streammachine.redis.producer import send_sync
 
 
 def server_url(app) -> str:
@@ -49,10 +50,9 @@ def parse_fields(pairs: List[str]) -> Dict[str, str]:
     return fields
 
 
-def send(client, stream: str, pairs: List[str]) -> str:
-    fields = encode_record(stream, parse_fields(pairs))
-    new_id = client.xadd(stream, fields)
-    return new_id.decode() if isinstance(new_id, bytes) else new_id
+def send(client, stream: str, pairs: List[str], *, maxlen: Optional[int]) -> str:
+    """XADD ``key=value`` pairs; ``maxlen`` is required so no caller forgets the App's stream_maxlen."""
+    return send_sync(client, stream, parse_fields(pairs), maxlen=maxlen)
 
 
 def tail(client, stream: str, count: int):
@@ -67,21 +67,8 @@ def tail(client, stream: str, count: int):
 
 
 def info(client, stream: str) -> dict:
-    """Length, first/last ids and consumer groups (with pending and lag) of ``stream``."""
-    if not client.exists(stream):
-        raise KeyError(f"stream {stream!r} does not exist on this server")
-    raw = client.xinfo_stream(stream)
-    groups = []
-    for group in client.xinfo_groups(stream):
-        groups.append({as_text(k): as_text(v) for k, v in group.items()})
-    first, last = raw.get("first-entry"), raw.get("last-entry")
-    return {
-        "stream": stream,
-        "length": raw.get("length"),
-        "first_id": as_text(first[0]) if first else None,
-        "last_id": as_text(last[0]) if last else None,
-        "groups": groups,
-    }
+    """Length, first/last ids and consumer groups (with pending and lag) of ``stream``; KeyError if none."""
+    return stream_info_sync(client, stream)
 
 
 def server_info(app) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple, cast
 
 import orjson
 
@@ -18,7 +18,9 @@ class Message:
     ``data`` is the raw ``(id, fields)`` pair as Redis returned it (bytes);
     ``message`` is the same fields decoded to ``str -> str`` (computed once).
     ``sent`` is the ``sent`` field when the producer included one (epoch
-    seconds), else the time Redis accepted the entry (from its id).
+    seconds), else the time Redis accepted the entry (from its id): for a
+    record sent with ``app.send`` that is its send time. None only when
+    neither is known.
     """
 
     topic: Optional[str] = None
@@ -61,7 +63,7 @@ class Message:
 
     @property
     def latency_ms(self) -> Optional[float]:
-        sent = self.sent if self.sent is not None else (self.timestamp_ms or 0) / 1000.0
+        sent = self.sent
         if self.received is None or not sent:
             return None
         return (self.received - sent) * 1000.0
@@ -71,6 +73,28 @@ class Message:
         """``"topic: task X.XX ms"``: from sending to receipt."""
         latency = self.latency_ms
         return f"{self.topic}: task {latency if latency is not None else 0.0:.2f} ms"
+
+
+# ``sent`` reads its slot, else the id's time. It is a property over the slot the dataclass made, so the agents'
+# hot path (received_messages) pays nothing for it: it leaves the slot unset unless a sent field came, and the
+# id is only parsed when someone reads ``sent``.
+_SENT_SLOT = Message.__dict__["sent"]
+
+
+def _sent(message: Message) -> Optional[float]:
+    try:
+        value = _SENT_SLOT.__get__(message, Message)
+    except AttributeError:  # never set: built by received_messages from an entry without a sent field
+        value = None
+    if value is None and message.key:
+        try:
+            return int(message.key.partition("-")[0]) / 1000.0
+        except ValueError:  # not a stream id (a hand-built Message)
+            return None
+    return value
+
+
+Message.sent = property(_sent, _SENT_SLOT.__set__, doc="When the record was sent (epoch seconds).")  # type: ignore[misc,assignment]
 
 
 def _sent_field(fields: dict) -> Optional[float]:
@@ -102,7 +126,7 @@ def received_messages(topic: str, consumer_id: Optional[str], received: float, e
     decoded like the id (one reply), so ``sent`` is looked up once, as bytes
     or as str.
     """
-    new, message_class, as_float = _new, Message, _as_float
+    new, message_class, as_float, set_sent = _new, Message, _as_float, _SENT_SLOT.__set__
     for entry_id, fields in entries:
         if fields is None:
             yield None
@@ -116,7 +140,8 @@ def received_messages(topic: str, consumer_id: Optional[str], received: float, e
         message = new(message_class)
         message.topic = topic
         message.key = key
-        message.sent = None if raw is None else as_float(raw)
+        if raw is not None:  # else the slot stays unset: ``sent`` is then the id's time, parsed when read
+            set_sent(message, as_float(raw))
         message.received = received
         message.consumer_id = consumer_id
         message.data = (key, fields)
@@ -129,4 +154,5 @@ def message_from_entry(
 ) -> Message:
     """One Message from one ``(id, fields)`` entry (the agents' path, ``received_messages``, for a single entry)."""
     entry = (entry_id, {} if fields is None else fields)
-    return next(received_messages(topic, consumer_id, time.time() if received is None else received, [entry]))
+    message = next(received_messages(topic, consumer_id, time.time() if received is None else received, [entry]))
+    return cast(Message, message)  # None only for an entry without fields, and this one has some

@@ -4,6 +4,16 @@ Used by StreamMachine's own suite and meant for users' tests of their pipelines:
 
 >>> with EmbeddedServer(tmp_path) as server:
 ...     app = App("x", redis_url=server.url)
+
+>>> async with Harness(app) as h:           # the App on a private server, started
+...     await h.send("orders", {"qty": 2})
+...     await h.drain()                       # until every agent handled everything
+
+``Harness`` and the fault helpers (``kill_consumer``, ``restart_agent``,
+``restart_server``, ``stalled``, ``Ledger``, ``Producer``) live in
+``streammachine.testkit`` and are imported from here on first use; the
+pytest fixtures (``streammachine_server``, ``streammachine_harness``) in the
+plugin module ``streammachine_pytest``, which pytest loads by itself.
 """
 
 from __future__ import annotations
@@ -15,9 +25,30 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from streammachine._lazy import lazy_getattr
+from streammachine._validate import check_positive
 from streammachine.embedded import EmbeddedServer, EmbeddedServerError, find_server_binary, free_port
 
-__all__ = ["EmbeddedServer", "EmbeddedServerError", "LocalCluster", "free_port", "supports_tls"]
+_LAZY = {
+    name: "testkit"
+    for name in (
+        "FAST",
+        "DrainTimeout",
+        "Harness",
+        "Ledger",
+        "Producer",
+        "kill_consumer",
+        "restart_agent",
+        "restart_server",
+        "seq_of",
+        "stall_server",
+        "stalled",
+    )
+}
+
+__all__ = ["EmbeddedServer", "EmbeddedServerError", "LocalCluster", "free_port", "supports_tls", *_LAZY]
+
+__getattr__ = lazy_getattr("streammachine", _LAZY, globals())
 
 
 class LocalCluster:
@@ -45,8 +76,7 @@ class LocalCluster:
         extra_args: Sequence[str] = (),
         binary: Optional[str] = None,
     ) -> None:
-        if masters < 1:
-            raise ValueError(f"LocalCluster(masters={masters!r}): expected at least 1")
+        check_positive("masters", masters, integer=True)
         self.data_dir = Path(data_dir)
         self.password = secrets.token_urlsafe(24) if password is None else password
         self.nodes = []

@@ -4,8 +4,8 @@
 
 Consumes "ticks" (group "ohlc") into "bars_1s", "bars_5s", "bars_1m" until
 SIGTERM (a clean stop). ``--crash-before N`` / ``--crash-after N`` SIGKILL
-the process itself just before / just after its N-th write of candles and
-checkpoint succeeded (after: before the ticks are acknowledged).
+the process itself just before its N-th commit (candles + snapshot + acks)
+is sent / just after the N-th commit succeeded (before the next read).
 """
 
 from __future__ import annotations
@@ -16,26 +16,47 @@ import os
 import signal
 
 from streammachine import ConsumerConfig, RedisConnection
+from streammachine.engine.commit import CommitPlan
+from streammachine.engine.stage import StageConsumer
 from streammachine.ohlc import FastOHLCConsumer
-from streammachine.ohlc.checkpoint import CheckpointWriter
 
 INTERVALS = [1000, 5000, 60_000]
 CONFIG = ConsumerConfig(count=37, block_ms=50, start_id="0", claim_idle_ms=200, retry_delay_ms=20, max_deliveries=1000)
 
 
 def arm(before: int, after: int) -> None:
-    """SIGKILL this process around the N-th write: a real crash at a chosen point."""
-    write, calls = CheckpointWriter.write, [0]
+    """SIGKILL this process around the N-th commit: a real crash at a chosen point."""
+    take, send, outcome = StageConsumer._take_pending, StageConsumer._send, CommitPlan.outcome
+    sent, done = [0], [0]
 
-    async def crashing_write(self, client, candles, payload):
-        calls[0] += 1
-        if calls[0] == before:
-            os.kill(os.getpid(), signal.SIGKILL)
-        await write(self, client, candles, payload)
-        if calls[0] == after:
+    def count_sent() -> None:
+        sent[0] += 1
+        if sent[0] == before:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    CheckpointWriter.write = crashing_write
+    def crashing_take(self):
+        commands, token = take(self)
+        if token[0] is not None:  # a commit rides with this read
+            count_sent()
+        return commands, token
+
+    async def crashing_send(self, plan):
+        count_sent()
+        return await send(self, plan)
+
+    def crashing_outcome(self, reply):
+        result = outcome(self, reply)
+        if result.kind == "ok":
+            done[0] += 1
+            if done[0] == after:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    StageConsumer._take_pending, StageConsumer._send, CommitPlan.outcome = (
+        crashing_take,
+        crashing_send,
+        crashing_outcome,
+    )
 
 
 async def main(url: str) -> None:

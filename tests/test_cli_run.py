@@ -389,3 +389,102 @@ def test_translate_cell_rules():
         "view = live_line(b, y='v')",
         "pass",
     ]
+
+
+@pytest.fixture
+def black_hole():
+    """A TCP server that accepts connections and never answers (a hung proxy, a stopped-but-listening server)."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    listener.settimeout(0.1)
+    held, stop = [], threading.Event()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:  # the accept timeout: look at `stop` again
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    stop.set()
+    thread.join(5)
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+def test_run_workers_give_up_on_a_server_that_never_answers(tmp_path, black_hole):
+    """Regression: each worker failed its startup after seconds (not "fast"), so it was restarted forever.
+    A worker that exits before it was running counts as a failed start, however long it tried."""
+    script = tmp_path / "jobs_app.py"
+    script.write_text(SCRIPT)
+    cmd = [sys.executable, "-m", "streammachine", "--redis-url", black_hole, "run", str(script), "--workers", "2"]
+    try:
+        done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=150)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"the supervisor kept restarting workers:\n{exc.stderr}") from None
+    assert done.returncode == 1, done.stderr
+    assert "exited 3 times in a row before it was running" in done.stderr
+    assert done.stderr.count("restarting it") <= 4, "at most 2 restarts per worker slot"
+
+
+def test_run_workers_second_signal_exits_at_once(redis_url, sync_redis, tmp_path):
+    """The first SIGTERM lets handlers in hand finish (grace 60 s); a second one ends workers and supervisor at once."""
+    script = tmp_path / "jobs_app.py"
+    script.write_text(SCRIPT)
+    cmd = [sys.executable, "-m", "streammachine", "run", str(script), "--workers", "2"]
+    run = Run(cmd, _env(redis_url, STREAMMACHINE_GRACE_SECONDS="60"), tmp_path, tmp_path / "hurry.log")
+    try:
+        _wait_for_consumers(sync_redis, "jobs", "workers", 2, run)
+        sync_redis.xadd("jobs", {"n": "0", "sleep": "120"})
+        wait_until_sync(lambda: sync_redis.get("inflight"), 20, what="a handler in hand")
+        wait_until_sync(lambda: sync_redis.hgetall("timer_pids"), 20, what="worker 0's timer")
+        worker0 = int(next(iter(sync_redis.hgetall("timer_pids"))))
+        run.proc.send_signal(signal.SIGTERM)
+        with pytest.raises(subprocess.TimeoutExpired):
+            run.proc.wait(1)  # the first signal waits for the handler in hand
+        assert run.stop(signal.SIGTERM, timeout=20) == 128 + signal.SIGTERM, run.output()
+    finally:
+        run.kill()
+    assert "exiting at once" in run.output()
+
+    def gone(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        with open(f"/proc/{pid}/stat") as stat:  # a zombie waiting for its reaper counts as gone
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+    wait_until_sync(lambda: gone(worker0), 10, what="the workers to exit with the supervisor")
+
+
+def test_run_redis_url_is_passed_down_not_written_to_the_environment(redis_url, sync_redis, tmp_path, monkeypatch):
+    """Regression: `run --redis-url` wrote os.environ["REDIS_URL"] for the target's App() to find."""
+    from streammachine import cli
+
+    monkeypatch.delenv("REDIS_URL", raising=False)  # restored to unset afterwards, whatever happens
+    script = tmp_path / "once.py"
+    script.write_text(
+        textwrap.dedent("""\
+        from streammachine import App
+
+        app = App(name="once")
+
+        @app.on_startup
+        async def record_and_stop():
+            client = await app.redis.get_client()
+            await client.set("ran_on", app.redis.safe_url)
+            app.stop()  # ends the run: the runner serves while the app runs
+    """)
+    )
+    assert cli.main(["--redis-url", redis_url, "run", str(script)]) == 0
+    assert "REDIS_URL" not in os.environ
+    assert sync_redis.get("ran_on") and sync_redis.get("ran_on").startswith("redis://")

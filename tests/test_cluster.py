@@ -101,7 +101,7 @@ async def test_app_consumes_tagged_streams_on_every_master(apps, cluster_url, sy
     await wait_until(lambda: all(len(v) >= 300 for v in seen.values()), 20, what="300 per stream handled")
     await wait_until(lambda: all(sync_cluster.xpending(s, "g")["pending"] == 0 for s in TAGGED), 10, what="all acked")
     assert all(len(set(v)) == 300 for v in seen.values())
-    rows = {r["stream"]: r for r in await app.status()}
+    rows = {r["stream"]: r for r in (await app.status()).rows()}
     assert all(rows[s]["processed"] == 300 and rows[s]["pending"] == 0 for s in TAGGED)
     health = await app.health_check()
     assert health["status"] == "healthy" and health["redis"] == "connected"
@@ -258,3 +258,18 @@ async def test_consumer_survives_unexpected_errors(redis_url, caplog):
         consumer.stop()
         await asyncio.wait([consumer.task], timeout=5)
         await client.aclose()
+
+
+async def test_producer_and_inspect_on_async_and_sync_cluster_clients(cluster_url, sync_cluster):
+    from streammachine.redis.inspect import stream_info_sync
+    from streammachine.redis.producer import send_sync
+
+    async with RedisConnection(url=cluster_url) as conn:
+        ids = await conn.pipeline_xadd("{orders}", [{"i": i} for i in range(10)], atomic=True)  # one MULTI/EXEC
+    ids.append(send_sync(sync_cluster, "{orders}", {"i": 10}, maxlen=None))
+    assert [entry_id for entry_id, _ in sync_cluster.xrange("{orders}")] == ids
+    sync_cluster.xgroup_create("{orders}", "g", id="0")
+    info = stream_info_sync(sync_cluster, "{orders}", consumers=True, dead_letter_stream="{orders}:dead")
+    assert (info["length"], info["first_id"], info["last_id"]) == (11, ids[0], ids[-1])
+    assert [(g["name"], g["lag"], g["consumer_details"]) for g in info["groups"]] == [("g", 11, [])]
+    assert info["dead_letter"] == {"stream": "{orders}:dead", "length": 0}

@@ -1,5 +1,7 @@
 """RedisConnection: the reference API on a real server."""
 
+import pytest
+
 from streammachine import RedisConnection
 
 
@@ -22,7 +24,7 @@ async def test_consumer_iterator_acks_after_the_loop_body(redis_url, sync_redis)
         sync_redis.xgroup_create("it", "g", id="0", mkstream=True)
         ids = await redis.pipeline_xadd("it", [{"i": i} for i in range(3)])
         seen = []
-        consumer = redis.consumer("it", "g", "c1", block_ms=100)
+        consumer = redis.consumer("it", group="g", consumer_name="c1", block_ms=100)
         async for message in consumer:
             seen.append(message.key)
             if len(seen) == 2:
@@ -54,8 +56,24 @@ async def test_consumer_iterator_reads_resp3_replies(redis_url, sync_redis):
     redis = RedisConnection(url=redis_url + "?protocol=3")
     sync_redis.xgroup_create("r3it", "g", id="0", mkstream=True)
     entry = sync_redis.xadd("r3it", {"k": "v"})
-    consumer = redis.consumer("r3it", "g", "c1", block_ms=100)
+    consumer = redis.consumer("r3it", group="g", consumer_name="c1", block_ms=100)
     message = await consumer.__anext__()
     assert (message.key, message.message) == (entry, {"k": "v"})
     await consumer.aclose()
     await redis.close()
+
+
+async def test_consumer_refuses_positional_group_and_consumer(redis_url, sync_redis):
+    """Regression (issue 11 item 13): upstream's consumer(channel, consumer, group) called positionally here
+    silently swapped the group and the consumer name; now it is a TypeError saying what to write."""
+    async with RedisConnection(url=redis_url) as redis:
+        with pytest.raises(TypeError, match=r"consumer\('it', 'c1', 'g'\): group and consumer_name are keyword-only"):
+            redis.consumer("it", "c1", "g")
+        with pytest.raises(TypeError, match="consumer_name= is required"):
+            redis.consumer("it", group="g")
+        assert sync_redis.exists("it") == 0  # refused before any group (or stream) was made
+        sync_redis.xadd("it", {"k": "v"})
+        consumer = redis.consumer("it", consumer_name="c1", start_id="0", block_ms=100)
+        assert (await consumer.__anext__()).message == {"k": "v"}
+        await consumer.aclose()
+        assert [g["name"] for g in sync_redis.xinfo_groups("it")] == ["eventengine"]  # the default group

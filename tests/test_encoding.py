@@ -45,6 +45,10 @@ def test_message_decoding_and_properties():
     assert m.message == {"sent": "1700000000.5", "v": "\u00e9"}
     assert m.sent == 1700000000.5 and m.consumer_id == "c1" and m.data == (m.key, m.fields)
     assert m.timer.startswith("t: task ")
+    # without a usable sent field, sent is when Redis accepted the entry: the id's time
+    assert message_from_entry("t", b"1700000000250-0", {b"v": b"1"}, None).sent == 1700000000.25
+    assert message_from_entry("t", "1700000000250-1", {"sent": "soon"}, None).sent == 1700000000.25
+    assert Message().sent is None and Message(sent=5.0).sent == 5.0
     invalid = message_from_entry("t", b"1-0", {b"v": b"\xff\xfe"}, None)
     assert invalid.message == {"v": "\ufffd\ufffd"}  # undecodable bytes never raise
     assert Message().message == {}

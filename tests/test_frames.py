@@ -91,6 +91,44 @@ def test_text_stays_text_when_one_value_does_not_parse():
     assert streams_to_dataframe(reply)["v"].tolist() == ["1", "x", "\ufffd"]
 
 
+@pytest.mark.parametrize("convert", [streams_to_dataframe, streams_to_dataframe_fast])
+@pytest.mark.parametrize("decode", [False, True])
+def test_values_never_change_on_the_way_into_a_frame(redis_url, convert, decode):
+    """Issue 11 item 7: a column becomes numbers only when every value reads back unchanged."""
+    client = redis.Redis.from_url(redis_url, decode_responses=decode)
+    sent = [
+        {"zip": "00700", "account": "123456789012345678901", "reading": "nan", "code": "+7", "qty": "7", "px": "0.1"},
+        {"zip": "02134", "account": "1", "reading": "2.5", "code": "8", "qty": "-12", "px": "1.50"},
+        {"zip": "10001", "account": "2", "reading": "inf", "code": "9", "qty": "0", "px": "1e5"},
+    ]
+    for record in sent:
+        client.xadd("readings", record)
+    df = convert(client.xrange("readings"))
+    client.close()
+    for column in ("zip", "account", "reading", "code"):  # each holds a value a number would change
+        assert not pd.api.types.is_numeric_dtype(df[column]), (column, df[column].dtype)
+        assert df[column].tolist() == [record[column] for record in sent]
+    assert df["qty"].dtype == np.int64 and df["qty"].tolist() == [7, -12, 0]
+    assert df["px"].dtype == np.float64 and df["px"].tolist() == [0.1, 1.5, 100000.0]  # "1.50" is the number 1.5
+
+
+def test_integers_with_gaps_stay_exact():
+    """A missing value needs NaN, so a float column: integers a float cannot hold keep their text."""
+    big = [("1-0", {"n": "9007199254740993"}), ("2-0", {"other": "x"}), ("3-0", {"n": "5"})]
+    assert streams_to_dataframe(big)["n"].tolist()[::2] == ["9007199254740993", "5"]
+    small = [("1-0", {"n": "9007199254740992"}), ("2-0", {"other": "x"})]
+    column = streams_to_dataframe(small)["n"]
+    assert column.dtype == np.float64 and column.tolist()[0] == 2**53
+
+
+def test_empty_frames_prune_to_empty_frames():
+    """Issue 11 item 7: pruning an empty frame (an empty buffer, an empty read) returns it empty, no ValueError."""
+    for empty in (pd.DataFrame(), TimeSeriesBuffer(10).get(), streams_to_dataframe([])):
+        pruned = prune_old_dataframe_rows(empty, 5, current_time=10.0)
+        assert pruned.empty and list(pruned.columns) == list(empty.columns)
+    assert list(TimeSeriesBuffer(10, timestamp_column="ts").get().columns) == ["ts"]
+
+
 def test_empty_and_deleted_entries():
     assert streams_to_dataframe([]).empty
     assert streams_to_dataframe({}).columns.tolist() == ["stream", "id", "timestamp_ms"]

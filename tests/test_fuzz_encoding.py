@@ -93,7 +93,7 @@ def test_same_field_as_str_and_bytes_is_refused():
 async def test_batch_with_a_bad_string_past_the_first_chunk_writes_nothing(redis_url, sync_redis):
     """Regression: pipeline_xadd sends 5000-record chunks one by one; a lone surrogate in a later chunk used to
     fail after the first chunk was written (and named no field)."""
-    from streammachine.redis.connection import PIPELINE_CHUNK
+    from streammachine.redis.producer import PIPELINE_CHUNK
 
     async with RedisConnection(url=redis_url) as conn:
         with pytest.raises(ValueError, match=r"stream 'half', field 'f': the value is not valid UTF-8"):

@@ -61,7 +61,7 @@ async def test_every_reference_tool_resource_and_prompt_is_listed(redis_url):
         assert send["properties"]["message"]["type"] == "object"
         assert tools["stream_read"].input_schema["properties"]["count"]["maximum"] == 10000
         resources = {str(r.uri) for r in (await client.list_resources()).resources}
-        assert resources == {"streammachine://config", "streammachine://status"}
+        assert resources == {"streammachine://config", "streammachine://status", "streammachine://catalog"}
         prompts = {p.name for p in (await client.list_prompts()).prompts}
         assert prompts == {"streammachine-guide", "stream-processing-patterns"}
 

@@ -99,7 +99,8 @@ async def test_live_scrape_over_http_sees_new_work(app_factory):
 async def test_directory_source_sums_workers_and_keeps_the_freshest_group(app_factory, tmp_path):
     app = await _flaky_app(app_factory)
     first = await snapshot(app, "0")
-    second = dict(await snapshot(app, "1"), time=first["time"] + 1, groups=[dict(first["groups"][0], pending=5, lag=2)])
+    second = await snapshot(app, "1")
+    second.update(time=first["time"] + 1, agents=[dict(first["agents"][0], pending=5, lag=2)])
     write_snapshot(tmp_path, first)
     write_snapshot(tmp_path, second)
     (tmp_path / "worker-9.json").write_text("{half a fi")  # being rewritten: skipped, not an error
@@ -127,3 +128,20 @@ async def test_redis_outage_reads_as_redis_up_0_not_a_failed_scrape(app_factory)
 
     samples = samples_of(generate_latest(registry_for(broken)).decode())
     assert _value(samples, "streammachine_workers") == 0
+
+
+async def test_a_server_that_went_away_reads_as_redis_up_0(app_factory, private_server):
+    """Regression: the group reader swallowed every error, so a running app whose server was gone still
+    reported redis_up 1 (with no groups)."""
+    app = app_factory("outage", url=private_server.url)
+
+    @app.agent("orders", group="billing")
+    async def bill(record):
+        pass
+
+    await app.startup()
+    before = await snapshot(app)
+    assert before["redis_up"] and [(a["group"], a["pending"]) for a in before["agents"]] == [("billing", 0)]
+    private_server.stop()
+    after = await snapshot(app)
+    assert after["redis_up"] is False and [a["pending"] for a in after["agents"]] == [None]

@@ -141,6 +141,35 @@ started = app.start()
     assert kernel.value("(len(got), view.frames == closed_at, view.running)") == (250, True, False)
 
 
+def test_live_table_follows_a_stage_while_the_kernel_is_idle(kernel, sync_redis):
+    kernel.run("""
+import time
+from streammachine.notebook import live_table
+app = App("tables", consumer_config=ConsumerConfig(block_ms=100, count=50))
+totals = app.table("totals", default=0)
+
+@app.agent("orders", group="g", output="orders:done", tables=[totals])
+async def add(message):
+    totals[message.message["customer"]] += int(message.message["amount"])
+    return {"customer": message.message["customer"]}
+
+app.start()
+await until(lambda: app.is_running, 20, what="app running")
+view = live_table(totals, max_rows=2, fps=10)
+shown_at = time.monotonic()
+view
+""")
+    assert "application/vnd.jupyter.widget-view+json" in kernel.displayed[-1]
+    for n in range(90):  # the kernel is idle from here: the stage commits and the view redraws on its loop
+        sync_redis.xadd("orders", {"customer": "abc"[n % 3], "amount": n})
+    wait_until_sync(lambda: fully_consumed(sync_redis, "orders", "g", 90), 10, what="90 orders committed")
+    expected = {c: sum(n for n in range(90) if "abc"[n % 3] == c) for c in "ab"}
+    kernel.run(f"await until(lambda: view.frame['value'].to_dict() == {expected!r}, 10, what='the view')")
+    checks = "(view.keys, 'first 2 by key' in view.header.value, view.frames <= 10 * (time.monotonic() - shown_at) + 2)"
+    assert kernel.value(checks) == (3, True, True)  # at most fps redraws a second
+    kernel.run("view.close()")
+
+
 AGENT_CELL = """
 @app.agent("orders", group="g")
 async def handle(message):
@@ -292,6 +321,24 @@ get_ipython().run_cell_magic("streammachine", "agent late", "seen.append(('late'
     kernel.run("await until(lambda: ('late', '1') in seen, 5)")
 
 
+def test_group_magic_lists_resets_and_deletes(kernel, sync_redis):
+    for i in range(3):
+        sync_redis.xadd("s", {"i": i}, id=f"{1000 + i}-0")
+    sync_redis.xgroup_create("s", "g", id="$")
+    kernel.run("%load_ext streammachine\napp = App('positions')")
+    kernel.run("groups = %streammachine group list s")
+    assert kernel.value("groups[['name', 'last_delivered_id']].values.tolist()") == [["g", "1002-0"]]
+    with pytest.raises(AssertionError, match="add --yes"):
+        kernel.run("%streammachine group reset s g --to start")
+    result = kernel.magic_value("%streammachine group reset s g --to 1001 --yes")
+    assert result["next_id"] == "1001-0" and result["now"] == "1000-18446744073709551615"
+    assert sync_redis.xreadgroup("g", "c", {"s": ">"})[0][1][0][0] == "1001-0"
+    with pytest.raises(AssertionError, match="no consumer group 'nope'"):
+        kernel.run("%streammachine group delete s nope --yes")
+    assert "deleted" in kernel.run("%streammachine group delete s g --yes")
+    assert sync_redis.xinfo_groups("s") == []
+
+
 def test_importing_streammachine_does_not_import_ipython(tmp_path):
     import subprocess
     import sys
@@ -303,3 +350,82 @@ def test_importing_streammachine_does_not_import_ipython(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_magic_send_honours_stream_maxlen(private_server, tmp_path):
+    """Regression: `%streammachine send` passed no maxlen, so STREAMMACHINE_STREAM_MAXLEN never trimmed it
+    (app.send and `streammachine send` did trim)."""
+    client = redis.Redis.from_url(private_server.url, decode_responses=True)
+    client.config_set("stream-node-max-entries", 2)  # MAXLEN ~ 3 then keeps at most 5 entries
+    env = dict(
+        os.environ,
+        REDIS_URL=private_server.url,
+        STREAMMACHINE_HOME=str(tmp_path / "smhome"),
+        STREAMMACHINE_STREAM_MAXLEN="3",
+    )
+    kernel = Kernel(env, str(tmp_path))
+    try:
+        kernel.run(SETUP + "%load_ext streammachine\napp = App('trim')")
+        kernel.run("for i in range(20):\n    get_ipython().run_line_magic('streammachine', f'send capped i={i}')")
+    finally:
+        kernel.close()
+    assert 3 <= client.xlen("capped") <= 5
+    assert client.xrevrange("capped", count=1)[0][1] == {"i": "19"}
+    client.close()
+
+
+RUN_ALL_CELL = """
+from streammachine.app import running_apps
+run = globals().get("run", 0) + 1
+app = App("orphans", consumer_config=ConsumerConfig(block_ms=50))
+
+@app.timer(0.05, name="beat")
+async def beat(run=run):
+    await app.send("beats", {"run": run})
+
+app.start()
+"""
+
+
+def test_run_all_twice_leaves_one_app_and_magics_reach_every_app(kernel, sync_redis):
+    def beats(run):
+        return sum(1 for _, fields in sync_redis.xrange("beats") if fields["run"] == str(run))
+
+    kernel.run("%load_ext streammachine")
+    kernel.run(RUN_ALL_CELL)
+    wait_until_sync(lambda: beats(1) >= 3, 10, what="the first run's timer")
+    out = kernel.run(RUN_ALL_CELL)  # Run All again: a new App of the same name, the old one unreferenced
+    assert "replaces the running one" in out
+    wait_until_sync(lambda: beats(2) >= 3, 10, what="the second run's timer")
+    kernel.run("await until(lambda: len(running_apps()) == 1, 10, what='one app left')")
+    frozen = beats(1)
+    wait_until_sync(lambda: beats(2) >= 10, 10, what="more beats of the second run")
+    assert beats(1) == frozen, "the first App's timer kept running after it was replaced"
+    assert kernel.value("[(a.name, a is app) for a in running_apps()]") == [("orphans", True)]
+
+    # lifecycle in cells: idempotent, in order, one line when there is nothing to do
+    out = kernel.run("app.start()")
+    assert "already running" in out and "Traceback" not in out and len(out.strip().splitlines()) <= 2
+    kernel.run("app.stop(); app.start()")
+    kernel.run("await until(lambda: app.is_running and app.state == 'running', 10)")
+    kernel.run("await app.stop(); await app.stop()")
+    assert kernel.value("app.state") == "stopped"
+
+    kernel.run("app.start(); other = App('other'); other.timer(60, name='idle')(lambda: None); other.start()")
+    kernel.run("await until(lambda: len(running_apps()) == 2, 10)")
+    kernel.run("every = %streammachine status --all")
+    assert kernel.value("sorted({name for name, _ in every.index})") == ["orphans", "other"]
+    out = kernel.run("%streammachine stop --all")
+    assert "stopping app 'orphans'" in out and "stopping app 'other'" in out
+    kernel.run("await until(lambda: not running_apps(), 10, what='every app stopped')")
+    stopped_at = sync_redis.xlen("beats")
+    kernel.run("""
+clock = App("clock")
+@clock.timer(0.05, name="tick")
+async def tick():
+    await clock.send("ticks", {"t": 1})
+await clock.start()
+""")
+    wait_until_sync(lambda: sync_redis.xlen("ticks") >= 5, 10, what="five periods of a fresh timer")
+    assert sync_redis.xlen("beats") == stopped_at, "a stopped app's timer still ran"
+    kernel.run("await clock.stop()")

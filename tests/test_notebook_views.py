@@ -7,14 +7,15 @@ kernel (the kernel tests show the same in a real ipykernel).
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import numpy as np
 import pytest
 from helpers import wait_until
 
-from streammachine import TimeSeriesBuffer, create_ohlc_aggregator
-from streammachine.notebook import LiveView, live_candles, live_line
+from streammachine import ConsumerConfig, TimeSeriesBuffer, create_ohlc_aggregator
+from streammachine.notebook import LiveView, live_candles, live_line, live_table
 
 
 @pytest.fixture
@@ -178,3 +179,95 @@ async def test_a_missing_column_is_reported_and_the_view_keeps_going(views):
     buffer.append({"timestamp_ms": 1, "value": 1.0})
     await wait_until(lambda: view.errors >= 1, 2, what="the failed redraw")
     assert "['price'] not in the buffer" in view.last_error and view.running
+
+
+async def test_live_table_shows_committed_rows_sorted_and_bounded_redrawn_only_on_commits(app_factory, views):
+    app = app_factory("tables", consumer_config=ConsumerConfig(count=100, block_ms=50, on_error="dead_letter"))
+    totals = app.table("customer_totals")
+    in_hand = asyncio.Event()
+    release = asyncio.Event()
+
+    @app.agent("orders", group="g", output="orders:out", tables=[totals])
+    async def add(message):
+        order = message.message
+        row = totals.get(order["customer"]) or {"orders": 0, "amount": 0}
+        totals[order["customer"]] = {"orders": row["orders"] + 1, "amount": row["amount"] + int(order["amount"])}
+        if order.get("hold"):  # a write in progress, not committed while the handler waits
+            in_hand.set()
+            await release.wait()
+        if order.get("poison"):
+            raise ValueError("poison")
+        return order
+
+    await app.start()
+    view = live_table(totals, max_rows=3, fps=20)
+    views.append(view)
+    assert view.frames == 1 and view.keys == 0 and "no keys yet" in view.body.value
+    began = time.monotonic()
+    customers = ["eve", "bob", "dan", "alice", "carol"]
+    await app.send_batch("orders", [{"customer": c, "amount": 10 * (i + 1)} for i, c in enumerate(customers * 2)])
+    await wait_until(lambda: view.frame.get("orders", {}).get("alice") == 2, 5, what="the view to show both rounds")
+    assert list(view.frame.index) == ["alice", "bob", "carol"]  # the first max_rows keys, sorted
+    assert view.frame.to_dict("index") == {
+        "alice": {"orders": 2, "amount": 40 + 90},
+        "bob": {"orders": 2, "amount": 20 + 70},
+        "carol": {"orders": 2, "amount": 50 + 100},
+    }
+    assert view.frame.equals(totals.to_dataframe().sort_index().head(3))  # the shape to_dataframe() gives
+    assert view.keys == 5 and "5 keys" in view.header.value and "first 3 by key" in view.header.value
+    assert "<td>130</td>" in view.body.value
+    assert view.frames <= 20 * (time.monotonic() - began) + 2
+
+    frames, skipped = view.frames, view.skipped
+    await wait_until(lambda: view.skipped >= skipped + 3, 5, what="frames skipped while nothing is committed")
+    assert view.frames == frames
+
+    await app.send_batch("orders", [{"customer": "alice", "amount": 1, "hold": 1}])
+    await wait_until(in_hand.is_set, 5, what="the handler holding its write")
+    view.refresh(force=True)
+    assert view.frame.loc["alice", "amount"] == 130, "the view showed a write that was not committed"
+    release.set()
+    await wait_until(lambda: view.frame.loc["alice", "amount"] == 131, 5, what="the commit on screen")
+    assert view.frames == frames + 2  # the forced redraw and the commit
+
+    await app.send("orders", {"customer": "aaron", "amount": 5, "poison": 1})  # its write is discarded
+    await wait_until(lambda: app.stats("add").dead_lettered == 1, 5, what="the poison order dead-lettered")
+    await app.send("orders", {"customer": "bob", "amount": 1})
+    await wait_until(lambda: view.frame.loc["bob", "amount"] == 91, 5, what="the next commit")
+    assert "aaron" not in view.frame.index and view.keys == 5
+
+    view.close()
+    await wait_until(lambda: not view.running, 2, what="the refresh task to end")
+    assert view.header.comm is None and view.body.comm is None
+
+
+async def test_live_table_drops_keys_whose_ttl_ran_out(app_factory, views):
+    app = app_factory("ttl")
+    seen = app.table("recent", default=0, ttl=0.5)
+
+    @app.agent("visits", group="g", tables=[seen])
+    async def visit(message):
+        seen[message.message["page"]] += 1
+
+    await app.start()
+    view = live_table(seen, fps=20)
+    views.append(view)
+    await app.send_batch("visits", [{"page": "home"}, {"page": "home"}, {"page": "about"}])
+    await wait_until(lambda: view.frame.get("value", {}).get("home") == 2, 5, what="the counts on screen")
+    assert view.keys == 2
+    await wait_until(lambda: view.keys == 0, 5, what="the keys to expire from the view")
+    assert "no keys yet" in view.body.value
+
+
+def test_bad_live_table_arguments_are_named(app_factory):
+    table = app_factory("bad").table("t")
+    with pytest.raises(TypeError, match="expected a table from app.table"):
+        live_table({"a": 1})
+    with pytest.raises(ValueError, match="max_rows=0: expected a number > 0"):
+        live_table(table, max_rows=0)
+    with pytest.raises(ValueError, match="max_rows=2.5: expected an int > 0"):
+        live_table(table, max_rows=2.5)
+    with pytest.raises(ValueError, match="fps=-1"):
+        live_table(table, fps=-1)
+    with pytest.raises(RuntimeError, match="running event loop"):
+        live_table(table)

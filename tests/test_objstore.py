@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import pickle
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ import redis
 from streammachine import RedisConnection
 from streammachine.state.objstore import (
     KEY_FILE,
+    LEGACY_MAGIC,
     MAGIC,
     InsecureKeyFileError,
     RedisObjectStorage,
@@ -98,10 +102,77 @@ async def test_another_key_cannot_read_or_forge(redis_url, raw):
         await one.store_with_pickle("k", "secret plans")
         with pytest.raises(SignatureError):
             await two.retrieve_with_pickle("k")
-        raw.set("obj:k", sign(b"two", pickle.dumps(Exploit())))
+        raw.set("obj:k", sign(b"two", pickle.dumps(Exploit()), "obj:k"))
         with pytest.raises(SignatureError):
             await one.retrieve_with_pickle("k")
     assert UNPICKLED == []
+
+
+async def test_a_value_moved_to_another_key_or_prefix_is_refused(redis_url, raw):
+    """Issue 11 item 15: the signature binds the full Redis key, so bob's role copied over alice's (COPY, or
+    GET/SET of the bytes, within a prefix or across prefixes) is refused, never handed out as alice's."""
+    async with (
+        RedisObjectStorage(url=redis_url, prefix="user:", secret=b"k") as users,
+        RedisObjectStorage(url=redis_url, prefix="admin:", secret=b"k") as admins,
+    ):
+        await users.store_with_pickle("alice:role", "viewer")
+        await users.store_with_pickle("bob:role", "owner")
+        await admins.store_with_pickle("alice:role", "nobody")
+        raw.copy("user:bob:role", "user:alice:role", replace=True)
+        with pytest.raises(SignatureError, match="signed for another key"):
+            await users.retrieve_with_pickle("alice:role")
+        raw.set("admin:alice:role", raw.get("user:bob:role"))  # across prefixes, same key below them
+        with pytest.raises(SignatureError, match="'admin:alice:role'"):
+            await admins.retrieve_with_pickle("alice:role")
+        assert await users.retrieve_with_pickle("bob:role") == "owner"  # in place it still reads
+        blob = bytearray(raw.get("user:bob:role"))
+        blob[len(MAGIC) + 32] ^= 1  # the mode byte (bound -> portable) is signed too
+        raw.set("user:bob:role", bytes(blob))
+        with pytest.raises(SignatureError, match="fails its signature check"):
+            await users.retrieve_with_pickle("bob:role")
+
+
+async def test_portable_mode_is_explicit(redis_url, raw):
+    """portable=True: values survive RENAME (and so may be replayed under any key); a storage in the default
+    mode refuses them, and reads format-1 values (which never bound the key) only in portable mode."""
+    async with (
+        RedisObjectStorage(url=redis_url, secret=b"k", portable=True) as portable,
+        RedisObjectStorage(url=redis_url, secret=b"k") as bound,
+    ):
+        await portable.store_with_pickle("old", [1, 2])
+        raw.rename("obj:old", "obj:new")
+        assert await portable.retrieve_with_pickle("new") == [1, 2]
+        with pytest.raises(SignatureError, match="portable mode"):
+            await bound.retrieve_with_pickle("new")
+        await bound.store_with_pickle("mine", 3)
+        assert await portable.retrieve_with_pickle("mine") == 3  # a bound value, read where it was stored
+        payload = pickle.dumps({"v": 1})
+        legacy = LEGACY_MAGIC + hmac.new(b"k", LEGACY_MAGIC + payload, hashlib.sha256).digest() + payload
+        raw.set("obj:legacy", legacy)
+        with pytest.raises(SignatureError, match="format 1"):
+            await bound.retrieve_with_pickle("legacy")
+        assert await portable.retrieve_with_pickle("legacy") == {"v": 1}
+        raw.set("obj:legacy", legacy[:-2] + bytes([legacy[-2] ^ 1]) + legacy[-1:])
+        with pytest.raises(SignatureError, match="fails its signature check"):
+            await portable.retrieve_with_pickle("legacy")
+    assert UNPICKLED == []
+
+
+async def test_max_age_refuses_values_signed_too_long_ago(redis_url, raw):
+    """A rolled-back key holds an older value signed for it: max_age bounds how old that can be."""
+    hour_ago = int((time.time() - 3600) * 1000)
+    raw.set("obj:k", sign(b"k", pickle.dumps("stale"), "obj:k", signed_at_ms=hour_ago))
+    async with RedisObjectStorage(url=redis_url, secret=b"k", max_age=600) as fresh_only:
+        with pytest.raises(SignatureError, match="more than max_age=600"):
+            await fresh_only.retrieve_with_pickle("k")
+        await fresh_only.store_with_pickle("k", "fresh")
+        assert await fresh_only.retrieve_with_pickle("k") == "fresh"
+    async with RedisObjectStorage(url=redis_url, secret=b"k") as any_age:
+        raw.set("obj:k", sign(b"k", pickle.dumps("stale"), "obj:k", signed_at_ms=hour_ago))
+        assert await any_age.retrieve_with_pickle("k") == "stale"
+    for bad in (0, -1, "60", True):
+        with pytest.raises(ValueError, match="max_age"):
+            RedisObjectStorage(url=redis_url, max_age=bad)
 
 
 async def test_secret_key_from_the_environment(redis_url, monkeypatch):

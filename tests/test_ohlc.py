@@ -322,8 +322,55 @@ def test_process_stream_batch_takes_xrange_entries(make, tick_stream):
 def test_process_stream_batch_with_other_field_names(make):
     agg = make([MINUTE])
     entries = [(b"%d-0" % BASE, {b"s": b"X", b"p": b"1.5", b"q": b"2"}), (b"%d-1" % BASE, {b"s": b"X", b"p": b"2"})]
-    assert agg.process_stream_batch(entries, price_field="p", volume_field="q", symbol_field="s") == 1
-    assert agg.rejected == 1
+    assert agg.process_stream_batch(entries, price_field="p", volume_field="q", symbol_field="s") == 2
+    assert agg.rejected == 0
+    assert ohlcv(agg.get_candles("X", MINUTE)[0]) == (1.5, 2.0, 1.5, 2.0, 2.0, 2)  # no volume field: volume 0
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_per_symbol_streams_use_the_stream_name_as_the_symbol(make, redis_url, protocol):
+    """Issue 11 item 11 (upstream compatibility): ticks without a symbol field belong to their stream, and a
+    tick without a volume counts with volume 0 instead of being dropped."""
+    client = redis.Redis.from_url(redis_url, protocol=protocol)
+    client.xadd("ticks:AAPL", {"price": "100", "volume": "3"}, id=f"{BASE}-0")
+    client.xadd("ticks:AAPL", {"price": "101"}, id=f"{BASE + 1000}-0")  # no volume
+    client.xadd("ticks:MSFT", {"price": "300", "volume": "1"}, id=f"{BASE}-0")
+    client.xadd("ticks:MSFT", {"price": "301", "volume": "1", "symbol": "MSFT.O"}, id=f"{BASE + 5}-0")
+    reply = client.xread({"ticks:AAPL": 0, "ticks:MSFT": 0})
+    client.close()
+    agg = make([MINUTE])
+    assert agg.process_stream_batch(reply) == 4 and agg.rejected == 0
+    assert sorted(agg.symbols) == ["MSFT.O", "ticks:AAPL", "ticks:MSFT"]
+    assert ohlcv(agg.get_candles("ticks:AAPL", MINUTE)[0]) == (100.0, 101.0, 100.0, 101.0, 3.0, 2)
+    assert ohlcv(agg.get_candles(b"ticks:MSFT", MINUTE)[0]) == (300.0, 300.0, 300.0, 300.0, 1.0, 1)
+    # a bare list of entries names no stream: a tick without a symbol has none, and is rejected
+    assert agg.process_stream_batch([(b"%d-0" % BASE, {b"price": b"1"})]) == 0 and agg.rejected == 1
+    # a volume that is there but not a number is still a bad tick
+    assert agg.process_stream_batch([[b"ticks:X", [(b"%d-0" % BASE, {b"price": b"1", b"volume": b"lots"})]]]) == 0
+
+
+def test_completion_accepts_upstreams_positional_before_timestamp(make):
+    """Issue 11 item 12: get_completed_candles/flush_interval(symbol, interval, before_timestamp), as upstream
+    calls them: exactly the candles that ended at or before that time (as_of_ms= only moves the horizon forward)."""
+    agg = make([MINUTE])
+    for minute in range(4):
+        agg.update_tick("AAPL", 1.0 + minute, 1.0, BASE + minute * MINUTE + 5)
+    starts = lambda candles: [c.candle_start_ms for c in candles]  # noqa: E731
+    assert starts(agg.get_completed_candles("AAPL", MINUTE)) == [BASE, BASE + MINUTE, BASE + 2 * MINUTE]
+    assert starts(agg.get_completed_candles("AAPL", MINUTE, BASE + 2 * MINUTE)) == [BASE, BASE + MINUTE]
+    assert starts(agg.get_completed_candles("AAPL", MINUTE, BASE + 2 * MINUTE - 1)) == [BASE]
+    assert len(agg.get_completed_candles("AAPL", MINUTE, as_of_ms=BASE + 2 * MINUTE)) == 3  # never back
+    assert starts(agg.get_completed_candles("AAPL", MINUTE, BASE + 5 * MINUTE)) == [BASE + i * MINUTE for i in range(4)]
+    assert starts(agg.flush_interval("AAPL", MINUTE, BASE + MINUTE)) == [BASE]
+    assert starts(agg.flush_interval(b"AAPL", MINUTE, before_timestamp=BASE + 3 * MINUTE)) == [
+        BASE + MINUTE,
+        BASE + 2 * MINUTE,
+    ]
+    assert starts(agg.get_candles("AAPL", MINUTE)) == [BASE + 3 * MINUTE]
+    with pytest.raises(ValueError, match="not both"):
+        agg.get_completed_candles("AAPL", MINUTE, BASE, as_of_ms=BASE)
+    with pytest.raises(ValueError, match="before_timestamp"):
+        agg.flush_interval("AAPL", MINUTE, "soon")
 
 
 @pytest.mark.parametrize(

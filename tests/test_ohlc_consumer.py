@@ -73,7 +73,8 @@ async def test_the_reference_example(app_factory, redis_url, sync_redis, monkeyp
 async def test_attach_runs_it_as_an_app_agent(app_factory, sync_redis):
     app = app_factory()
     consumer = FastOHLCConsumer("ticks", "bars", intervals=[5000], flush_every=0.05, grace_ms=60_000).attach(app)
-    assert consumer.name in app.agents and f"{consumer.name}.flush" in app.timers
+    spec = app.agents[consumer.name]
+    assert spec.batch and spec.periodic == (0.05, consumer.flush_quiet) and spec.tables == (consumer._table,)
     await app.startup()
     await send_ticks(app, TICKS)
     await wait_until(lambda: len(candles(sync_redis, "bars_5s")) == 2, what="two candles")
@@ -105,9 +106,8 @@ async def test_a_quiet_symbols_candle_is_sent_once_its_interval_passed(app_facto
     await wait_until(lambda: len(candles(sync_redis, "bars_1s")) == 1, timeout=5, what="the quiet candle")
     (candle,) = candles(sync_redis, "bars_1s")
     assert (candle["open"], candle["volume"], candle["trade_count"]) == ("5.0", "2.0", "1")
-    timer = app.timers[f"{consumer.name}.flush"]
-    runs = timer.runs
-    await wait_until(lambda: timer.runs >= runs + 5, what="five more timer runs")
+    runs = consumer.flush_runs
+    await wait_until(lambda: consumer.flush_runs >= runs + 5, what="five more periodic flushes")
     assert len(candles(sync_redis, "bars_1s")) == 1  # sent once, not again
 
 

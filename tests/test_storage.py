@@ -33,8 +33,8 @@ async def test_reference_api(storage):
     assert await storage.keys() == []
 
 
-async def test_singleton_and_reset(storage):
-    assert Storage() is storage
+async def test_process_wide_store_and_reset(storage):
+    assert Storage() is storage  # the reference's Storage(): one per process
     Storage.reset_instance()
     assert Storage() is not storage
 
@@ -79,3 +79,71 @@ def test_unknown_backend_is_a_clear_error():
     Storage.reset_instance()
     with pytest.raises(ValueError, match="backend='disk'"):
         Storage("disk")
+
+
+async def test_each_app_has_its_own_storage(redis_url):
+    """Regression: Storage was one process-wide object that ignored its arguments after first use, so
+    App("b", storage_backend="redis").storage was App("a")'s manager store."""
+    from streammachine import App
+
+    first = App("a", redis_url=redis_url)
+    second = App("b", redis_url=redis_url, storage_backend="redis")
+    try:
+        assert first.storage.backend_name == "manager"
+        assert second.storage.backend_name == "redis"
+        assert first.storage is first.storage and first.storage is not second.storage
+        await second.storage.write("k", 1)
+        assert await first.storage.read("k") is None
+        assert await second.storage.read("k") == 1
+        assert Storage() is not first.storage  # the reference's process-wide store is another one
+    finally:
+        first.storage.close()
+        await second.redis.close()
+
+
+def test_process_wide_storage_refuses_another_backend():
+    Storage.reset_instance()
+    store = Storage()
+    assert Storage("manager") is store and store.backend_name == "manager"
+    with pytest.raises(ValueError, match=r"already a 'manager' store"):
+        Storage("redis")
+
+
+def test_manager_process_exits_with_its_app_process(redis_url, tmp_path):
+    """A SIGKILLed app cannot stop its storage Manager: the Manager notices and exits instead of lingering."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    from helpers import wait_until_sync
+
+    pid_file = tmp_path / "manager.pid"
+    script = tmp_path / "owner.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import asyncio, time
+        from streammachine import App
+        app = App("owner", redis_url={redis_url!r})
+        asyncio.run(app.storage.write("k", 1))
+        open({str(pid_file)!r}, "w").write(str(app.storage._backend._manager._process.pid))
+        time.sleep(120)
+    """)
+    )
+    owner = subprocess.Popen([sys.executable, str(script)])
+    try:
+        manager = int(wait_until_sync(lambda: pid_file.exists() and pid_file.read_text(), 20, what="the manager"))
+        owner.kill()
+        owner.wait(10)
+
+        def gone():
+            try:
+                os.kill(manager, 0)
+            except ProcessLookupError:
+                return True
+            with open(f"/proc/{manager}/stat") as stat:  # a zombie waiting for its reaper counts as gone
+                return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+        wait_until_sync(gone, 10, what="the orphaned Manager to exit")
+    finally:
+        owner.kill()

@@ -76,3 +76,31 @@ async def test_timer_hot_swap(app_factory):
         seen.append("v2")
 
     await wait_until(lambda: seen[-3:] == ["v2"] * 3, what="v2 running alone")
+
+
+async def test_rerunning_a_timer_cell_keeps_its_counters(app_factory):
+    """Regression: re-registering a timer reset its runs and failures, while an agent's counters carried over."""
+    app = app_factory()
+    calls = []
+
+    @app.timer(0.02, name="counted")
+    def first():
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("once")
+
+    await app.startup()
+    await wait_until(lambda: app.timers["counted"].runs >= 3, what="three good runs")
+    before = app.timers["counted"]
+    runs, failures = before.runs, before.failures
+    assert failures == 1
+
+    @app.timer(0.02, name="counted")
+    def second():
+        calls.append(2)
+
+    after = app.timers["counted"]
+    assert after.handler is second
+    assert after.runs >= runs and after.failures == failures == 1, "the counters carried over"
+    assert after.last_error == "RuntimeError: once"
+    await wait_until(lambda: after.runs > runs and 2 in calls, what="the new body counted on top")

@@ -379,10 +379,14 @@ cdef class OHLCCore:
     def process_stream_batch(self, entries, price_field="price", volume_field="volume", symbol_field="symbol"):
         """Take ticks from a read reply (RESP2/RESP3) or a list of (id, fields); time is the id's ms.
 
-        Bad rows are skipped and counted in ``rejected``; returns the number taken.
+        A tick without ``symbol_field`` belongs to its stream (``ticks:AAPL``
+        gives the symbol ``ticks:AAPL``; a bare list of entries has no stream
+        name, so such a tick is rejected); one without ``volume_field`` has
+        volume 0. Bad rows are skipped and counted in ``rejected``; returns the
+        number taken.
         """
         cdef object price_str, price_bytes, volume_str, volume_bytes, symbol_str, symbol_bytes
-        cdef object entry_id, fields, raw_symbol
+        cdef object entry_id, fields, raw_symbol, stream
         cdef double p, v
         cdef int64_t t
         cdef Py_ssize_t taken = 0
@@ -390,7 +394,7 @@ cdef class OHLCCore:
         price_str, price_bytes = both_spellings(price_field)
         volume_str, volume_bytes = both_spellings(volume_field)
         symbol_str, symbol_bytes = both_spellings(symbol_field)
-        for _, batch in iter_stream_batches(entries):
+        for stream, batch in iter_stream_batches(entries):
             for entry in batch:
                 if not isinstance(entry, (tuple, list)) or len(entry) != 2:
                     self._rejected += 1
@@ -407,11 +411,15 @@ cdef class OHLCCore:
                 except (TypeError, AttributeError, ValueError):
                     self._rejected += 1
                     continue
-                if (not _parse_number(raw_price, &p) or not _parse_number(raw_volume, &v)
-                        or not isfinite(p) or not isfinite(v) or v < 0.0):
+                if raw_volume is None:
+                    v = 0.0
+                elif not _parse_number(raw_volume, &v):
                     self._rejected += 1
                     continue
-                sym = self._lookup_or_create(raw_symbol)
+                if not _parse_number(raw_price, &p) or not isfinite(p) or not isfinite(v) or v < 0.0:
+                    self._rejected += 1
+                    continue
+                sym = self._lookup_or_create(stream if raw_symbol is None else raw_symbol)
                 if sym is None:
                     self._rejected += 1
                     continue

@@ -17,13 +17,14 @@ than those held is inserted in place, which costs the rows after it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import pandas as pd
 from pandas.api.extensions import ExtensionArray
+
+from streammachine._validate import check_positive
 
 _MIN_CAPACITY = 64
 # scalar types a one-row append may write into a column of each numpy kind without changing it
@@ -57,14 +58,8 @@ class TimeSeriesBuffer:
     """
 
     def __init__(self, max_age_seconds: float, timestamp_column: str = "timestamp_ms", max_rows: Optional[int] = None):
-        if (
-            isinstance(max_age_seconds, bool)
-            or not isinstance(max_age_seconds, (int, float))
-            or not (max_age_seconds > 0 and math.isfinite(max_age_seconds))
-        ):
-            raise ValueError(f"max_age_seconds={max_age_seconds!r}: expected a finite number of seconds > 0")
-        if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
-            raise ValueError(f"max_rows={max_rows!r}: expected None or an int >= 1")
+        check_positive("max_age_seconds", max_age_seconds, expected="a finite number of seconds > 0")
+        max_rows = check_positive("max_rows", max_rows, integer=True, optional=True)
         self.max_age_seconds = float(max_age_seconds)
         self.timestamp_column = timestamp_column
         self.max_rows = max_rows
@@ -82,7 +77,9 @@ class TimeSeriesBuffer:
         return self._newest
 
     def get(self) -> pd.DataFrame:
-        """A copy of the held rows, oldest first."""
+        """A copy of the held rows, oldest first (before any row: an empty frame with the timestamp column)."""
+        if not self._columns:
+            return pd.DataFrame({self.timestamp_column: np.array([], dtype=np.int64)})
         window = slice(self._start, self._end)
         return pd.DataFrame(
             {
@@ -158,8 +155,9 @@ class TimeSeriesBuffer:
         columns = self._columns
         if self._end == self._start or self._end == self._capacity or len(row) != len(columns):
             return False
-        stamp = row.get(self.timestamp_column)
-        if type(stamp) not in _NUMBERS or not stamp >= self._newest:  # (NaN fails >=)
+        stamp: Any = row.get(self.timestamp_column)  # checked to be a number just below
+        newest = self._newest
+        if newest is None or type(stamp) not in _NUMBERS or not stamp >= newest:  # (NaN fails >=)
             return False
         for name, value in row.items():
             column = columns.get(name)
@@ -178,8 +176,9 @@ class TimeSeriesBuffer:
         except (OverflowError, ValueError, TypeError):  # e.g. an int beyond int64: the general path widens
             return False  # what was written lies past the end: not held
         self._end = end + 1
-        self._newest = stamp.item() if isinstance(stamp, np.generic) else stamp
-        self._drop_older_than(self._newest - self._max_age_ms)
+        newest = stamp.item() if isinstance(stamp, np.generic) else stamp
+        self._newest = newest
+        self._drop_older_than(newest - self._max_age_ms)
         self._enforce_max_rows()
         return True
 

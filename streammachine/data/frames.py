@@ -2,9 +2,15 @@
 
 One row per entry, in reply order: the stream name, the id, the id's
 milliseconds as int64 (and optionally its sequence), then one column per
-field. A field column becomes int64 when every present value parses with
-``int()``, else float64 when every one parses with ``float()``, else it stays
-text. Entries missing a field get NaN (numeric) or None (text) there.
+field. A field column becomes a number column only when no value changes on
+the way: int64 when every present value is an integer written the way
+``str(int)`` writes it (so ``"00700"``, ``"+7"``, ``" 7"``, ``"1_000"`` and
+integers beyond int64 stay text), else float64 when every one is a plain
+decimal number whose float reads back as the same number (so ``"nan"``,
+``"inf"``, ``"0x10"`` and digits a float cannot hold stay text), else the
+column stays text. Entries missing a field get NaN (numeric) or None (text)
+there; an integer column with missing values becomes float64 only while
+every integer fits a float exactly (|n| <= 2**53), else it stays text.
 
 ``TimeSeriesBuffer`` (a rolling window of such frames) lives in
 ``streammachine.data.buffer`` and is re-exported here.
@@ -13,12 +19,15 @@ text. Entries missing a field get NaN (numeric) or None (text) there.
 from __future__ import annotations
 
 import math
+import re
 import time
-from typing import Any, Dict, List, Optional
+from decimal import Decimal
+from typing import Any, Dict, List, Optional, cast
 
 import numpy as np
 import pandas as pd
 
+from streammachine._validate import check_non_negative
 from streammachine.data.buffer import TimeSeriesBuffer
 from streammachine.redis.entries import _short, as_text, is_entry, iter_stream_batches, parse_stream_id
 
@@ -102,13 +111,13 @@ def _field_columns(rows: List[Any]) -> Dict[str, Any]:
     width = len(first)
     if all(len(fields) == width for fields in rows):
         try:
-            return {as_text(key): _parse_column([fields[key] for fields in rows]) for key in first}
+            return {_field_name(key): _parse_column([fields[key] for fields in rows]) for key in first}
         except KeyError:
             pass  # same width, different names: fall through to the general path
     raw_keys_by_name: Dict[str, List[Any]] = {}
     for fields in rows:
         for key in fields:
-            keys = raw_keys_by_name.setdefault(as_text(key), [])
+            keys = raw_keys_by_name.setdefault(_field_name(key), [])
             if key not in keys:
                 keys.append(key)
     columns = {}
@@ -122,43 +131,104 @@ def _field_columns(rows: List[Any]) -> Dict[str, Any]:
     return columns
 
 
+def _field_name(key: Any) -> str:
+    return cast(str, as_text(key))  # a field name is never None (a hand-built reply's odd key passes through)
+
+
 def _parse_column(values: List[Any]) -> Any:
-    """int64 if every present value parses as int, else float64 if as float, else text."""
+    """int64 or float64 when every present value reads back unchanged as one (see the module docstring), else text."""
     present = [v for v in values if v is not None] if None in values else values
     parsed = _parse_numbers(present) if present else None
     if parsed is None:
         return [as_text(v) for v in values]
     if len(present) == len(values):
         return parsed
+    if parsed.dtype.kind in "iu" and (np.abs(parsed) > _FLOAT_EXACT_INT).any():
+        return [as_text(v) for v in values]  # NaN needs a float column, and a float would round these integers
     full = np.full(len(values), np.nan)
     full[[i for i, v in enumerate(values) if v is not None]] = parsed
     return full
 
 
-def _parse_numbers(values: List[Any]) -> Optional[np.ndarray]:
-    """The values as an int64 or float64 array, or None when one of them does not parse.
+_FLOAT_EXACT_INT = 2**53
+# What numpy's lenient parser takes but a number column must not (it would change the value or its text):
+# spaces, underscores, "nan"/"inf" (letters), leading zeros, signs other than "-"; a value with "+", "e" or "E"
+# (an exponent) is checked on its own against the plain decimal form.
+_NUMBER_BYTES = b"0123456789-.eE+"
+_PLAIN_DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+# a decimal of at most 15 digits (DBL_DIG) reads back from a double unchanged; longer ones are checked one by one
+_EXACT_DIGITS = 15
 
-    numpy parses bytes and str with the same rules as ``int()``/``float()``
-    (signs, whitespace, underscores, "nan"/"inf"), in C.
+
+def _parse_numbers(values: List[Any]) -> Optional[np.ndarray]:
+    """The values as an int64 or float64 array, or None when one of them would not read back unchanged.
+
+    The checks run column-wise in C (numpy's parser and printer, bytes
+    methods); only values with an exponent or more than 15 characters are
+    looked at one by one.
     """
-    if bytes in set(map(type, values)) and any(type(v) is not bytes for v in values):
-        values = [as_text(v) for v in values]
-    try:
-        array = np.asarray(values)
-    except (ValueError, TypeError):  # ragged or otherwise not array-like
+    types = set(map(type, values))
+    if len(types) > 1 or not types <= {str, bytes}:
+        if not types & {str, bytes}:
+            try:
+                numbers = np.asarray(values)
+            except (ValueError, TypeError):  # ragged or otherwise not array-like
+                return None
+            if numbers.dtype.kind in "biuf":
+                return numbers  # already numbers (a hand-built reply)
+        values = [as_text(v) if isinstance(v, (str, bytes)) else str(v) for v in values]
+        types = {str}
+    as_bytes = types == {bytes}
+    if as_bytes:
+        joined = b"\x00".join(values)
+    else:
+        text_joined = "\x00".join(values)
+        if not text_joined.isascii():
+            return None
+        joined = text_joined.encode("ascii")
+    # NUL: numpy drops a trailing one (b"1\x00" -> 1) and int() refuses it, so such a value is text
+    if joined.count(b"\x00") != len(values) - 1 or joined.translate(None, _NUMBER_BYTES + b"\x00"):
         return None
-    kind = array.dtype.kind
-    if kind in "biuf":  # already numbers (a hand-built reply)
-        return array
-    if kind in "SU" and (b"\x00" if kind == "S" else "\x00") in (b"" if kind == "S" else "").join(values):
-        return None  # numpy drops trailing NULs (b"1\x00" -> 1); int()/float() refuse them: text it stays
-    # int() first so "7" stays an integer; float arrays are never cast to int (that would truncate)
-    for dtype in (np.int64, np.float64) if kind in "SU" else (np.float64,):
-        try:
-            return array.astype(dtype)
-        except (ValueError, TypeError, OverflowError):
-            continue
-    return None
+    array = np.asarray(values)
+    text = array.dtype.kind  # "S" or "U"
+    try:
+        integers = array.astype(np.int64)
+    except (ValueError, OverflowError):  # not integers, or beyond int64 (then as floats, checked below)
+        integers = None
+    if integers is not None and (integers.astype(text) == array).all():  # "00700", "+7", "-0" print otherwise
+        return integers
+    try:
+        floats = array.astype(np.float64)
+    except ValueError:
+        return None
+    zero, minus_zero, point, minus_point = (b"0", b"-0", b"0.", b"-0.") if as_bytes else ("0", "-0", "0.", "-0.")
+    lengths = np.char.str_len(array)
+    leading_zero = (np.char.startswith(array, zero) & ~np.char.startswith(array, point) & (lengths > 1)) | (
+        np.char.startswith(array, minus_zero) & ~np.char.startswith(array, minus_point) & (lengths > 2)
+    )
+    if leading_zero.any():
+        return None
+    careful = lengths > _EXACT_DIGITS
+    if b"e" in joined or b"E" in joined or b"+" in joined:
+        careful |= np.fromiter((_has_exponent(v) for v in values), bool, len(values))
+    rows = np.flatnonzero(careful)
+    if rows.size:
+        printed_alike = (floats[rows].astype(text) == array[rows]) & np.isfinite(floats[rows])
+        for index in rows[~printed_alike].tolist():
+            value = values[index]
+            if not _same_decimal(value.decode("ascii") if as_bytes else value, floats[index].item()):
+                return None
+    return floats
+
+
+def _has_exponent(value: Any) -> bool:
+    marks = (b"e", b"E", b"+") if type(value) is bytes else ("e", "E", "+")
+    return any(mark in value for mark in marks)
+
+
+def _same_decimal(text: str, number: float) -> bool:
+    """Whether ``number`` (parsed from ``text``) prints as the same decimal value ("1.50" is 1.5, "1e5" 100000.0)."""
+    return bool(_PLAIN_DECIMAL.fullmatch(text)) and math.isfinite(number) and Decimal(text) == Decimal(repr(number))
 
 
 def prune_old_dataframe_rows(
@@ -171,14 +241,12 @@ def prune_old_dataframe_rows(
 
     ``current_time`` is epoch seconds (default: ``time.time()``); a row
     exactly ``cutoff_seconds`` old is kept. Returns a new frame; ``df`` is
-    not modified.
+    not modified. An empty frame comes back empty, whatever its columns (an
+    empty buffer or read has nothing to prune).
     """
-    if (
-        isinstance(cutoff_seconds, bool)
-        or not isinstance(cutoff_seconds, (int, float))
-        or not (math.isfinite(cutoff_seconds) and cutoff_seconds >= 0)
-    ):
-        raise ValueError(f"cutoff_seconds={cutoff_seconds!r}: expected a finite number of seconds >= 0")
+    check_non_negative("cutoff_seconds", cutoff_seconds, expected="a finite number of seconds >= 0")
+    if len(df) == 0:
+        return df.copy()
     if timestamp_column not in df.columns:
         raise ValueError(
             f"timestamp_column {timestamp_column!r} is not a column of the frame (columns: {list(df.columns)})"

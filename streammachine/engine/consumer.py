@@ -13,27 +13,54 @@ jittered backoff and a retry with the same consumer name.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 import time
 from concurrent.futures import Executor
-from typing import Optional
+from typing import Any, List, Optional, cast
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from streammachine.engine.specs import AgentSpec, AgentStats, dead_local_owner
+from streammachine.engine.identity import dead_local_owner
+from streammachine.engine.specs import AgentSpec, AgentStats
 from streammachine.message import received_messages
 from streammachine.redis.connection import ensure_group
-from streammachine.redis.entries import as_text, single_stream_entries
+from streammachine.redis.entries import as_text, id_after, id_before, parse_stream_id, single_stream_entries
 from streammachine.redis.resp import direct_pool, encode_command, encode_repeated, entries_with_fields, round_trip
 from streammachine.redis.transport import same_slot
+from streammachine.typed import InvalidMessage, typed_handler
 
 log = logging.getLogger("streammachine.engine.consumer")
 
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
 DLQ_PREFIX = b"_dlq_"
+
+
+def _bytes_keys(fields: dict) -> dict:
+    return {(k.encode() if isinstance(k, str) else k): v for k, v in fields.items()}
+
+
+class HandlerCancelled(RuntimeError):
+    """A handler raised CancelledError without the consumer being stopped: a failure like any other."""
+
+    def __init__(self) -> None:
+        super().__init__("the handler raised CancelledError (it awaited a task or future something else cancelled)")
+
+
+def own_cancellation(stopping: bool) -> bool:
+    """Whether a CancelledError in the consumer's task is its own cancellation (a stop), not a handler's.
+
+    A handler that awaits a task something else cancelled raises CancelledError
+    too: that is a handler failure (retry, dead letter), not a reason to end.
+    """
+    if stopping:
+        return True
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+    return cancelling is None or cancelling() > 0
 
 
 class Backoff:
@@ -58,12 +85,15 @@ def _bind_handler(spec: AgentSpec, executor: Optional[Executor]):
     so a blocking handler neither stalls the event loop (a notebook kernel,
     the keep-alive of slow entries) nor other agents.
     """
+    # typed messages (#15): a handler annotated with a model gets decoded instances (others: itself)
+    handler = typed_handler(spec.handler, is_async=spec.is_async, batch=spec.batch, name=spec.name)
     if not spec.threaded:
-        return spec.handler, spec.is_async
-    handler = spec.handler
+        return handler, spec.is_async
 
     async def in_thread(argument):
-        return await asyncio.get_running_loop().run_in_executor(executor, handler, argument)
+        # the context travels with the call: a stage's tables find the running unit in it
+        call = contextvars.copy_context().run
+        return await asyncio.get_running_loop().run_in_executor(executor, call, handler, argument)
 
     return in_thread, True
 
@@ -96,6 +126,8 @@ class StreamConsumer:
         self._inflight_since = 0.0
         self._next_claim = 0.0
         self._claim_cursor = "0-0"
+        self._joined = False  # the group was made (or found) once: a later re-creation must not skip ahead
+        self._last_read: Optional[str] = None  # the last id XREADGROUP ">" delivered
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -127,7 +159,7 @@ class StreamConsumer:
         try:
             while not self._stopping:
                 try:
-                    await ensure_group(self.client, self.spec.stream, self.spec.group, self.config.start_id)
+                    await self._ensure_group()
                     await self._flush_acks()
                     await self._adopt_dead_local_consumers()
                     await self._recover_own_pending()
@@ -140,6 +172,8 @@ class StreamConsumer:
                         entries = await self._read_new()
                         if entries:
                             await self._process(entries, None)
+                        if self._periodic_due is not None and time.monotonic() >= self._periodic_due:
+                            await self._run_periodic()
                 except asyncio.CancelledError:
                     if not self._stopping:
                         raise
@@ -170,6 +204,43 @@ class StreamConsumer:
                 await asyncio.shield(self._flush_acks())
             except (asyncio.CancelledError, *TRANSIENT):
                 pass
+            except ResponseError as exc:  # nothing was written: the entries stay pending for the next run
+                log.warning("agent %s: last acks/commit refused on the way out: %s", self.spec.name, exc)
+
+    async def _ensure_group(self) -> None:
+        """The group exists: created at ``start_id`` on the first start; if it vanished since (DEL of the
+        stream, XGROUP DESTROY, FLUSHDB, a restart without persistence, a failover), re-created where this
+        consumer stopped reading, so nothing written meanwhile is skipped (see ``_resume_at``)."""
+        stream, group = self.spec.stream, self.spec.group
+        start = self.config.start_id if not self._joined else await self._resume_at()
+        created = await ensure_group(self.client, stream, group, start)
+        if created and self._joined:
+            replay = sorted(self._retry_at)
+            self._retry_at.clear()
+            self._deliveries.clear()
+            log.warning(
+                "agent %s: consumer group %r of stream %r had vanished; re-created at %s (what was read before it "
+                "was handled; %d entries awaiting retry are delivered again, and what follows them)",
+                self.spec.name, group, stream, start, len(replay),
+            )  # fmt: skip
+        self._joined = True
+
+    async def _resume_at(self) -> str:
+        """Where a re-created group starts: after the last id read, before any entry awaiting retry, at 0
+        when the stream itself is newer than what was read (it was deleted and written again)."""
+        if self._last_read is None:
+            return "0"
+        start = self._last_read
+        if self._retry_at:
+            oldest = min(self._retry_at, key=parse_stream_id)
+            start = min(start, id_before(oldest), key=parse_stream_id)
+        try:
+            first = (await self.client.xinfo_stream(self.spec.stream)).get("first-entry")
+        except ResponseError:  # no stream: MKSTREAM makes an empty one
+            return "0"
+        if first and parse_stream_id(first[0]) > parse_stream_id(start):
+            return "0"
+        return start
 
     # -- reading -------------------------------------------------------------
 
@@ -180,58 +251,78 @@ class StreamConsumer:
         read: entries are still acknowledged only after their handler returned,
         in one round trip per read instead of two. If the round trip fails or
         is cancelled the ids stay queued and are acknowledged again (XACK is
-        idempotent).
+        idempotent). A stage puts its commit there instead (``engine/stage.py``).
         """
         config, spec = self.config, self.spec
         block = config.block_ms
-        if self._retry_at:
-            due_in = min(self._retry_at.values()) - time.monotonic()
-            block = max(1, min(block, int(due_in * 1000) + 1))
-        ids, self._to_ack = self._to_ack, []
+        due = self._next_due()
+        if due is not None:
+            block = max(1, min(block, int((due - time.monotonic()) * 1000) + 1))
+        commands, token = self._take_pending()
         pool = direct_pool(self.client)
         self._in_read = True
         try:
             if pool is not None:
                 encoder = pool.get_encoder()
                 payload = encode_repeated(
-                    (
-                        "XREADGROUP",
-                        "GROUP",
-                        spec.group,
-                        self.name,
-                        "COUNT",
-                        config.count,
-                        "BLOCK",
-                        block,
-                        "STREAMS",
-                        spec.stream,
-                        ">",
-                    ),
+                    ("XREADGROUP", "GROUP", spec.group, self.name, "COUNT", config.count, "BLOCK", block,
+                     "STREAMS", spec.stream, ">"),
                     encoder,
-                )
-                if ids:
-                    payload = encode_command(("XACK", spec.stream, spec.group, *ids), encoder) + payload
-                replies = await round_trip(pool, payload, 2 if ids else 1)
+                )  # fmt: skip
+                if commands:
+                    payload = b"".join([encode_command(c, encoder) for c in commands]) + payload
+                replies = await round_trip(pool, payload, len(commands) + 1, raise_on_error=not self.errors_inline)
                 entries = entries_with_fields(replies[-1])
-            elif ids:
+            elif commands:
                 pipe = self.client.pipeline(transaction=False)
-                pipe.xack(spec.stream, spec.group, *ids)
+                for command in commands:
+                    pipe.execute_command(*command)
                 pipe.xreadgroup(spec.group, self.name, {spec.stream: ">"}, count=config.count, block=block)
-                entries = single_stream_entries((await pipe.execute())[1])
+                replies = await pipe.execute(raise_on_error=not self.errors_inline)
+                entries = cast(list, single_stream_entries(replies[-1]))  # redis-py replies are lists
             else:
-                entries = single_stream_entries(
+                replies = [
                     await self.client.xreadgroup(
                         spec.group, self.name, {spec.stream: ">"}, count=config.count, block=block
                     )
-                )
+                ]
+                entries = cast(list, single_stream_entries(replies[-1]))  # redis-py replies are lists
         except BaseException:
-            self._to_ack = ids + self._to_ack
+            self._pending_failed(token)
             raise
         finally:
             self._in_read = False
+        await self._pending_sent(token, replies[:-1])
+        if entries:
+            self._last_read = as_text(entries[-1][0])
+        return entries
+
+    def _next_due(self) -> Optional[float]:
+        """When the next read must return at the latest (monotonic): a retry, or the periodic hook, is due."""
+        due = min(self._retry_at.values()) if self._retry_at else None
+        if self._periodic_due is not None and (due is None or self._periodic_due < due):
+            due = self._periodic_due
+        return due
+
+    _periodic_due: Optional[float] = None  # a stage's periodic hook (engine/stage.py); plain consumers have none
+
+    async def _run_periodic(self) -> None:
+        pass
+
+    # What rides in front of the next read. Here: the XACK of the entries handled since the last one.
+    errors_inline = False  # True: an error reply of those commands is returned to _pending_sent, not raised
+
+    def _take_pending(self) -> tuple:
+        """(commands to send before the next read, a token for ``_pending_failed``/``_pending_sent``)."""
+        ids, self._to_ack = self._to_ack, []
+        return ([("XACK", self.spec.stream, self.spec.group, *ids)] if ids else []), ids
+
+    def _pending_failed(self, ids: Any) -> None:
+        self._to_ack = ids + self._to_ack
+
+    async def _pending_sent(self, ids: Any, replies: list) -> None:
         if ids:
             self._forget_failures(ids)
-        return entries
 
     async def _recover_own_pending(self) -> None:
         """Take back what this consumer name left pending (a crash, a lost ack)."""
@@ -243,9 +334,7 @@ class StreamConsumer:
             if not rows:
                 return
             await self._reclaim({row["message_id"]: row["times_delivered"] for row in rows})
-            last = as_text(rows[-1]["message_id"])
-            ms, seq = last.split("-")
-            start = f"{ms}-{int(seq) + 1}"
+            start = id_after(rows[-1]["message_id"])
 
     async def _adopt_dead_local_consumers(self) -> None:
         """Take over what a crashed predecessor on this host left pending, without waiting claim_idle_ms.
@@ -256,7 +345,7 @@ class StreamConsumer:
         """
         stream, group = self.spec.stream, self.spec.group
         for info in await self.client.xinfo_consumers(stream, group):
-            name = as_text(info["name"])
+            name = cast(str, as_text(info["name"]))  # a consumer's name: never None
             if name == self.name or not dead_local_owner(name):
                 continue
             while True:
@@ -304,7 +393,7 @@ class StreamConsumer:
             start_id=self._claim_cursor,
             count=self.config.count,
         )
-        self._claim_cursor = as_text(reply[0]) if reply else "0-0"
+        self._claim_cursor = cast(str, as_text(reply[0])) if reply else "0-0"  # an entry id: never None
         claimed = [e for e in (reply[1] if reply else []) if e[1] is not None]
         if not claimed:
             return
@@ -349,7 +438,7 @@ class StreamConsumer:
             return
         handler, is_async = self._handler, self._is_async
         messages = received_messages(spec.stream, self.name, time.time(), entries)
-        done = []
+        done: List[Any] = []
         done_append = done.append
         self._inflight = [entry[0] for entry in entries]
         self._inflight_since = time.monotonic()
@@ -367,6 +456,11 @@ class StreamConsumer:
                     else:
                         handler(message)
                 except Exception as exc:
+                    await self._failed(entry_id, fields, exc, deliveries)
+                    continue
+                except asyncio.CancelledError as exc:
+                    if own_cancellation(self._stopping):
+                        raise
                     await self._failed(entry_id, fields, exc, deliveries)
                     continue
                 done_append(entry_id)
@@ -397,7 +491,9 @@ class StreamConsumer:
                     result = self._handler(messages)
                     if self._is_async:
                         await result
-                except Exception:
+                except (Exception, asyncio.CancelledError) as exc:
+                    if isinstance(exc, asyncio.CancelledError) and own_cancellation(self._stopping):
+                        raise
                     await self._isolate(entries, messages, deliveries)
                 else:
                     self.stats.processed += len(ids)
@@ -423,13 +519,17 @@ class StreamConsumer:
                 result = handler([message])
                 if is_async:
                     await result
-            except Exception as exc:
+            except (Exception, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and own_cancellation(self._stopping):
+                    raise
                 await self._failed(entry_id, fields, exc, deliveries)
             else:
                 self.stats.processed += 1
                 self._to_ack.append(entry_id)
 
-    async def _failed(self, entry_id, fields: dict, exc: Exception, deliveries: Optional[dict]) -> None:
+    async def _failed(self, entry_id, fields: dict, exc: BaseException, deliveries: Optional[dict]) -> None:
+        if isinstance(exc, asyncio.CancelledError):
+            exc = HandlerCancelled()
         key = as_text(entry_id)
         delivered = (deliveries or {}).get(key, 1)
         self.stats.record_error(exc)
@@ -445,7 +545,13 @@ class StreamConsumer:
             self.stats.skipped += 1
             self._to_ack.append(entry_id)
             return
-        if policy == "dead_letter" or delivered >= self.config.max_deliveries:
+        # typed messages (#15): an entry that does not fit the handler's model cannot succeed on a retry
+        if (
+            policy == "dead_letter"
+            or delivered >= self.config.max_deliveries
+            or not self.config.retries(exc)
+            or isinstance(exc, InvalidMessage)
+        ):
             await self._dead_letter(entry_id, fields, exc, delivered)
             return
         log.warning(
@@ -458,12 +564,13 @@ class StreamConsumer:
             exc,
         )
         self._deliveries[key] = delivered
-        self._retry_at[key] = time.monotonic() + self.config.retry_delay_ms / 1000.0
+        self._retry_at[key] = time.monotonic() + self.config.retry_delay(delivered)
 
-    async def _dead_letter(self, entry_id, fields: dict, exc: Exception, delivered: int) -> None:
+    async def _dead_letter(self, entry_id, fields: dict, exc: BaseException, delivered: int) -> None:
         key = as_text(entry_id)
         target = self.config.dead_letter_for(self.spec.stream)
-        record = dict(fields)
+        # a record's own _dlq_* fields (a dead letter replayed and failing again) are kept, renamed _orig_dlq_*
+        record = {(b"_orig" + k if k.startswith(DLQ_PREFIX) else k): v for k, v in _bytes_keys(fields).items()}
         record.update(
             {
                 DLQ_PREFIX + b"stream": self.spec.stream,

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import inspect
-import os
-import re
-import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
+from streammachine._validate import check_positive
 from streammachine.config import ConsumerConfig, TimerConfig
+from streammachine.typed.handlers import check_handler
 
 
 def handler_name(fn: Callable, name: Optional[str] = None) -> str:
@@ -18,33 +17,6 @@ def handler_name(fn: Callable, name: Optional[str] = None) -> str:
     if name:
         return name
     return f"{getattr(fn, '__module__', None) or '__main__'}.{getattr(fn, '__qualname__', repr(fn))}"
-
-
-def consumer_base(override: Optional[str] = None) -> str:
-    """Stable per host and process: ``host-pid``, or STREAMMACHINE_CONSUMER_NAME."""
-    return override or f"{socket.gethostname()}-{os.getpid()}"
-
-
-def dead_local_owner(consumer: str) -> bool:
-    """True when ``consumer`` was named by a process of this host (``host-pid...``) that no longer runs.
-
-    Only default names carry a pid; a host name shared by two machines would
-    make a live remote consumer look dead here: its entries are then taken
-    over early (duplicates, never a loss).
-    """
-    match = re.match(re.escape(socket.gethostname()) + r"-(\d+)-", consumer)
-    if not match:
-        return False
-    pid = int(match.group(1))
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, someone else's
-        return False
-    return False
 
 
 def is_async_callable(fn: Callable) -> bool:
@@ -61,9 +33,10 @@ class AgentStats:
     dead_lettered: int = 0
     skipped: int = 0
     reconnects: int = 0
+    commit_retries: int = 0  # a stage's commits refused (a table changed meanwhile) and handled again
+    commit_failures: int = 0  # a stage's commits that failed (an error reply: nothing written, entries pending)
     handler_seconds: float = 0.0
     last_error: Optional[str] = None
-    last_error_at: Optional[float] = None
     started_at: float = field(default_factory=time.time)
     _rate_mark: tuple = field(default=(0.0, 0), repr=False)
     _rate: float = field(default=0.0, repr=False)
@@ -71,7 +44,6 @@ class AgentStats:
     def record_error(self, exc: BaseException) -> None:
         self.failed += 1
         self.last_error = f"{type(exc).__name__}: {exc}"
-        self.last_error_at = time.time()
 
     def rate(self, window: float = 1.0) -> float:
         """Messages per second over the last ``window`` seconds or more.
@@ -98,6 +70,8 @@ class AgentStats:
             "dead_lettered": self.dead_lettered,
             "skipped": self.skipped,
             "reconnects": self.reconnects,
+            "commit_retries": self.commit_retries,
+            "commit_failures": self.commit_failures,
             "handler_seconds": round(self.handler_seconds, 6),
             "last_error": self.last_error,
         }
@@ -114,21 +88,54 @@ class AgentSpec:
     batch: bool = False
     config: ConsumerConfig = field(default_factory=ConsumerConfig)
     threaded: bool = False
+    output: Optional[str] = None  # where the handler's return value goes (a stage)
+    tables: Tuple[Any, ...] = ()  # the tables its handler changes, committed with the ack (a stage)
+    maxlen: Optional[int] = None  # approximate MAXLEN of what a stage writes
+    # (seconds, hook): a stage's hook run every ``seconds`` in its consumer's task, its effects committed like
+    # a handler's (e.g. completing the windows or candles of quiet keys by wall-clock time)
+    periodic: Optional[Tuple[float, Callable[[], Any]]] = None
+
+    @property
+    def is_stage(self) -> bool:
+        return self.output is not None or bool(self.tables) or self.periodic is not None
 
     def __post_init__(self) -> None:
+        if self.output is not None and (not isinstance(self.output, str) or not self.output):
+            raise ValueError(f"agent {self.name!r}: output={self.output!r}, expected None or a non-empty str")
+        self.tables = tuple(self.tables)
+        if self.periodic is not None:
+            seconds, hook = self.periodic
+            if (
+                isinstance(seconds, bool)
+                or not isinstance(seconds, (int, float))
+                or not seconds > 0
+                or not callable(hook)
+            ):
+                raise ValueError(f"agent {self.name!r}: periodic={self.periodic!r}, expected (seconds > 0, a callable)")
+        for table in self.tables:
+            if not hasattr(table, "committed_get"):
+                raise TypeError(f"agent {self.name!r}: tables=[...{table!r}...]: expected tables from app.table()")
         if not isinstance(self.stream, str) or not self.stream:
             raise ValueError(f"agent {self.name!r}: stream={self.stream!r}, expected a non-empty str")
         if not isinstance(self.group, str) or not self.group:
             raise ValueError(f"agent {self.name!r}: group={self.group!r}, expected a non-empty str")
-        if not isinstance(self.concurrency, int) or self.concurrency < 1:
-            raise ValueError(f"agent {self.name!r}: concurrency={self.concurrency!r}, expected an int >= 1")
-        if self.processes is not None and (not isinstance(self.processes, int) or self.processes < 1):
-            raise ValueError(f"agent {self.name!r}: processes={self.processes!r}, expected None or an int >= 1")
+        check_positive(f"agent {self.name!r}: concurrency", self.concurrency, integer=True)
+        check_positive(f"agent {self.name!r}: processes", self.processes, integer=True, optional=True)
         if not callable(self.handler):
             raise TypeError(f"agent {self.name!r}: handler {self.handler!r} is not callable")
         self.is_async = is_async_callable(self.handler)
         if self.threaded and self.is_async:
             raise ValueError(f"agent {self.name!r}: threaded=True is for sync (def) handlers; this one is async")
+        check_handler(self.handler, batch=self.batch, name=self.name)  # typed messages (#15): fail at registration
+
+
+@dataclass
+class TimerStats:
+    """A timer's counters; they outlive a re-registration of the timer, as an agent's do."""
+
+    runs: int = 0
+    failures: int = 0
+    last_error: Optional[str] = None
 
 
 @dataclass
@@ -136,11 +143,21 @@ class TimerSpec:
     name: str
     handler: Callable[..., Any]
     config: TimerConfig
-    runs: int = 0
-    failures: int = 0
-    last_error: Optional[str] = None
+    stats: TimerStats = field(default_factory=TimerStats)
 
     def __post_init__(self) -> None:
         if not callable(self.handler):
             raise TypeError(f"timer {self.name!r}: handler {self.handler!r} is not callable")
         self.is_async = is_async_callable(self.handler)
+
+    @property
+    def runs(self) -> int:
+        return self.stats.runs
+
+    @property
+    def failures(self) -> int:
+        return self.stats.failures
+
+    @property
+    def last_error(self) -> Optional[str]:
+        return self.stats.last_error

@@ -8,6 +8,7 @@ import math
 import time
 from typing import Optional
 
+from streammachine.engine.consumer import own_cancellation
 from streammachine.engine.specs import TimerSpec
 
 log = logging.getLogger("streammachine.engine.timers")
@@ -26,10 +27,21 @@ class TimerRunner:
         self._stopping = False
         self._running_handler = False
         self._task: Optional[asyncio.Task] = None
+        self.restarts = 0
 
     def start(self) -> asyncio.Task:
         self._task = asyncio.get_running_loop().create_task(self.run(), name=f"streammachine-timer:{self.spec.name}")
+        self._task.add_done_callback(self._ended)
         return self._task
+
+    def _ended(self, task: asyncio.Task) -> None:
+        """A timer task that ends while not stopped is a defect somewhere: say so loudly, start it again."""
+        if self._stopping or task is not self._task:
+            return
+        error = None if task.cancelled() else task.exception()
+        log.error("timer %s ended unexpectedly (%r); starting it again", self.spec.name, error, exc_info=error)
+        self.restarts += 1
+        self.start()
 
     @property
     def task(self) -> Optional[asyncio.Task]:
@@ -67,12 +79,17 @@ class TimerRunner:
             result = self.spec.handler()
             if self.spec.is_async:
                 await result
-            self.spec.runs += 1
-        except asyncio.CancelledError:
-            raise
+            self.spec.stats.runs += 1
+        except asyncio.CancelledError as exc:
+            if own_cancellation(self._stopping):
+                raise
+            self._failed(exc)  # the handler awaited something cancelled: a failed run, the timer goes on
         except Exception as exc:
-            self.spec.failures += 1
-            self.spec.last_error = f"{type(exc).__name__}: {exc}"
-            log.exception("timer %s failed; it keeps its schedule", self.spec.name)
+            self._failed(exc)
         finally:
             self._running_handler = False
+
+    def _failed(self, exc: BaseException) -> None:
+        self.spec.stats.failures += 1
+        self.spec.stats.last_error = f"{type(exc).__name__}: {exc}"
+        log.error("timer %s failed; it keeps its schedule", self.spec.name, exc_info=exc)

@@ -1,8 +1,8 @@
 """Prometheus metrics for a headless run (``streammachine run --metrics-port``).
 
-A worker's state is a *snapshot*, a plain dict built by ``snapshot(app)``:
-the agents' ``AgentStats`` counters, timer runs, and each consumer group's
-pending count and lag as Redis reports them. ``StreamMachineCollector``
+A worker's state is a *snapshot*: the app's ``AppStatus`` (engine/status.py:
+the agents' counters, timer runs, each group's pending count, lag and
+consumers as Redis reports them) as a plain dict, from ``snapshot(app)``. ``StreamMachineCollector``
 turns snapshots into metric families at scrape time; where they come from
 is a *source*:
 
@@ -24,14 +24,14 @@ calls, ``_sum`` seconds), ``group_pending``, ``group_lag``,
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import os
+import socket
 import time
 from pathlib import Path
-from typing import Callable, Iterable, List
-
-from streammachine.redis.inspect import fetch_groups
+from typing import Callable, List
 
 log = logging.getLogger("streammachine.headless.metrics")
 
@@ -47,50 +47,19 @@ _COUNTERS = (
 _AGENT_LABELS = ["app", "agent", "stream", "group", "worker"]
 
 
-async def group_states(client, pairs: Iterable[tuple]) -> List[dict]:
-    """Pending, lag and consumer count of each (stream, group) as XINFO GROUPS reports them."""
-    wanted = set(pairs)
-    groups = await fetch_groups(client, (stream for stream, _ in wanted))
-    return [
-        {"stream": stream, "group": group, **state}
-        for (stream, group), state in groups.items()
-        if (stream, group) in wanted
-    ]
-
-
 async def snapshot(app, worker: str = "0") -> dict:
-    """The app's counters and its groups' pending/lag, as one JSON-able dict."""
-    agents = []
-    for name, spec in app.agents.items():
-        stats = app.stats(name)
-        agents.append(
-            {
-                "agent": name,
-                "stream": spec.stream,
-                "group": spec.group,
-                **{key: getattr(stats, key) for key, _, _ in _COUNTERS},
-                "handler_seconds": stats.handler_seconds,
-            }
-        )
-    timers = [{"timer": name, "runs": spec.runs, "failures": spec.failures} for name, spec in app.timers.items()]
-    groups, redis_up = [], False
-    if app.state == "running":
-        try:
-            client = await app.redis.get_client()
-            groups = await group_states(client, {(a["stream"], a["group"]) for a in agents})
-            redis_up = True
-        except Exception as exc:  # an outage shows as redis_up 0, never as a failed scrape
-            log.debug("metrics: Redis unavailable: %s", exc)
+    """The app's status (engine/status.py) as one JSON-able dict, with the worker it comes from."""
+    try:
+        status = await app.status(strict=True)
+    except Exception as exc:  # an outage shows as redis_up 0, never as a failed scrape
+        log.debug("metrics: Redis unavailable: %s", exc)
+        status = app.status_now(redis_up=False)
     return {
+        **status.as_dict(),
         "worker": str(worker),
         "pid": os.getpid(),
-        "app": app.name,
         "time": time.time(),
         "grace_seconds": app.config.grace_seconds,
-        "agents": agents,
-        "timers": timers,
-        "groups": groups,
-        "redis_up": redis_up,
     }
 
 
@@ -171,17 +140,16 @@ class StreamMachineCollector:
         for snap in snapshots:
             worker, app_name = snap["worker"], snap.get("app", "")
             for agent in snap["agents"]:
-                labels = [app_name, agent["agent"], agent["stream"], agent["group"], worker]
+                labels = [app_name, agent["name"], agent["stream"], agent["group"], worker]
                 for key, _, _ in _COUNTERS:
                     counters[key].add_metric(labels, agent[key])
                 seconds.add_metric(labels, agent["processed"] + agent["failed"], agent["handler_seconds"])
+                pair = (agent["stream"], agent["group"])  # the freshest report of each group wins
+                if agent["pending"] is not None and (pair not in groups or snap["time"] > groups[pair][0]):
+                    groups[pair] = (snap["time"], agent)
             for timer in snap["timers"]:
-                runs.add_metric([app_name, timer["timer"], worker], timer["runs"])
-                timer_failures.add_metric([app_name, timer["timer"], worker], timer["failures"])
-            for group in snap["groups"]:  # the freshest report of each group wins
-                key = (group["stream"], group["group"])
-                if key not in groups or snap["time"] > groups[key][0]:
-                    groups[key] = (snap["time"], group)
+                runs.add_metric([app_name, timer["name"], worker], timer["runs"])
+                timer_failures.add_metric([app_name, timer["name"], worker], timer["failures"])
         for (stream, group_name), (_, group) in sorted(groups.items()):
             for family, field in ((pending, "pending"), (lag, "lag"), (consumers, "consumers")):
                 if group.get(field) is not None:
@@ -208,7 +176,25 @@ def serve_metrics(source: Callable[[], List[dict]], port: int, host: str = "127.
     except OSError as exc:
         raise OSError(f"--metrics-port {port}: cannot listen on {host}:{port} ({exc.strerror or exc})") from None
     log.info("metrics: serving Prometheus metrics on http://%s:%d/metrics", host, server.server_port)
+    if not is_loopback(host):
+        log.warning(
+            "metrics: --metrics-host %s is reachable from other hosts, and /metrics has no authentication "
+            "(it names your streams, groups and agents); keep the default 127.0.0.1, or put it behind a "
+            "firewall or an authenticating proxy",
+            host,
+        )
     return server
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback one ("", "0.0.0.0" and "::" mean every interface)."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host or None, None, proto=socket.IPPROTO_TCP)}
+    except (OSError, UnicodeError):
+        return False
+    if not host or not addresses:
+        return False
+    return all(ipaddress.ip_address(str(address).split("%", 1)[0]).is_loopback for address in addresses)
 
 
 def registry_for(source: Callable[[], List[dict]]):

@@ -48,7 +48,7 @@ _PASS_THROUGH_CELL_MAGICS = frozenset({"time", "capture", "prun"})
 # Line magics whose argument is a Python statement to keep.
 _STATEMENT_LINE_MAGICS = frozenset({"time"})
 # Bare calls at the top level of a cell that only draw something in a notebook.
-DISPLAY_ONLY_CALLS = frozenset({"display", "dashboard", "live_line", "live_candles"})
+DISPLAY_ONLY_CALLS = frozenset({"display", "dashboard", "live_line", "live_candles", "live_table"})
 _MAGIC_LINE = re.compile(r"^(\s*)(%|!(?!=))(.*)$")  # a line magic or shell escape (not a `!=` continuation)
 
 
@@ -202,8 +202,9 @@ def translate_cell(source: str) -> Optional[str]:
       chooses the App. Other line magics and shell escapes (``%load_ext``,
       ``%streammachine stop|send|status``, ``!pip install``) become ``pass``:
       the runner owns the app's lifecycle. ``%time stmt`` keeps ``stmt``.
-    - Top-level ``display(...)``, ``x.dashboard()``, ``live_line(...)`` and
-      ``live_candles(...)`` calls are dropped: they only draw in a notebook.
+    - Top-level ``display(...)``, ``x.dashboard()``, ``live_line(...)``,
+      ``live_candles(...)`` and ``live_table(...)`` calls are dropped: they
+      only draw in a notebook.
     """
     stripped = source.lstrip()
     if stripped.startswith("%%"):
@@ -250,7 +251,7 @@ def _drop_display_calls(source: str) -> str:
         return source
     lines = source.splitlines()
     for node in drop:
-        for lineno in range(node.lineno - 1, node.end_lineno):
+        for lineno in range(node.lineno - 1, node.end_lineno or node.lineno):
             lines[lineno] = ""
         lines[node.lineno - 1] = " " * node.col_offset + "pass"
     return "\n".join(lines)
@@ -265,9 +266,7 @@ async def run_notebook(path: Path) -> dict:
     namespace: dict = {"__name__": "__main__", "__file__": str(path.resolve()), "display": _display}
 
     async def start_app() -> None:
-        app = _cell_app(namespace, f"notebook {path.name!r}")
-        if app.state in ("idle", "stopped"):
-            await app.startup()
+        await _cell_app(namespace, f"notebook {path.name!r}").ensure_running()
 
     namespace[START_FUNCTION] = start_app
     if str(path.resolve().parent) not in sys.path:

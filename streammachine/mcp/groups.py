@@ -29,37 +29,34 @@ from streammachine.mcp.models import (
 )
 from streammachine.mcp.streams import entry_rows, require_stream, text
 from streammachine.mcp.tooling import ADD, OVERWRITE, READ, hints
+from streammachine.redis import inspect
 from streammachine.redis.entries import as_text, single_stream_entries
 
 DLQ = "_dlq_"
 ConsumerName = Annotated[str, Field(min_length=1, max_length=256, description="consumer name within the group")]
 
 
+def group_info(group: dict) -> GroupInfo:
+    """One group as ``redis.inspect.group_details`` reads it, as the tools return it."""
+    details = group.get("consumer_details")
+    lag = group.get("lag")
+    return GroupInfo(
+        name=group["name"],
+        consumers=int(group["consumers"]),
+        pending=int(group["pending"]),
+        lag=None if lag is None else int(lag),
+        last_delivered_id=group["last-delivered-id"],
+        consumer_details=None
+        if details is None
+        else [
+            ConsumerInfo(name=c["name"], pending=c["pending"], idle_ms=c["idle"], inactive_ms=c.get("inactive"))
+            for c in details
+        ],
+    )
+
+
 async def group_infos(client, stream: str, with_consumers: bool) -> List[GroupInfo]:
-    out = []
-    for raw in await client.xinfo_groups(stream):
-        group = {text(k): v for k, v in raw.items()}
-        name = text(group["name"])
-        details = None
-        if with_consumers:
-            details = [
-                ConsumerInfo(
-                    name=text(c["name"]), pending=c["pending"], idle_ms=c["idle"], inactive_ms=c.get("inactive")
-                )
-                for c in await client.xinfo_consumers(stream, name)
-            ]
-        lag = group.get("lag")
-        out.append(
-            GroupInfo(
-                name=name,
-                consumers=int(group["consumers"]),
-                pending=int(group["pending"]),
-                lag=None if lag is None else int(lag),
-                last_delivered_id=text(group["last-delivered-id"]),
-                consumer_details=details,
-            )
-        )
-    return out
+    return [group_info(g) for g in await inspect.group_details(client, stream, consumers=with_consumers)]
 
 
 async def require_group(client, stream: str, group: str) -> GroupInfo:

@@ -12,6 +12,7 @@ from pydantic import Field
 
 from streammachine._redact import redact_url
 from streammachine.mcp import guide
+from streammachine.redis.catalog import catalog_by_stream, read_catalog
 
 
 def config_view(state: Any) -> dict:
@@ -111,6 +112,16 @@ def register(server: MCPServer, state: Any) -> None:
     )
     async def status() -> str:
         return json.dumps(await status_view(state), indent=2, default=str)
+
+    @server.resource(
+        "streammachine://catalog",
+        name="catalog",
+        mime_type="application/json",
+        description="Stream catalog: per stream, the models its agents read and producers write, with JSON Schemas",
+    )
+    async def catalog() -> str:
+        entries = await read_catalog(await state.client())
+        return json.dumps({"streams": catalog_by_stream(entries)}, indent=2, default=str)
 
     @server.prompt(name="streammachine-guide")
     def streammachine_guide(

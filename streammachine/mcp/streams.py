@@ -10,11 +10,12 @@ from redis.exceptions import ResponseError
 
 from streammachine._speedups import decode_dict_bytes_to_utf8
 from streammachine.mcp.arguments import Cursor, StreamName, stream_id
-from streammachine.mcp.batch import send_batch_atomic
 from streammachine.mcp.limits import key_page, pack
 from streammachine.mcp.models import Entry, ReadResult, SendBatchResult, SendResult, StreamInfo, StreamList
 from streammachine.mcp.tooling import ADD, READ
+from streammachine.redis import inspect, producer
 from streammachine.redis.entries import as_text
+from streammachine.redis.transport import Transport
 
 MAX_BATCH = 10000
 
@@ -38,7 +39,7 @@ async def require_stream(client, stream: str) -> None:
 
 async def wrong_type(client, stream: str, exc: ResponseError) -> Exception:
     """A WRONGTYPE reply as the caller's problem (which key, which type); other errors as they are."""
-    if not str(exc).startswith("WRONGTYPE"):
+    if "WRONGTYPE" not in str(exc):  # the reply itself, or a BatchSendError quoting it
         return exc
     return ToolError(f"key {stream!r} is a Redis {as_text(await client.type(stream))}, not a stream")
 
@@ -95,7 +96,9 @@ def register(tool, state) -> None:
         """
         client = await state.client()
         try:
-            ids = await send_batch_atomic(client, ns.stream(stream), messages, maxlen=state.settings.stream_maxlen)
+            ids = await producer.send_batch(
+                Transport(client), ns.stream(stream), messages, maxlen=state.settings.stream_maxlen, atomic=True
+            )
         except ResponseError as exc:
             error = await wrong_type(client, stream, exc)
             raise (
@@ -147,21 +150,21 @@ def register(tool, state) -> None:
     @tool(title="Stream details", example={"stream": "events"}, **READ)
     async def stream_info(stream: StreamName) -> StreamInfo:
         """A stream's length, first/last ids, consumer groups (pending, lag) and its dead-letter stream's length."""
-        from streammachine.mcp.groups import group_infos
+        from streammachine.mcp.groups import group_info
 
         client = await state.client()
         await require_stream(client, ns.stream(stream))
-        raw = await client.xinfo_stream(stream)
-        first, last = raw.get("first-entry"), raw.get("last-entry")
-        dead = state.dead_letter_pattern.format(stream=stream)
+        info = await inspect.stream_info(
+            client, stream, dead_letter_stream=state.dead_letter_pattern.format(stream=stream)
+        )
         return StreamInfo(
             stream=stream,
-            length=raw["length"],
-            first_id=as_text(first[0]) if first else None,
-            last_id=as_text(last[0]) if last else None,
-            groups=await group_infos(client, stream, False),
-            dead_letter_stream=dead,
-            dead_letter_length=await client.xlen(dead),
+            length=info["length"],
+            first_id=info["first_id"],
+            last_id=info["last_id"],
+            groups=[group_info(g) for g in info["groups"]],
+            dead_letter_stream=info["dead_letter"]["stream"],
+            dead_letter_length=info["dead_letter"]["length"],
         )
 
     @tool(title="List streams", example={"pattern": "orders:*", "limit": 100}, **READ)

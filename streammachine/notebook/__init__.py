@@ -1,4 +1,4 @@
-"""StreamMachine in Jupyter: magics, live plotly views, the app dashboard.
+"""StreamMachine in Jupyter: magics, live plotly views, a live view of a stage's table, the app dashboard.
 
 Nothing here is imported by ``import streammachine``; the names below load
 their module (and plotly/ipywidgets/IPython) on first use.
@@ -12,6 +12,8 @@ _LAZY = {
     "live_line": "live",
     "LiveCandles": "candles",
     "live_candles": "candles",
+    "LiveTable": "tables",
+    "live_table": "tables",
     "Dashboard": "dashboard",
     "until": "waiting",
     "load_ipython_extension": "magics",

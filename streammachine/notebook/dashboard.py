@@ -17,8 +17,7 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 
 from streammachine.notebook.refresh import LiveView, check_positive
-from streammachine.notebook.status import status_frame, status_rows
-from streammachine.redis.inspect import fetch_groups
+from streammachine.notebook.status import status_frame
 
 
 class Dashboard(LiveView):
@@ -47,11 +46,7 @@ class Dashboard(LiveView):
         self.start()
 
     async def _poll(self) -> None:
-        groups = {}
-        if self.app.is_running:
-            client = await self.app.redis.get_client()
-            groups = await fetch_groups(client, [s.stream for s in self.app.agents.values()])
-        self.rows = status_rows(self.app, groups)
+        self.rows = (await self.app.status()).rows()
         self._polls += 1
         now = dt.datetime.now()
         for row in self.rows:
@@ -82,7 +77,7 @@ class Dashboard(LiveView):
             f"{html.escape(app.redis.safe_url)} &middot; {len(app.agents)} agents, {len(app.timers)} timers"
         )
         if self.rows:
-            frame = status_frame(self.rows).drop(columns=["state"])
+            frame = status_frame(self.rows)
             self.table.value = frame.to_html(na_rep="", border=0, classes="streammachine-status")
         else:
             self.table.value = "<i>no agents or timers registered</i>"

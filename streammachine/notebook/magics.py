@@ -3,11 +3,15 @@
 Line magic (the App is found in the notebook's namespace, or chosen with ``use``)::
 
     %streammachine start | stop | status | dashboard | server
+    %streammachine status --all | stop --all    (every App in this kernel)
     %streammachine send STREAM key=value ...
     %streammachine tail STREAM [-n N]
     %streammachine info STREAM
     %streammachine remove NAME
     %streammachine use VARIABLE
+    %streammachine group list STREAM
+    %streammachine group reset STREAM GROUP --to start|end|ID|TIME --yes [--drop-pending]
+    %streammachine group delete STREAM GROUP --yes
 
 Cell magic (the cell body is the handler; ``await`` works in it)::
 
@@ -23,15 +27,19 @@ use a synchronous client.
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Dict, Optional
+from functools import partial
+from typing import Any, Callable, Dict, List, Optional
 
+import pandas as pd
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from streammachine import console as commands
-from streammachine.app import App
+from streammachine.app import App, running_apps
 from streammachine.cells import MagicArgumentError, RaisingParser, cell_parser, cell_registration
-from streammachine.notebook.status import status_frame, status_rows
+from streammachine.engine.lifecycle import Transition
+from streammachine.notebook.status import status_frame
+from streammachine.redis import positions
 from streammachine.redis.inspect import fetch_groups_sync
 
 USAGE = __doc__.split("\n\n", 1)[1].rsplit("\n\n", 1)[0]
@@ -40,8 +48,10 @@ USAGE = __doc__.split("\n\n", 1)[1].rsplit("\n\n", 1)[0]
 def _line_parser() -> RaisingParser:
     parser = RaisingParser(prog="%streammachine", add_help=False)
     commands_ = parser.add_subparsers(dest="command", parser_class=RaisingParser)
-    for name in ("start", "stop", "status", "dashboard", "server", "help"):
+    for name in ("start", "dashboard", "server", "help"):
         commands_.add_parser(name, add_help=False)
+    for name in ("stop", "status"):
+        commands_.add_parser(name, add_help=False).add_argument("--all", action="store_true")
     send = commands_.add_parser("send", add_help=False)
     send.add_argument("stream")
     send.add_argument("fields", nargs="+", metavar="key=value")
@@ -51,6 +61,13 @@ def _line_parser() -> RaisingParser:
     commands_.add_parser("info", add_help=False).add_argument("stream")
     commands_.add_parser("remove", add_help=False).add_argument("name")
     commands_.add_parser("use", add_help=False).add_argument("variable")
+    group = commands_.add_parser("group", add_help=False)
+    group.add_argument("action", choices=("list", "reset", "delete"))
+    group.add_argument("stream")
+    group.add_argument("group", nargs="?")
+    group.add_argument("--to")
+    group.add_argument("--drop-pending", action="store_true")
+    group.add_argument("--yes", action="store_true")
     return parser
 
 
@@ -59,6 +76,8 @@ _cell_parser = cell_parser  # the headless runner (targets.py) imports it from h
 
 @magics_class
 class StreamMachineMagics(Magics):
+    shell: Any  # the InteractiveShell (set by Magics.__init__; never None once the extension is loaded)
+
     def __init__(self, shell) -> None:
         super().__init__(shell)
         self._app_variable: Optional[str] = None
@@ -122,9 +141,6 @@ class StreamMachineMagics(Magics):
 
     def _cmd_start(self, args):
         app = self.app()
-        if app.state in ("starting", "running"):
-            print(f"streammachine: app {app.name!r} is already {app.state}")
-            return
         try:
             asyncio.get_running_loop()
         except RuntimeError:  # App.start() would block here as the headless runner does
@@ -132,27 +148,37 @@ class StreamMachineMagics(Magics):
                 "%streammachine start needs a running event loop (a Jupyter kernel); "
                 "elsewhere use app.start() in a script or `await app.run()`"
             ) from None
-        task = app.start()
+        transition = app.start()
+        if transition.note:
+            print(f"streammachine: app {app.name!r} is {transition.note}")
+            return
         print(f"streammachine: starting app {app.name!r} ({len(app.agents)} agents, {len(app.timers)} timers)")
-        task.add_done_callback(lambda t: _report(t, f"app {app.name!r} running on {app.redis.safe_url}"))
+        transition.add_done_callback(lambda t: _report(t, f"app {app.name!r} running on {app.redis.safe_url}"))
 
     def _cmd_stop(self, args):
-        app = self.app()
-        stopping = app.stop()
-        if stopping is None:
-            print(f"streammachine: app {app.name!r} is not running ({app.state})")
-            return
-        print(f"streammachine: stopping app {app.name!r}")
-        if isinstance(stopping, asyncio.Future):
-            stopping.add_done_callback(lambda t: _report(t, f"app {app.name!r} stopped"))
+        apps = running_apps() if args.all else [self.app()]
+        if not apps:
+            print("streammachine: no app is running in this kernel")
+        for app in apps:
+            transition = app.stop()
+            if transition.note:
+                print(f"streammachine: app {app.name!r} is {transition.note}")
+                continue
+            print(f"streammachine: stopping app {app.name!r}")
+            transition.add_done_callback(partial(_report, success=f"app {app.name!r} stopped"))
 
     def _cmd_status(self, args):
-        app = self.app()
+        if args.all:
+            return status_frame([row for app in running_apps() for row in self._status_rows(app, with_app=True)])
+        return status_frame(self._status_rows(self.app()))
+
+    def _status_rows(self, app: App, with_app: bool = False) -> List[dict]:
         groups = {}
         if app.redis.url is not None:  # never start a server just to show a table
             streams = [spec.stream for spec in app.agents.values()]
             groups = fetch_groups_sync(self._client(app), streams)
-        return status_frame(status_rows(app, groups))
+        rows = app.status_now(groups).rows()
+        return [dict(row, app=app.name) for row in rows] if with_app else rows
 
     def _cmd_dashboard(self, args):
         return self.app().dashboard()  # shown as the cell's result; `d = %streammachine dashboard` keeps it
@@ -163,7 +189,7 @@ class StreamMachineMagics(Magics):
     def _cmd_send(self, args):
         app = self.app()
         try:
-            return commands.send(self._client(app), args.stream, args.fields)
+            return commands.send(self._client(app), args.stream, args.fields, maxlen=app.config.stream_maxlen)
         except (TypeError, ValueError) as exc:
             raise UsageError(f"%streammachine send: {exc}") from None
 
@@ -177,6 +203,28 @@ class StreamMachineMagics(Magics):
             return commands.info(self._client(self.app()), args.stream)
         except KeyError as exc:
             raise UsageError(f"%streammachine info: {exc.args[0]}") from None
+
+    def _cmd_group(self, args):
+        """Consumer groups (streammachine.redis.positions); reset and delete need --yes (a cell cannot be asked)."""
+        client = self._client(self.app())
+        try:
+            if args.action == "list":
+                return pd.DataFrame(positions.list_groups_sync(client, args.stream))
+            if not args.group or (args.action == "reset" and not args.to):
+                raise UsageError(
+                    f"%streammachine group {args.action}: expected STREAM GROUP"
+                    + " --to POS" * (args.action == "reset")
+                )
+            if not args.yes:
+                raise UsageError(f"%streammachine group {args.action} changes where {args.group!r} reads: add --yes")
+            if args.action == "reset":
+                return positions.reset_group_sync(
+                    client, args.stream, args.group, args.to, drop_pending=args.drop_pending
+                )
+            positions.delete_group_sync(client, args.stream, args.group)
+            print(f"streammachine: group {args.group!r} of {args.stream!r} deleted")
+        except (KeyError, ValueError) as exc:
+            raise UsageError(f"%streammachine group {args.action}: {exc.args[0] if exc.args else exc}") from None
 
     def _cmd_remove(self, args):
         app = self.app()
@@ -226,12 +274,14 @@ async def _register_when_started(app: App, register: Callable[[], None], what: s
         print(f"streammachine: {what} registered")
 
 
-def _report(task: asyncio.Future, success: str) -> None:
-    if task.cancelled():
+def _report(transition: Transition, success: str) -> None:
+    try:
+        error = transition.exception()
+    except BaseException:  # cancelled
         print(f"streammachine: cancelled before: {success}")
-    elif task.exception() is not None:
-        exc = task.exception()
-        print(f"streammachine: failed: {type(exc).__name__}: {exc}")
+        return
+    if error is not None:
+        print(f"streammachine: failed: {type(error).__name__}: {error}")
     else:
         print(f"streammachine: {success}")
 

@@ -15,20 +15,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Hashable, Optional
+from typing import Any, Hashable, Optional, TypeVar
+
+from streammachine._validate import check_positive
 
 log = logging.getLogger("streammachine.notebook")
 
 MAX_FPS = 60.0
 _NEVER = object()
-
-
-def check_positive(name: str, value: Any, *, maximum: Optional[float] = None) -> None:
-    """Reject a bad knob with a message naming it (bools are not numbers here)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name}={value!r}: expected a number > 0")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name}={value!r}: expected at most {maximum}")
+_View = TypeVar("_View", bound="LiveView")
 
 
 def close_tree(widget: Any) -> None:
@@ -96,7 +91,7 @@ class LiveView:
         self.frames += 1
         return True
 
-    def start(self) -> LiveView:
+    def start(self: _View) -> _View:
         """Start the refresh task on the running loop (done by the ``live_*`` helpers)."""
         if self._task is not None and not self._task.done():
             return self

@@ -18,7 +18,7 @@ holding millions of them costs no GC passes.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -51,7 +51,7 @@ class _Symbol:
 
     def __init__(self, name: str, interval_count: int) -> None:
         self.name = name
-        self.pending: List[tuple] = []
+        self.pending: List[float] = []  # flat: price, volume, timestamp (an int), price, ...
         self.latest_ts: Optional[int] = None
         self.series = [_Series() for _ in range(interval_count)]
 
@@ -75,7 +75,7 @@ class OHLCCore:
     # -- counters and lookups ------------------------------------------------
 
     @property
-    def intervals(self) -> tuple:
+    def intervals(self) -> Tuple[int, ...]:
         return self._intervals
 
     @property
@@ -150,14 +150,18 @@ class OHLCCore:
     ) -> int:
         """Take ticks from a read reply (RESP2/RESP3) or a list of (id, fields); time is the id's ms.
 
-        Bad rows are skipped and counted in ``rejected``; returns the number taken.
+        A tick without ``symbol_field`` belongs to its stream (``ticks:AAPL``
+        gives the symbol ``ticks:AAPL``; a bare list of entries has no stream
+        name, so such a tick is rejected); one without ``volume_field`` has
+        volume 0. Bad rows are skipped and counted in ``rejected``; returns the
+        number taken.
         """
         price_str, price_bytes = both_spellings(price_field)
         volume_str, volume_bytes = both_spellings(volume_field)
         symbol_str, symbol_bytes = both_spellings(symbol_field)
         taken = rejected = 0
         known, find = self._symbols.get, self._find_or_create
-        for _, batch in iter_stream_batches(entries):
+        for stream, batch in iter_stream_batches(entries):
             for entry in batch:
                 # one inlined pass per entry: this loop is the Python core's consumer hot path
                 if not isinstance(entry, (tuple, list)) or len(entry) != 2:
@@ -177,9 +181,13 @@ class OHLCCore:
                     raw = fields.get(price_bytes)
                     price = float(fields.get(price_str) if raw is None else raw)
                     raw = fields.get(volume_bytes)
-                    volume = float(fields.get(volume_str) if raw is None else raw)
+                    if raw is None:
+                        raw = fields.get(volume_str)
+                    volume = 0.0 if raw is None else float(raw)
                     raw = fields.get(symbol_bytes)
-                    raw_symbol = fields.get(symbol_str) if raw is None else raw
+                    if raw is None:
+                        raw = fields.get(symbol_str)
+                    raw_symbol = stream if raw is None else raw
                     # symbols are created only for otherwise valid ticks, as the compiled core does
                     valid = price - price == 0.0 and volume >= 0.0 and volume - volume == 0.0
                     state = (known(raw_symbol) or find(raw_symbol)) if valid else None
@@ -245,7 +253,7 @@ class OHLCCore:
                         uniques.append(value)
                     codes[i] = seen[value]
         states = [self._find_or_create(value) for value in uniques]
-        first_index = {}
+        first_index: Dict[int, int] = {}
         for i, state in enumerate(states):
             if state is not None:
                 first_index.setdefault(id(state), i)  # b"X" and "X" are one symbol: one index

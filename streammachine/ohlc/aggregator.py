@@ -6,9 +6,13 @@ Semantics, identical in both cores:
   starting at ``ts - ts % interval``.
 - ``open`` is the earliest tick by timestamp and ``close`` the latest (not by
   arrival); ties go by arrival order (first arrival opens, last closes).
-- A candle is complete once it ended at or before the symbol's latest tick
-  (``start + interval <= latest``), or before ``as_of_ms`` when given (a
-  wall clock, so a quiet symbol's candle completes too).
+- The clock is data time: a candle is complete once it ended at or before
+  the symbol's latest tick (``start + interval <= latest``), so a replay of
+  history completes the same candles the live run did. For a quiet symbol
+  (no later tick comes) pass a wall clock: ``as_of_ms`` moves the horizon
+  forward to it (never back). Upstream's positional ``before_timestamp`` is
+  an explicit horizon instead: exactly the candles that ended at or before
+  it, whatever the latest tick.
 - ``flush_interval`` removes the completed candles and seals that time: a
   later tick for it counts in ``late_ticks`` and is dropped for that
   interval, so a flushed candle is never emitted twice.
@@ -21,31 +25,78 @@ Semantics, identical in both cores:
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Type, TypeVar
 
 from streammachine.ohlc import snapshot as _snapshot
 from streammachine.ohlc._core_py import OHLCCore as _PythonCore
 from streammachine.ohlc.candle import Candle
 from streammachine.ohlc.ticks import completion_cut
 
+_Aggregator = TypeVar("_Aggregator", bound="OHLCMethods")
+
 
 class OHLCMethods:
-    """The read side, written once over a core's ``_rows``/``_flush``/``latest_timestamp``."""
+    """The read side, written once over a core's ``_rows``/``_flush``/``latest_timestamp``.
+
+    It is also the type of every FastOHLC: the core members below are
+    declared for the type checker only (at run time they come from the
+    compiled or the Python core this class is mixed with).
+    """
 
     __slots__ = ()
+
+    if TYPE_CHECKING:
+        compiled: bool
+
+        def __init__(self, intervals: Any = None) -> None: ...
+        def clear(self) -> None: ...
+        @property
+        def intervals(self) -> Tuple[int, ...]: ...
+        @property
+        def tick_count(self) -> int: ...
+        @property
+        def late_ticks(self) -> int: ...
+        @property
+        def rejected(self) -> int: ...
+        @property
+        def symbols(self) -> List[str]: ...
+        def latest_timestamp(self, symbol: Any) -> Optional[int]: ...
+        def update_tick(self, symbol: Any, price: Any, volume: Any, timestamp_ms: Any) -> None: ...
+        def process_stream_batch(
+            self, entries: Any, price_field: str = ..., volume_field: str = ..., symbol_field: str = ...
+        ) -> int: ...
+        def update_arrays(self, symbols: Any, prices: Any, volumes: Any, timestamps_ms: Any) -> int: ...
+        def _rows(self, symbol: Any, index: int, before: Optional[int]) -> list: ...
+        def _flush(self, symbol: Any, index: int, before: int) -> list: ...
+        def _export(self) -> list: ...
+        def _load(self, symbols: list, ticks: int, late: int, rejected: int) -> None: ...
 
     def get_candles(self, symbol: Any, interval: int) -> List[Candle]:
         """Every candle held for ``symbol`` and ``interval``, oldest first (the last may be in progress)."""
         return [Candle(*row) for row in self._rows(symbol, self._interval_index(interval), None)]
 
-    def get_completed_candles(self, symbol: Any, interval: int, *, as_of_ms: Optional[int] = None) -> List[Candle]:
-        """The candles that are complete (ready to emit), oldest first."""
-        index, cut = self._completion(symbol, interval, as_of_ms)
+    def get_completed_candles(
+        self,
+        symbol: Any,
+        interval: int,
+        before_timestamp: Optional[int] = None,
+        *,
+        as_of_ms: Optional[int] = None,
+    ) -> List[Candle]:
+        """The candles that are complete (ready to emit), oldest first; the clock is in the module docstring."""
+        index, cut = self._completion(symbol, interval, as_of_ms, before_timestamp)
         return [] if cut is None else [Candle(*row) for row in self._rows(symbol, index, cut)]
 
-    def flush_interval(self, symbol: Any, interval: int, *, as_of_ms: Optional[int] = None) -> List[Candle]:
+    def flush_interval(
+        self,
+        symbol: Any,
+        interval: int,
+        before_timestamp: Optional[int] = None,
+        *,
+        as_of_ms: Optional[int] = None,
+    ) -> List[Candle]:
         """Remove the completed candles (and seal their time); returns them, oldest first."""
-        index, cut = self._completion(symbol, interval, as_of_ms)
+        index, cut = self._completion(symbol, interval, as_of_ms, before_timestamp)
         return [] if cut is None else [Candle(*row) for row in self._flush(symbol, index, cut)]
 
     def get_candles_as_dicts(self, symbol: Any, interval: int) -> List[Dict[str, Any]]:
@@ -64,7 +115,7 @@ class OHLCMethods:
         self._load(*_snapshot.parse(snapshot, self.intervals))
 
     @classmethod
-    def from_snapshot(cls, snapshot: Any):
+    def from_snapshot(cls: Type[_Aggregator], snapshot: Any) -> _Aggregator:
         """A new aggregator (of this class) holding ``snapshot``'s state, with its intervals."""
         if isinstance(snapshot, (str, bytes, bytearray, memoryview)):
             snapshot = _snapshot.parse_json(snapshot)
@@ -83,10 +134,11 @@ class OHLCMethods:
             "rejected": self.rejected,
         }
 
-    def _completion(self, symbol: Any, interval: Any, as_of_ms: Any):
+    def _completion(self, symbol: Any, interval: Any, as_of_ms: Any, before_timestamp: Any = None):
         """(interval index, start before which candles are complete or None)."""
         index = self._interval_index(interval)
-        return index, completion_cut(self.latest_timestamp(symbol), self.intervals[index], as_of_ms)
+        latest = self.latest_timestamp(symbol)
+        return index, completion_cut(latest, self.intervals[index], as_of_ms, before_timestamp)
 
     def _interval_index(self, interval: Any) -> int:
         try:
@@ -110,20 +162,21 @@ class PythonFastOHLC(_PythonCore, OHLCMethods):
     compiled = False
 
 
+CythonFastOHLC: Optional[Type[OHLCMethods]]
 try:
     from streammachine._speedups._ohlc import OHLCCore as _CompiledCore
 except ImportError:  # not built: the Python core serves
     CythonFastOHLC = None
 else:
 
-    class CythonFastOHLC(_CompiledCore, OHLCMethods):
+    class CythonFastOHLC(_CompiledCore, OHLCMethods):  # type: ignore[no-redef]  # the class, or None above
         """FastOHLC on the compiled core."""
 
         __slots__ = ()
         compiled = True
 
 
-def choose_implementation(pure_python: bool = False):
+def choose_implementation(pure_python: bool = False) -> Type[OHLCMethods]:
     """The compiled class when built and not declined, else the Python one."""
     if CythonFastOHLC is not None and not pure_python:
         return CythonFastOHLC

@@ -79,7 +79,9 @@ def parse(snapshot: Any, intervals: tuple) -> Tuple[list, int, int, int]:
         raise ValueError(
             f"OHLC snapshot: intervals {snapshot.get('intervals')!r} differ from this aggregator's {list(intervals)}"
         )
-    counters = [_count(snapshot.get(key), key) for key in ("tick_count", "late_ticks", "rejected")]
+    tick_count, late_ticks, rejected = (
+        _count(snapshot.get(key), key) for key in ("tick_count", "late_ticks", "rejected")
+    )
     raw_symbols = snapshot.get("symbols")
     if not isinstance(raw_symbols, list):
         raise ValueError("OHLC snapshot: 'symbols' must be a list")
@@ -96,7 +98,7 @@ def parse(snapshot: Any, intervals: tuple) -> Tuple[list, int, int, int]:
         if not isinstance(series, list) or len(series) != len(intervals):
             raise ValueError(f"OHLC snapshot: {name}: expected {len(intervals)} series, one per interval")
         symbols.append((name, latest, [_series(s, interval, name) for s, interval in zip(series, intervals)]))
-    return (symbols, *counters)
+    return symbols, tick_count, late_ticks, rejected
 
 
 def parse_json(text: Any) -> Any:
@@ -111,13 +113,14 @@ def _series(series: Any, interval: int, name: str) -> Tuple[Optional[int], List[
     if not isinstance(series, dict) or not isinstance(series.get("candles"), list):
         raise ValueError(f"OHLC snapshot: {where}: expected {{'watermark': ..., 'candles': [...]}}")
     watermark = _stamp_or_none(series.get("watermark"), f"{where}: watermark")
-    rows, previous = [], None
+    rows: List[Row] = []
+    previous = None
     for raw in series["candles"]:
         if not isinstance(raw, (list, tuple)) or len(raw) != 9:
             raise ValueError(f"OHLC snapshot: {where}: bad candle {_short(raw)}")
         start, first_ts, last_ts = (_count(raw[i], f"{where}: candle time") for i in (0, 7, 8))
         count = _count(raw[6], f"{where}: trade_count")
-        prices = [_number(raw[i], f"{where}: price") for i in range(1, 5)]
+        open_price, high, low, close = (_number(raw[i], f"{where}: price") for i in range(1, 5))
         volume = _number(raw[5], f"{where}: volume", finite=False)
         if (
             start % interval
@@ -125,11 +128,11 @@ def _series(series: Any, interval: int, name: str) -> Tuple[Optional[int], List[
             or count < 1
             or not start <= first_ts <= last_ts < start + interval
             or (watermark is not None and start < watermark)
-            or not all(math.isfinite(p) for p in prices)
+            or not all(math.isfinite(p) for p in (open_price, high, low, close))
         ):
             raise ValueError(f"OHLC snapshot: {where}: inconsistent candle {_short(raw)}")
         previous = start
-        rows.append((start, *prices, volume, count, first_ts, last_ts))
+        rows.append((start, open_price, high, low, close, volume, count, first_ts, last_ts))
     return watermark, rows
 
 

@@ -13,6 +13,7 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
+from streammachine._validate import check_positive
 from streammachine.redis.entries import MAX_TIMESTAMP_MS, _short
 
 DEFAULT_INTERVALS = (60_000, 300_000)
@@ -34,9 +35,15 @@ def normalise_intervals(intervals: Any) -> Tuple[int, ...]:
         raise ValueError("intervals=[]: expected at least one candle length in ms, e.g. [60000]")
     checked = set()
     for value in values:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 < value <= MAX_TIMESTAMP_MS:
-            raise ValueError(f"interval {_short(value)}: expected a positive integer number of milliseconds")
-        checked.add(int(value))
+        checked.add(
+            check_positive(
+                "interval",
+                value,
+                integer=True,
+                maximum=MAX_TIMESTAMP_MS,
+                expected="a positive integer number of milliseconds",
+            )
+        )
     return tuple(sorted(checked))
 
 
@@ -118,12 +125,24 @@ def parse_field_number(raw: Any) -> Optional[float]:
         return None
 
 
-def completion_cut(latest_ms: Optional[int], interval_ms: int, as_of_ms: Any = None) -> Optional[int]:
+def completion_cut(
+    latest_ms: Optional[int], interval_ms: int, as_of_ms: Any = None, before_timestamp: Any = None
+) -> Optional[int]:
     """Candles starting before this are complete: they ended at or before the horizon.
 
     The horizon is the symbol's latest tick time, or ``as_of_ms`` when later
-    (a wall clock, so a quiet symbol's candle completes too).
+    (a wall clock, so a quiet symbol's candle completes too), or exactly
+    ``before_timestamp`` when given (upstream's explicit horizon). None: the
+    symbol has no tick yet and no horizon was given.
     """
+    if before_timestamp is not None:
+        if as_of_ms is not None:
+            raise ValueError(
+                f"before_timestamp={_short(before_timestamp)} and as_of_ms={_short(as_of_ms)}: pass one horizon, "
+                "not both (before_timestamp: exactly that time; as_of_ms: the latest tick or that time, if later)"
+            )
+        cut = coerce_timestamp(before_timestamp, "before_timestamp")
+        return cut - cut % interval_ms
     horizon = latest_ms
     if as_of_ms is not None:
         as_of = coerce_timestamp(as_of_ms, "as_of_ms")
@@ -148,9 +167,8 @@ def prepare_tick_arrays(symbols: Any, prices: Any, volumes: Any, timestamps_ms: 
     count = len(prices_f)
     volumes_f, volumes_ok = _float_column(volumes, "volumes")
     stamps, stamps_ok = _timestamp_column(timestamps_ms)
-    if isinstance(symbols, (str, bytes)):
-        symbol_column = symbols
-    else:
+    symbol_column: Any = symbols
+    if not isinstance(symbols, (str, bytes)):
         symbol_column = np.asarray(symbols, dtype=object)
         if symbol_column.ndim != 1:
             raise ValueError(

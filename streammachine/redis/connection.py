@@ -1,30 +1,33 @@
-"""RedisConnection: where to connect, the client pool, pipelined XADD."""
+"""RedisConnection: where to connect, the client pool and its transport; XADD through ``producer``."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from typing import TYPE_CHECKING, Any, AsyncIterator, List, Mapping, Optional, Sequence
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from streammachine._redact import redact_url
-from streammachine.config import Settings
-from streammachine.embedded import default_url
-from streammachine.redis.entries import single_stream_entries
-from streammachine.redis.records import encode_record, find_unencodable
-from streammachine.redis.resp import direct_pool, encode_commands, round_trip
+from streammachine._redact import redact_url, scrub
+from streammachine.config import BadRedisURL, Settings, check_redis_url
+from streammachine.embedded import default_url, ping, read_runtime_file, recover_shared_server, url_address
+from streammachine.redis import producer
+from streammachine.redis.entries import as_text, single_stream_entries
+from streammachine.redis.transport import Transport
 
 if TYPE_CHECKING:
     from streammachine.message import Message
 
 log = logging.getLogger("streammachine.redis.connection")
 
-# Pipelines are sent in slices so a huge send_batch never builds one giant
-# request buffer in memory.
-PIPELINE_CHUNK = 5000
+
+# The embedded server a connection found through the fallback is pinged this often; after this many silent
+# pings in a row, recover() runs (a stall of a few seconds is ridden out without it).
+EMBEDDED_WATCH_SECONDS = 1.0
+EMBEDDED_WATCH_MISSES = 3
 
 
 def explicit_url(settings: Settings, *, url=None, host=None, port=None, db=None) -> Optional[str]:
@@ -45,19 +48,65 @@ def resolve_url(settings: Settings, **explicit: Any) -> str:
     return explicit_url(settings, **explicit) or default_url(settings.home, embedded=settings.embedded)
 
 
-def make_client(url: str, *, max_connections: int, cluster: bool = False, **kwargs: Any):
-    """A redis.asyncio client for ``url`` (a RedisCluster for redis+cluster:// or cluster=True)."""
-    if cluster or url.startswith(("redis+cluster://", "rediss+cluster://")):
-        from redis.asyncio.cluster import RedisCluster
+def _keepalive_options() -> dict:
+    """Probe an idle connection after 30 s, every 10 s, give up after 3 misses (where the platform has the knobs)."""
+    wanted = {"TCP_KEEPIDLE": 30, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 3}
+    return {getattr(socket, name): value for name, value in wanted.items() if hasattr(socket, name)}
 
-        plain = url.replace("+cluster", "", 1)
-        return RedisCluster.from_url(plain, max_connections=max_connections, **kwargs)
-    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30, **kwargs)
+
+# Set explicitly, whatever the redis-py version's defaults (5.x has no timeouts at all: a server that stops
+# answering would hang a send forever). Callers override them (a consumer's socket_timeout exceeds its BLOCK).
+CLIENT_DEFAULTS = {
+    "socket_connect_timeout": 5.0,
+    "socket_timeout": 10.0,
+    "socket_keepalive": True,
+    "socket_keepalive_options": _keepalive_options(),
+}
+
+
+def make_client(url: str, *, max_connections: int, cluster: bool = False, **kwargs: Any):
+    """A redis.asyncio client for ``url`` (a RedisCluster for redis+cluster:// or cluster=True).
+
+    A URL that does not parse raises BadRedisURL (password hidden).
+    """
+    check_redis_url(url)
+    defaults = CLIENT_DEFAULTS
+    if url.startswith("unix://"):  # no TCP there, and its connection class takes no keepalive options
+        defaults = {k: v for k, v in defaults.items() if not k.startswith("socket_keepalive")}
+    kwargs = {**defaults, **kwargs}
+    try:
+        if cluster or url.startswith(("redis+cluster://", "rediss+cluster://")):
+            from redis.asyncio.cluster import RedisCluster
+
+            plain = url.replace("+cluster", "", 1)
+            return RedisCluster.from_url(plain, max_connections=max_connections, **kwargs)
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30, **kwargs)
+    except ValueError as exc:  # e.g. a query argument redis-py cannot parse
+        raise BadRedisURL(f"bad Redis URL {redact_url(url)}: {scrub(str(exc), [url])}") from None
     return aioredis.Redis.from_pool(pool)  # the client owns its pool: aclose() disconnects it too
 
 
+async def async_client(target: Any):
+    """The redis.asyncio client behind an App, a RedisConnection, or a client itself (helpers that accept any)."""
+    connection = getattr(target, "redis", target)  # an App's RedisConnection
+    if hasattr(connection, "get_client"):
+        return await connection.get_client()
+    return connection
+
+
 async def ensure_group(client, stream: str, group: str, start_id: str = "$") -> bool:
-    """Create the consumer group (and the stream); True if it was created."""
+    """Create the consumer group (and the stream) unless it exists; True if it was created.
+
+    It looks first (XINFO GROUPS): XGROUP CREATE ... MKSTREAM is refused at
+    maxmemory (it may allocate), and a consumer reconnecting to a full server
+    must still be able to read and ack what is there.
+    """
+    try:
+        if any(as_text(g["name"]) == group for g in await client.xinfo_groups(stream)):
+            return False
+    except ResponseError as exc:
+        if "no such key" not in str(exc).lower():
+            raise
     try:
         await client.xgroup_create(stream, group, id=start_id, mkstream=True)
         return True
@@ -65,32 +114,6 @@ async def ensure_group(client, stream: str, group: str, start_id: str = "$") -> 
         if "BUSYGROUP" in str(exc):
             return False
         raise
-
-
-async def _xadd_chunks(pool, topic: str, encoded: List[Mapping], maxlen: Optional[int]) -> List[str]:
-    """``pipeline_xadd`` on a plain client: XADDs in RESP written straight to a pooled connection, chunk by chunk.
-
-    Every chunk is encoded before the first is written, so a string that is
-    not valid UTF-8 (named in the error) leaves the batch unsent.
-    """
-    head = ("XADD", topic, "MAXLEN", "~", maxlen, "*") if maxlen is not None else ("XADD", topic, "*")
-    encoder = pool.get_encoder()
-    chunks = []
-    try:
-        for start in range(0, len(encoded), PIPELINE_CHUNK):
-            commands = []
-            for fields in encoded[start : start + PIPELINE_CHUNK]:
-                args = list(head)
-                for pair in fields.items():
-                    args += pair
-                commands.append(args)
-            chunks.append((encode_commands(commands, encoder), len(commands)))
-    except UnicodeEncodeError:
-        raise find_unencodable(topic, encoded) or ValueError(f"stream {topic!r}: a field is not valid UTF-8") from None
-    ids: List[str] = []
-    for payload, count in chunks:
-        ids.extend(i.decode() if type(i) is bytes else i for i in await round_trip(pool, payload, count))
-    return ids
 
 
 class RedisConnection:
@@ -111,12 +134,15 @@ class RedisConnection:
         *,
         settings: Optional[Settings] = None,
     ) -> None:
-        self.settings = settings or Settings.from_env()
+        self.settings = settings or Settings.current()
         self.max_connections = max_connections or self.settings.max_connections
         self._explicit = dict(url=url, host=host, port=port, db=db)
         self.url: Optional[str] = explicit_url(self.settings, **self._explicit)
         self._client = None
+        self._transport: Optional[Transport] = None
         self._lock: Optional[asyncio.Lock] = None
+        self.embedded = False  # the URL is the per-user embedded server's, found through the fallback
+        self._watchdog: Optional[asyncio.Task] = None
 
     @property
     def configured(self) -> bool:
@@ -132,8 +158,50 @@ class RedisConnection:
 
     async def resolve(self) -> str:
         if self.url is None:
-            self.url = await asyncio.to_thread(resolve_url, self.settings, **self._explicit)
+            url = await asyncio.to_thread(resolve_url, self.settings, **self._explicit)
+            info = read_runtime_file(self.settings.home)
+            self.embedded = bool(info and info["url"] == url)
+            self.url = url
         return self.url
+
+    async def recover(self) -> Optional[str]:
+        """The hook for repeated connection failures: a new URL to reconnect to, or None (keep retrying).
+
+        Only for the embedded server found through the fallback: the runtime
+        file is read again (the server may have been started elsewhere, on
+        another port), and a server this process started that died is started
+        again on the same port and password. When the URL changed, the pooled
+        client follows it; clients made earlier with ``new_client()`` must be
+        replaced by the caller.
+        """
+        if not self.embedded or self.url is None:
+            return None
+        moved = await asyncio.to_thread(recover_shared_server, self.settings.home, self.url)
+        if moved is None or moved == self.url:
+            return None
+        log.warning("the embedded server moved to %s; reconnecting there", redact_url(moved))
+        self.url = moved
+        old, self._client = self._client, None
+        if old is not None:
+            await old.aclose()
+        return moved
+
+    async def _watch_embedded(self) -> None:
+        """Keep the embedded server this connection uses reachable: after a few seconds of silence, recover()."""
+        misses = 0
+        while True:
+            await asyncio.sleep(EMBEDDED_WATCH_SECONDS)
+            host, port, password = url_address(self.url or "")
+            if port is not None and await ping(host, port, password):
+                misses = 0
+                continue
+            misses += 1
+            if misses >= EMBEDDED_WATCH_MISSES:
+                misses = 0
+                try:
+                    await self.recover()
+                except Exception as exc:  # a failed restart is retried at the next misses, never fatal
+                    log.error("could not restart the embedded server: %s", exc)
 
     async def get_client(self):
         """The connected client (created on first use)."""
@@ -146,6 +214,10 @@ class RedisConnection:
                     self._client = make_client(
                         url, max_connections=self.max_connections, cluster=self.settings.redis_cluster
                     )
+                    if self.embedded and self._watchdog is None:
+                        self._watchdog = asyncio.get_running_loop().create_task(
+                            self._watch_embedded(), name="streammachine:embedded-watchdog"
+                        )
         return self._client
 
     def new_client(self, *, max_connections: int = 2, **kwargs: Any):
@@ -154,60 +226,79 @@ class RedisConnection:
             raise RuntimeError("RedisConnection.resolve() must run first")
         return make_client(self.url, max_connections=max_connections, cluster=self.is_cluster, **kwargs)
 
+    async def transport(self) -> Transport:
+        """How commands reach the connected client (raw RESP or redis-py), chosen once per client."""
+        client = await self.get_client()
+        if self._transport is None or self._transport.client is not client:
+            self._transport = Transport(client)
+        return self._transport
+
     async def pipeline_xadd(
-        self, topic: str, records: Sequence[Mapping[str, Any]], *, maxlen: Optional[int] = None
+        self,
+        topic: str,
+        records: Sequence[Mapping[str, Any]],
+        *,
+        maxlen: Optional[int] = None,
+        minid: Optional[str] = None,
+        atomic: bool = False,
     ) -> List[str]:
         """XADD every record in pipelined round trips; returns the new ids in order.
 
+        ``maxlen`` (else ``minid``) trims the stream as it grows (approximately, ``~``).
+
         Every record is validated before anything is sent, so a bad one
-        (named in the error) never leaves the batch half-written.
+        (named in the error) never leaves the batch half-written. ``maxlen``
+        defaults to STREAMMACHINE_STREAM_MAXLEN. ``atomic=True``: one
+        MULTI/EXEC, all or nothing. Otherwise records Redis refuses raise
+        ``producer.BatchSendError`` naming what was written.
         """
-        encoded = [encode_record(topic, r) for r in records]
-        client = await self.get_client()
-        pool = direct_pool(client)
-        if pool is not None:
-            return await _xadd_chunks(pool, topic, encoded, maxlen)
-        unencodable = find_unencodable(topic, encoded)  # chunks go out one by one: refuse before the first
-        if unencodable is not None:
-            raise unencodable
-        ids: List[str] = []
-        for start in range(0, len(encoded), PIPELINE_CHUNK):
-            pipe = client.pipeline(transaction=False)
-            for fields in encoded[start : start + PIPELINE_CHUNK]:
-                pipe.xadd(topic, fields, maxlen=maxlen, approximate=True)
-            ids.extend(i.decode() if isinstance(i, bytes) else i for i in await pipe.execute())
-        return ids
+        return await producer.send_batch(
+            await self.transport(), topic, records, maxlen=self._maxlen(maxlen), minid=minid, atomic=atomic
+        )
 
-    async def xadd(self, topic: str, record: Mapping[str, Any], *, maxlen: Optional[int] = None) -> str:
-        fields = encode_record(topic, record)
-        client = await self.get_client()
-        pool = direct_pool(client)
-        if pool is not None:
-            return (await _xadd_chunks(pool, topic, [fields], maxlen))[0]
-        try:
-            new_id = await client.xadd(topic, fields, maxlen=maxlen, approximate=True)
-        except UnicodeEncodeError:  # raised while packing the command: nothing was sent
-            raise find_unencodable(topic, [fields]) or ValueError(
-                f"stream {topic!r}: a field is not valid UTF-8"
-            ) from None
-        return new_id.decode() if isinstance(new_id, bytes) else new_id
+    async def xadd(
+        self, topic: str, record: Mapping[str, Any], *, maxlen: Optional[int] = None, minid: Optional[str] = None
+    ) -> str:
+        """XADD one record; its new id. ``maxlen`` defaults to STREAMMACHINE_STREAM_MAXLEN."""
+        return await producer.send(await self.transport(), topic, record, maxlen=self._maxlen(maxlen), minid=minid)
 
-    async def consumer(
+    def _maxlen(self, maxlen: Optional[int]) -> Optional[int]:
+        return self.settings.stream_maxlen if maxlen is None else maxlen
+
+    def consumer(
         self,
         stream: str,
-        group: str,
-        consumer_name: str,
-        *,
+        *positional: Any,
+        group: Optional[str] = None,
+        consumer_name: Optional[str] = None,
         count: int = 10,
         block_ms: int = 1000,
         start_id: str = "$",
     ) -> AsyncIterator[Message]:
-        """Iterate a consumer group: each entry is acknowledged once the loop body for it finished.
+        """Iterate a consumer group: ``async for message in redis.consumer(stream, group=..., consumer_name=...)``.
 
-        Pending entries of ``consumer_name`` come first, so a restarted
-        consumer picks up where it stopped. An exception in the loop body
-        leaves the current entry pending (at-least-once).
+        Each entry is acknowledged once the loop body for it finished; pending
+        entries of ``consumer_name`` come first, so a restarted consumer picks
+        up where it stopped; an exception in the loop body leaves the current
+        entry pending (at-least-once). ``group`` defaults to
+        STREAMMACHINE_DEFAULT_GROUP. ``group`` and ``consumer_name`` are
+        keyword-only: upstream's positional order is (channel, consumer, group),
+        so a positional call is refused rather than guessed.
         """
+        if positional:
+            given = ", ".join(repr(arg) for arg in (stream, *positional))
+            raise TypeError(
+                f"RedisConnection.consumer({given}): group and consumer_name are keyword-only "
+                "(positional order differs between versions: upstream's is (channel, consumer, group)); "
+                "call consumer(stream, group=..., consumer_name=...)"
+            )
+        if not consumer_name:
+            raise TypeError(f"RedisConnection.consumer({stream!r}): consumer_name= is required (this consumer's name)")
+        return self._consume(stream, group or self.settings.default_group, consumer_name, count, block_ms, start_id)
+
+    async def _consume(
+        self, stream: str, group: str, consumer_name: str, count: int, block_ms: int, start_id: str
+    ) -> AsyncIterator[Message]:
         from streammachine.message import received_messages
 
         client = await self.get_client()
@@ -234,8 +325,11 @@ class RedisConnection:
             return False
 
     async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._client is not None:
-            client, self._client = self._client, None
+            client, self._client, self._transport = self._client, None, None
             await client.aclose()
 
     async def __aenter__(self) -> RedisConnection:

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any, Iterator, Optional, Sequence, Tuple, Union
 
 MAX_TIMESTAMP_MS = 2**63 - 1  # timestamps are held as int64
+MAX_SEQUENCE = 2**64 - 1  # Redis's sequence part is an unsigned 64-bit number
 
 StreamName = Union[str, bytes, None]
 
@@ -38,12 +39,15 @@ def parse_stream_id(entry_id: Union[str, bytes]) -> Tuple[int, int]:
     Raises ValueError naming the id for anything that is not two runs of
     ASCII digits joined by ``-``, or whose milliseconds overflow int64.
     """
+    ms: Union[str, bytes]
+    sep: Union[str, bytes]
+    seq: Union[str, bytes]
     if type(entry_id) is bytes:
         ms, sep, seq = entry_id.partition(b"-")
-        valid = sep and ms.isdigit() and seq.isdigit()  # bytes.isdigit is ASCII-only
+        valid = bool(sep) and ms.isdigit() and seq.isdigit()  # bytes.isdigit is ASCII-only
     elif isinstance(entry_id, str):
         ms, sep, seq = entry_id.partition("-")
-        valid = sep and ms.isascii() and ms.isdigit() and seq.isascii() and seq.isdigit()
+        valid = bool(sep) and ms.isascii() and ms.isdigit() and seq.isascii() and seq.isdigit()
     else:
         raise ValueError(f"malformed stream id {_short(entry_id)}: {_ID_EXPECTED}")
     if not valid:
@@ -52,6 +56,20 @@ def parse_stream_id(entry_id: Union[str, bytes]) -> Tuple[int, int]:
     if millis > MAX_TIMESTAMP_MS:
         raise ValueError(f"stream id {_short(entry_id)}: milliseconds exceed int64")
     return millis, int(seq)
+
+
+def id_before(entry_id: Union[str, bytes]) -> str:
+    """The greatest stream id below ``entry_id`` ("0-0" for the smallest): a start id that includes ``entry_id``."""
+    ms, seq = parse_stream_id(entry_id)
+    if seq:
+        return f"{ms}-{seq - 1}"
+    return f"{ms - 1}-18446744073709551615" if ms else "0-0"
+
+
+def id_after(entry_id: Union[str, bytes]) -> str:
+    """The smallest stream id after ``entry_id`` (an exclusive range start for XRANGE/XPENDING)."""
+    millis, seq = parse_stream_id(entry_id)
+    return f"{millis}-{seq + 1}" if seq < MAX_SEQUENCE else f"{millis + 1}-0"
 
 
 def parse_stream_id_timestamp(entry_id: Union[str, bytes]) -> int:
@@ -123,4 +141,4 @@ def as_text(value: Optional[Union[str, bytes]]) -> Optional[str]:
     """A stream or field name as str (bytes decoded as UTF-8, undecodable bytes replaced)."""
     if type(value) is bytes:
         return value.decode("utf-8", "replace")
-    return value
+    return value  # type: ignore[return-value]  # (type() is, not isinstance: mypy does not narrow it)

@@ -12,8 +12,10 @@ from typing import Any, Mapping, Optional
 
 import orjson
 
-_AS_IS = frozenset((str, bytes, int, float))
-_AS_JSON = frozenset((dict, list, tuple, bool))
+from streammachine.typed.models import as_record
+
+_AS_IS: frozenset = frozenset((str, bytes, int, float))
+_AS_JSON: frozenset = frozenset((dict, list, tuple, bool))
 
 
 def encode_value(topic: str, field: str, value: Any) -> Any:
@@ -40,10 +42,16 @@ def encode_value(topic: str, field: str, value: Any) -> Any:
     )
 
 
-def encode_record(topic: str, record: Mapping[str, Any]) -> dict:
+def encode_record(topic: str, record: Mapping[str, Any]) -> Mapping:
     """Validate and encode one record; the common all-scalar case costs one pass."""
     if not isinstance(record, Mapping):
-        raise TypeError(f"stream {topic!r}: a record must be a dict of fields, got {type(record).__name__}")
+        model_record = as_record(topic, record)  # typed messages (#15): a pydantic/msgspec/dataclass instance
+        if model_record is not None:
+            return model_record
+        raise TypeError(
+            f"stream {topic!r}: a record must be a dict of fields or a model instance "
+            f"(pydantic, msgspec, dataclass), got {type(record).__name__}"
+        )
     if not record:
         raise ValueError(f"stream {topic!r}: a record needs at least one field (Redis streams have no empty entries)")
     out = None
@@ -64,7 +72,7 @@ def encode_record(topic: str, record: Mapping[str, Any]) -> dict:
 
 def _check_name_clash(topic: str, record: Mapping) -> None:
     """ "a" and b"a" would both be the Redis field a: one value would silently shadow the other."""
-    seen = {}
+    seen: dict = {}
     for field in record:
         raw = field if type(field) is bytes else field.encode("utf-8", "surrogatepass")
         if raw in seen:

@@ -19,19 +19,28 @@ from __future__ import annotations
 from typing import List, Sequence
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 _BULK = tuple(b"$%d\r\n" % n for n in range(128))
 
 
 def encode_command(args: Sequence, encoder) -> bytes:
-    """One command in RESP. bytes go as they are, str with the client's encoding, the rest via ``encoder``."""
+    """One command in RESP. bytes go as they are, str with the client's encoding, int and float as redis-py
+    writes them (``%d``, ``repr``), the rest via ``encoder`` (which also refuses what cannot be sent)."""
     encoding, errors, encode = encoder.encoding, encoder.encoding_errors, encoder.encode
     out = [b"*%d\r\n" % len(args)]
     append = out.append
     for arg in args:
         kind = type(arg)
         if kind is not bytes:
-            arg = arg.encode(encoding, errors) if kind is str else encode(arg)
+            if kind is str:
+                arg = arg.encode(encoding, errors)
+            elif kind is int:
+                arg = b"%d" % arg
+            elif kind is float:
+                arg = repr(arg).encode()
+            else:
+                arg = encode(arg)
         size = len(arg)
         append(_BULK[size] if size < 128 else b"$%d\r\n" % size)
         append(arg)
@@ -71,13 +80,26 @@ def encode_repeated(args: tuple, encoder) -> bytes:
     return encoded
 
 
-async def round_trip(pool, payload: bytes, replies: int) -> List:
-    """Write ``payload`` (encoded commands) in one go and read ``replies`` raw replies; raise the first error reply."""
+async def round_trip(pool, payload: bytes, replies: int, *, raise_on_error: bool = True) -> List:
+    """Write ``payload`` (encoded commands) in one go and read ``replies`` raw replies.
+
+    The first error reply raises; with ``raise_on_error=False`` every reply is read and an error
+    reply comes back in place, as a ``ResponseError`` (the connection stays in step: the error was
+    read whole).
+    """
     connection = await _take_connection(pool)
     try:
         await connection.send_packed_command(payload)
         read = connection.read_response
-        return [await read() for _ in range(replies)]
+        if raise_on_error:
+            return [await read() for _ in range(replies)]
+        out: List = []
+        for _ in range(replies):
+            try:
+                out.append(await read())
+            except ResponseError as exc:
+                out.append(exc)
+        return out
     except BaseException:
         await connection.disconnect(nowait=True)  # replies may be left unread: this connection is spent
         raise
@@ -90,7 +112,7 @@ def entries_with_fields(reply) -> list:
     if not reply:
         return []
     entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
-    out = []
+    out: list = []
     append = out.append
     for entry_id, flat in entries:
         if flat is None:  # deleted while pending

@@ -14,7 +14,9 @@ and ``incr(key)`` are.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
+import time
 import zlib
 from typing import Any, Callable, ClassVar, Optional
 
@@ -27,68 +29,95 @@ class ManagerBackend:
     """A Manager dict with striped per-key locks (started on first use)."""
 
     def __init__(self) -> None:
-        self._manager = None
-        self._data = None
+        self._manager: Any = None
+        self._data: Any = None  # a DictProxy once started
         self._locks: list = []
         self._start_lock = threading.Lock()
 
-    def _ensure(self) -> None:
+    def _dict(self) -> Any:
         if self._data is None:
             with self._start_lock:
                 if self._data is None:
-                    import multiprocessing
+                    from multiprocessing.managers import SyncManager
 
-                    manager = multiprocessing.Manager()
+                    manager = SyncManager()
+                    manager.start(_exit_with, (os.getpid(),))
                     self._locks = [manager.Lock() for _ in range(_STRIPES)]
                     self._manager, self._data = manager, manager.dict()
+        return self._data
 
     def start(self) -> None:
         """Start the manager now: must happen before worker processes fork."""
-        self._ensure()
+        self._dict()
 
     def _lock(self, key: str):
         return self._locks[zlib.crc32(key.encode()) % _STRIPES]
 
     def write(self, key: str, value: Any) -> None:
-        self._ensure()
+        data = self._dict()
         with self._lock(key):
-            self._data[key] = value
+            data[key] = value
 
     def read(self, key: str, default: Any) -> Any:
-        self._ensure()
-        return self._data.get(key, default)
+        return self._dict().get(key, default)
 
     def delete(self, key: str) -> bool:
-        self._ensure()
+        data = self._dict()
         with self._lock(key):
-            if key not in self._data:  # (a sentinel default would come back as a copy through the proxy)
+            if key not in data:  # (a sentinel default would come back as a copy through the proxy)
                 return False
-            del self._data[key]
+            del data[key]
             return True
 
     def exists(self, key: str) -> bool:
-        self._ensure()
-        return key in self._data
+        return key in self._dict()
 
     def keys(self) -> list:
-        self._ensure()
-        return list(self._data.keys())
+        return list(self._dict().keys())
 
     def clear(self) -> None:
-        self._ensure()
-        self._data.clear()
+        self._dict().clear()
 
     def update(self, key: str, fn: Callable[[Any], Any], default: Any) -> Any:
-        self._ensure()
+        data = self._dict()
         with self._lock(key):
-            value = fn(self._data.get(key, default))
-            self._data[key] = value
+            value = fn(data.get(key, default))
+            data[key] = value
             return value
 
     def close(self) -> None:
         if self._manager is not None:
             self._manager.shutdown()
             self._manager = self._data = None
+
+
+def _make_backend(backend: Optional[str], connection: Any) -> Any:
+    if backend == "redis":
+        if connection is None:
+            from streammachine.redis.connection import RedisConnection
+
+            connection = RedisConnection()
+        return RedisBackend(connection)
+    if backend in (None, "manager"):
+        return ManagerBackend()
+    raise ValueError(f"Storage backend={backend!r}: expected 'manager' or 'redis'")
+
+
+def _exit_with(parent_pid: int) -> None:
+    """In the Manager's process: exit once the process that started it is gone (even SIGKILLed)."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:  # the pid now belongs to someone else's process: ours is gone
+                os._exit(0)
+
+    if os.name == "posix":  # signal 0 probes a process only there
+        threading.Thread(target=watch, name="streammachine-manager-watch", daemon=True).start()
 
 
 class RedisBackend:
@@ -150,30 +179,37 @@ class RedisBackend:
 
 
 class Storage:
-    """Singleton async key-value store shared across processes."""
+    """Async key-value store shared across processes.
+
+    ``app.storage`` is the App's own store (its backend, its connection).
+    ``Storage()`` is the process-wide store of the reference API: created by
+    the first call, the same object afterwards; asking it for another
+    backend than it has is an error, ``Storage.reset_instance()`` forgets it.
+    """
 
     _instance: ClassVar[Optional[Storage]] = None
+    _backend: Optional[Any] = None
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Storage:
+    def __new__(cls, backend: Optional[str] = None, connection: Any = None) -> Storage:
         if cls._instance is None:
-            instance = super().__new__(cls)
-            instance._backend = None
-            cls._instance = instance
+            cls._instance = super().__new__(cls)
         return cls._instance
 
-    def __init__(self, backend: Optional[str] = None, connection=None) -> None:
-        if self._backend is not None:
-            return
-        if backend == "redis":
-            if connection is None:
-                from streammachine.redis.connection import RedisConnection
+    def __init__(self, backend: Optional[str] = None, connection: Any = None) -> None:
+        if self._backend is None:
+            self._backend = _make_backend(backend, connection)
+        elif backend is not None and backend != self.backend_name:
+            raise ValueError(
+                f"Storage(backend={backend!r}): the process-wide Storage() is already a {self.backend_name!r} store; "
+                "use an App's own (app.storage, App(storage_backend=...)) or Storage.reset_instance() first"
+            )
 
-                connection = RedisConnection()
-            self._backend = RedisBackend(connection)
-        elif backend in (None, "manager"):
-            self._backend = ManagerBackend()
-        else:
-            raise ValueError(f"Storage backend={backend!r}: expected 'manager' or 'redis'")
+    @classmethod
+    def create(cls, backend: Optional[str] = None, connection: Any = None) -> Storage:
+        """A store of its own (what ``app.storage`` is), not the process-wide ``Storage()``."""
+        store = object.__new__(cls)
+        store._backend = _make_backend(backend, connection)
+        return store
 
     @property
     def backend_name(self) -> str:
@@ -181,10 +217,15 @@ class Storage:
 
     @classmethod
     def reset_instance(cls) -> None:
-        """Forget the singleton (and stop its Manager): for tests."""
+        """Forget the process-wide store (and stop its Manager): for tests."""
         instance, cls._instance = cls._instance, None
-        if instance is not None and isinstance(instance._backend, ManagerBackend):
-            instance._backend.close()
+        if instance is not None:
+            instance.close()
+
+    def close(self) -> None:
+        """Stop the Manager process of a ``manager`` store (its data goes with it)."""
+        if isinstance(self._backend, ManagerBackend):
+            self._backend.close()
 
     def prepare_for_fork(self) -> None:
         if isinstance(self._backend, ManagerBackend):

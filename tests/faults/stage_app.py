@@ -1,0 +1,51 @@
+"""A headless stage for the fault suite: ``python -m streammachine run stage_app.py``.
+
+Settings come from the environment as for any headless run (REDIS_URL,
+STREAMMACHINE_*). STAGE_STREAM is the input (its output is
+``<stream>:out``), STAGE_TABLE the table, STAGE_CONCURRENCY and
+STAGE_PROCESSES how many consumers and forked workers the agent gets,
+STAGE_SLOW_MS how long each handler takes. For each input ``{"seq": n}`` it
+outputs ``{"seq": n}`` and adds to the table: ``r<n % 10>`` += 1, ``sum`` += n,
+all committed with the ack of the entry. An empty STAGE_TABLE makes an
+outputs-only stage.
+"""
+
+import asyncio
+import os
+
+from streammachine import App
+
+STREAM = os.environ.get("STAGE_STREAM", "orders")
+app = App("stageapp")
+TABLE = os.environ.get("STAGE_TABLE", "totals")
+totals = app.table(TABLE, default=0) if TABLE else None
+slow = float(os.environ.get("STAGE_SLOW_MS", "0")) / 1000.0
+
+
+@app.agent(
+    STREAM,
+    group="stage",
+    output=f"{STREAM}:out",
+    tables=[totals] if totals is not None else [],
+    concurrency=int(os.environ.get("STAGE_CONCURRENCY", "1")),
+    processes=int(os.environ.get("STAGE_PROCESSES", "0")) or None,
+    name="stage",
+    start_id="0",
+)
+async def stage(message):
+    seq = int(message.fields[b"seq"])
+    if slow:
+        await asyncio.sleep(slow)
+    if totals is not None:
+        totals[f"r{seq % 10}"] += 1
+        totals["sum"] += seq
+    return {"seq": seq}
+
+
+@app.on_startup
+async def ready():
+    print("READY", flush=True)
+
+
+if __name__ == "__main__":
+    app.start()
