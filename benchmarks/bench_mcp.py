@@ -95,8 +95,9 @@ def child_env(url: str, tree: Optional[str] = None) -> dict:
 
 
 async def stdio(url: str, calls: int, tree: Optional[str] = None) -> dict:
+    # `python -m` puts the working directory first on sys.path: run the other tree's server from inside it
     params = StdioServerParameters(
-        command=sys.executable, args=["-m", "streammachine", "mcp"], env=child_env(url, tree)
+        command=sys.executable, args=["-m", "streammachine", "mcp"], env=child_env(url, tree), cwd=tree
     )
     with open(os.devnull, "w") as errlog:
         async with Client(stdio_client(params, errlog=errlog)) as client:
@@ -121,6 +122,7 @@ async def http(url: str, calls: int, tree: Optional[str] = None) -> dict:
     proc = subprocess.Popen(
         [sys.executable, "-m", "streammachine", "mcp", "--transport", "streamable-http", "--port", str(port)],
         env=child_env(url, tree),
+        cwd=tree,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
