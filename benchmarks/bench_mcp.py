@@ -1,6 +1,6 @@
 """Per-call latency of the MCP server's stream_send and stream_read, against redis-py directly, in one run.
 
-    python benchmarks/bench_mcp.py [--calls 200] [--rounds 3]
+    python benchmarks/bench_mcp.py [--calls 200] [--rounds 3] [--compare-tree /path/to/other/checkout]
 
 One private server. Each variant makes --calls sequential calls of each tool
 (after a warm-up) and records every call's wall time:
@@ -14,12 +14,17 @@ stream_send sends ``{"n": i, "symbol": "AAPL", "price": "100.25"}``; stream_read
 reads the newest 10 entries. The variants run round by round (order rotating);
 the table shows, per variant and tool, the median and p99 over all rounds and
 the ratio of the median to direct's median in the same run.
+
+``--compare-tree`` adds the stdio and http variants once more with the server
+processes running another checkout's code (PYTHONPATH), e.g. main's, to
+measure a change side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import socket
 import statistics
@@ -27,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Optional
 
 import redis.asyncio as aioredis
 from mcp import Client, StdioServerParameters
@@ -81,12 +87,18 @@ async def in_memory(url: str, calls: int) -> dict:
         return await through(client, calls)
 
 
-def child_env(url: str) -> dict:
-    return dict(os.environ, REDIS_URL=url, STREAMMACHINE_LOG_LEVEL="WARNING")
+def child_env(url: str, tree: Optional[str] = None) -> dict:
+    env = dict(os.environ, REDIS_URL=url, STREAMMACHINE_LOG_LEVEL="WARNING")
+    if tree:
+        env["PYTHONPATH"] = tree
+    return env
 
 
-async def stdio(url: str, calls: int) -> dict:
-    params = StdioServerParameters(command=sys.executable, args=["-m", "streammachine", "mcp"], env=child_env(url))
+async def stdio(url: str, calls: int, tree: Optional[str] = None) -> dict:
+    # `python -m` puts the working directory first on sys.path: run the other tree's server from inside it
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "streammachine", "mcp"], env=child_env(url, tree), cwd=tree
+    )
     with open(os.devnull, "w") as errlog:
         async with Client(stdio_client(params, errlog=errlog)) as client:
             return await through(client, calls)
@@ -105,11 +117,12 @@ def _wait_listening(port: int, proc: subprocess.Popen, timeout: float = 30) -> N
     raise RuntimeError("the HTTP server did not listen in time")
 
 
-async def http(url: str, calls: int) -> dict:
+async def http(url: str, calls: int, tree: Optional[str] = None) -> dict:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "streammachine", "mcp", "--transport", "streamable-http", "--port", str(port)],
-        env=child_env(url),
+        env=child_env(url, tree),
+        cwd=tree,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -134,22 +147,28 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--compare-tree", help="also run the stdio and http servers from this checkout")
     args = parser.parse_args()
-    samples: dict = {name: {"stream_send": [], "stream_read": []} for name in VARIANTS}
+    variants = dict(VARIANTS)
+    if args.compare_tree:
+        tree = os.path.abspath(args.compare_tree)
+        variants["stdio (other)"] = functools.partial(stdio, tree=tree)
+        variants["http (other)"] = functools.partial(http, tree=tree)
+    samples: dict = {name: {"stream_send": [], "stream_read": []} for name in variants}
     with tempfile.TemporaryDirectory() as tmp, EmbeddedServer(tmp, appendonly=False) as server:
-        names = list(VARIANTS)
+        names = list(variants)
         for round_number in range(args.rounds):
             for name in names[round_number % len(names) :] + names[: round_number % len(names)]:
-                for tool, values in (await VARIANTS[name](server.url, args.calls)).items():
+                for tool, values in (await variants[name](server.url, args.calls)).items():
                     samples[name][tool].extend(values)
     print(f"\n{args.calls} calls x {args.rounds} rounds per variant and tool; ms per call\n")
-    print(f"{'variant':<10} {'tool':<12} {'median':>8} {'p99':>8} {'x direct':>9}")
-    for name in VARIANTS:
+    print(f"{'variant':<14} {'tool':<12} {'median':>8} {'p99':>8} {'x direct':>9}")
+    for name in variants:
         for tool in ("stream_send", "stream_read"):
             values = samples[name][tool]
             median = statistics.median(values)
             base = statistics.median(samples["direct"][tool])
-            print(f"{name:<10} {tool:<12} {median * 1000:8.3f} {p99(values) * 1000:8.3f} {median / base:9.1f}")
+            print(f"{name:<14} {tool:<12} {median * 1000:8.3f} {p99(values) * 1000:8.3f} {median / base:9.1f}")
 
 
 if __name__ == "__main__":
