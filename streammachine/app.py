@@ -17,17 +17,15 @@ import logging
 import time
 import warnings
 import weakref
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable, Coroutine, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Awaitable, Callable, Coroutine, Dict, List, Optional, Sequence, Tuple
 
 from streammachine.config import AppConfig, ConsumerConfig, Settings, TimerConfig
-from streammachine.engine.executors import InProcessRunner, ProcessRunner
 from streammachine.engine.identity import app_consumer_base
 from streammachine.engine.lifecycle import ACTIVE_STATES, STOPPED_STATES, Lifecycle, Transition, running_loop
 from streammachine.engine.limits import ensure_open_files
 from streammachine.engine.specs import AgentSpec, AgentStats, TimerSpec, TimerStats, handler_name
 from streammachine.engine.status import AppStatus, app_status
-from streammachine.engine.timers import TimerRunner
+from streammachine.engine.workload import Workload
 from streammachine.redis.connection import RedisConnection, ensure_group
 from streammachine.redis.inspect import Groups, fetch_groups
 from streammachine.redis.positions import minid_for_age
@@ -113,8 +111,6 @@ class App(Lifecycle):
         self._tables: Dict[str, Table] = {}
         self._stats: Dict[str, AgentStats] = {}
         self._timer_stats: Dict[str, TimerStats] = {}
-        self._runners: Dict[str, Union[InProcessRunner, ProcessRunner]] = {}
-        self._timer_runners: Dict[str, TimerRunner] = {}
         self._startup_hooks: List[Hook] = []
         self._shutdown_hooks: List[Hook] = []
         self._state = "idle"  # idle -> starting -> running (or failed) -> stopping -> stopped
@@ -122,10 +118,9 @@ class App(Lifecycle):
         self._pending: Optional[asyncio.Task] = None  # the last start/stop scheduled on self._loop
         self._predecessor: Optional[Transition] = None  # the stop of the App this one replaces
         self._stopped: Optional[asyncio.Event] = None
-        self._swap_locks: Dict[str, asyncio.Lock] = {}
-        self.last_swap_ms: Optional[float] = None
-        self._executor: Optional[ThreadPoolExecutor] = None
-        self._base = app_consumer_base(self.settings.consumer_name, name)
+        base = app_consumer_base(self.settings.consumer_name, name)
+        self._work = Workload(name, self._redis, base, self.config, self._agents, self._timers, self._stats)
+        self._runners, self._timer_runners = self._work.runners, self._work.timer_runners
         self._replace_namesake()
         _apps.add(self)
 
@@ -139,6 +134,11 @@ class App(Lifecycle):
     # -- properties ----------------------------------------------------------
 
     @property
+    def last_swap_ms(self) -> Optional[float]:
+        """How long the last hot swap of an agent took."""
+        return self._work.last_swap_ms
+
+    @property
     def redis(self) -> RedisConnection:
         return self._redis
 
@@ -146,7 +146,9 @@ class App(Lifecycle):
     def storage(self) -> Storage:
         """This App's shared state (its backend, its Redis): created on first use."""
         if self._storage is None:
-            self._storage = Storage.create(self._storage_backend, connection=self._redis)
+            self._storage = Storage.create(
+                self._storage_backend, connection=self._redis, manager=self.settings.storage_manager
+            )
         return self._storage
 
     @property
@@ -247,7 +249,7 @@ class App(Lifecycle):
             replaced = spec.name in self._timers
             self._timers[spec.name] = spec
             if self._state == "running" or spec.name in self._timer_runners:
-                self._in_loop(self._swap_timer(spec))
+                self._in_loop(self._work.swap_timer(spec))
                 if replaced:
                     log.info("timer %s replaced", spec.name)
             return fn
@@ -268,12 +270,10 @@ class App(Lifecycle):
         if key in self._agents:
             del self._agents[key]
             if self._state == "running":
-                self._in_loop(self._swap_agent(key, None))
+                self._in_loop(self._work.swap_agent(key, None))
         else:
             del self._timers[key]
-            runner = self._timer_runners.pop(key, None)
-            if runner:
-                runner.stop()
+            self._work.stop_timer(key)
 
     def _resolve_name(self, name: str) -> str:
         known = list(self._agents) + list(self._timers)
@@ -299,7 +299,7 @@ class App(Lifecycle):
         self._agents[spec.name] = spec
         self._stats.setdefault(spec.name, AgentStats())
         if self._state == "running" or spec.name in self._runners:
-            self._in_loop(self._swap_agent(spec.name, spec))
+            self._in_loop(self._work.swap_agent(spec.name, spec))
             if replaced:
                 log.info("agent %s replaced; its consumers hand over (pending entries carry over)", spec.name)
         # while "starting", startup() picks it up when it finishes; while "stopping", the next start does
@@ -312,43 +312,6 @@ class App(Lifecycle):
             task.add_done_callback(_log_task_error)
         else:
             asyncio.run_coroutine_threadsafe(coro, loop)
-
-    async def _swap_agent(self, name: str, spec: Optional[AgentSpec]) -> None:
-        lock = self._swap_locks.setdefault(name, asyncio.Lock())
-        async with lock:
-            started = time.perf_counter()
-            old = self._runners.pop(name, None)
-            if old is not None:
-                # the successor takes the rest of the old read back from the pending list at once
-                await old.stop(self.config.grace_seconds, finish_read=False)
-            if spec is not None and self._agents.get(name) is spec:
-                self._runners[name] = await self._start_runner(spec)
-            self.last_swap_ms = (time.perf_counter() - started) * 1000
-            log.info("agent %s %s in %.1f ms", name, "swapped" if spec else "removed", self.last_swap_ms)
-
-    async def _swap_timer(self, spec: TimerSpec) -> None:
-        old = self._timer_runners.pop(spec.name, None)
-        if old is not None:
-            old.stop()
-            if old.task is not None:
-                await asyncio.wait([old.task], timeout=self.config.grace_seconds)
-        runner = TimerRunner(spec)
-        runner.start()
-        self._timer_runners[spec.name] = runner
-
-    async def _start_runner(self, spec: AgentSpec) -> Union[InProcessRunner, ProcessRunner]:
-        stats = self._stats.setdefault(spec.name, AgentStats())
-        runner: Union[InProcessRunner, ProcessRunner]
-        if spec.processes:
-            runner = ProcessRunner(
-                spec, self._redis, self._base, stats, self.config.grace_seconds, self.config.max_threads
-            )
-        else:
-            runner = InProcessRunner(
-                spec, self._redis, self._base, stats, self._thread_pool() if spec.threaded else None
-            )
-        await runner.start()
-        return runner
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -385,6 +348,7 @@ class App(Lifecycle):
         if self._state not in STOPPED_STATES:
             raise AppStateError(f"app {self.name!r} is {self._state}: stop it before changing its server")
         self._redis = RedisConnection(url=url, settings=self.settings)
+        self._work.connection = self._redis  # the agents' runners connect through it
 
     async def startup(self) -> None:
         """Connect, create the groups, run the startup hooks, start agents and timers (``start()`` calls it)."""
@@ -413,9 +377,7 @@ class App(Lifecycle):
                 await hook()
             if any(spec.processes for spec in self._agents.values()):
                 await asyncio.to_thread(self.storage.prepare_for_fork)
-            for name, spec in list(self._agents.items()):
-                self._runners[name] = await self._start_runner(spec)
-            await self._start_registered()
+            await self._work.start_missing()
         except BaseException:
             self._state = "running"  # so that shutdown() releases what did start
             try:
@@ -424,7 +386,7 @@ class App(Lifecycle):
                 self._state = "failed"
             raise
         self._state = "running"
-        await self._start_registered()  # what cells registered while the hooks and runners started
+        await self._work.start_missing()  # what cells registered while the hooks and runners started
         log.info(
             "app %s running: %d agents, %d timers on %s",
             self.name,
@@ -433,23 +395,6 @@ class App(Lifecycle):
             self._redis.safe_url,
         )
 
-    async def _start_registered(self) -> None:
-        for name, spec in list(self._agents.items()):
-            if name not in self._runners:
-                self._runners[name] = await self._start_runner(spec)
-        for name, timer in list(self._timers.items()):
-            if name not in self._timer_runners:
-                runner = TimerRunner(timer)
-                runner.start()
-                self._timer_runners[name] = runner
-
-    def _thread_pool(self) -> ThreadPoolExecutor:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(
-                self.config.max_threads, thread_name_prefix=f"streammachine-{self.name}"
-            )
-        return self._executor
-
     async def shutdown(self) -> None:
         """Stop timers and agents (in-flight work finishes within the grace period), run hooks, close."""
         if self._state in STOPPED_STATES or self._state == "stopping":
@@ -457,25 +402,14 @@ class App(Lifecycle):
         self._state = "stopping"
         grace = self.config.grace_seconds
         try:
-            for runner in self._timer_runners.values():
-                runner.stop()
-            await asyncio.gather(*(r.stop(grace) for r in self._runners.values()), return_exceptions=True)
-            timer_tasks = [r.task for r in self._timer_runners.values() if r.task is not None]
-            if timer_tasks:
-                _, late = await asyncio.wait(timer_tasks, timeout=grace)
-                for task in late:
-                    task.cancel()
+            await self._work.stop(grace)
             for hook in self._shutdown_hooks:
                 try:
                     await hook()
                 except Exception:
                     log.exception("on_shutdown hook %r failed", hook)
         finally:
-            self._runners.clear()
-            self._timer_runners.clear()
-            if self._executor is not None:
-                self._executor.shutdown(wait=False, cancel_futures=True)
-                self._executor = None
+            self._work.clear()
             await self._redis.close()
             self._state = "stopped"
             if self._stopped is not None:
@@ -506,10 +440,7 @@ class App(Lifecycle):
 
     async def health_check(self) -> dict:
         redis_ok = await self._redis.health_check()
-        expected = sum(r.expected for r in self._runners.values()) + len(self._timer_runners)
-        active = sum(r.active for r in self._runners.values()) + sum(
-            1 for r in self._timer_runners.values() if r.task is not None and not r.task.done()
-        )
+        active, expected = self._work.counts()
         return {
             "status": "healthy"
             if redis_ok and self._state in ("running", "idle") and active >= expected
@@ -528,15 +459,17 @@ class App(Lifecycle):
         running = set(self._runners) | set(self._timer_runners)
         return app_status(self.name, self._state, self._redis.safe_url, agents, self._timers, running, groups, redis_up)
 
-    async def status(self, *, strict: bool = False) -> AppStatus:
-        """Per agent: counters, rate, and (while running, from Redis) pending, lag and consumers of its group.
-
-        ``strict``: a Redis that does not answer raises (metrics report it as down) instead of leaving the
-        groups' figures empty."""
+    async def status(self) -> AppStatus:
+        """Per agent: counters, rate, and (while running, from Redis) pending, lag and consumers of its group;
+        a Redis that does not answer shows as ``redis_up=False`` (the metrics report it as down)."""
         if self._state != "running":
             return self.status_now()
-        client = await self._redis.get_client()
-        groups = await fetch_groups(client, [s.stream for s in self._agents.values()], strict=strict)
+        try:
+            client = await self._redis.get_client()
+            groups = await fetch_groups(client, [s.stream for s in self._agents.values()], strict=True)
+        except Exception as exc:  # an outage is part of the status (redis_up False), not an error
+            log.debug("app %s: status without Redis: %s", self.name, exc)
+            return self.status_now(redis_up=False)
         return self.status_now(groups, redis_up=True)
 
     def stats(self, name: str) -> AgentStats:

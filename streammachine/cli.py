@@ -226,7 +226,11 @@ def cmd_run(args, settings: Settings) -> int:
         ready_fd=args.ready_fd,
         supervisor_pid=args.supervisor_pid,
     )
-    return run(options, settings)
+    code = run(options, settings)
+    from streammachine.engine.loop import exit_past_stuck_threads
+
+    exit_past_stuck_threads(code)  # this process is ours: a handler thread that never returns must not keep it
+    return code
 
 
 def cmd_send(args, settings: Settings) -> int:

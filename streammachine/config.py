@@ -166,7 +166,7 @@ _current: ContextVar[Optional[Settings]] = ContextVar("streammachine_settings", 
 class Settings:
     """Everything StreamMachine takes from the environment, parsed once; each default is written here only."""
 
-    redis_url: Optional[str] = _variable("REDIS_URL")
+    redis_url: Optional[str] = _variable("REDIS_URL", lambda raw: check_redis_url(raw, "REDIS_URL"), "a Redis URL")
     redis_host: Optional[str] = _variable("REDIS_HOST")
     redis_port: Optional[int] = _variable("REDIS_PORT", _positive_int, "a port number")
     redis_db: Optional[int] = _variable("REDIS_DB", _non_negative_int, "a database number >= 0")
@@ -189,6 +189,7 @@ class Settings:
     )
     consumer_name: Optional[str] = _variable("STREAMMACHINE_CONSUMER_NAME")
     secret_key: Optional[bytes] = _variable("STREAMMACHINE_SECRET_KEY", str.encode, "text")
+    storage_manager: Optional[str] = _variable("STREAMMACHINE_STORAGE_MANAGER")  # set by a supervisor: secret
     storage_backend: str = _variable(
         "STREAMMACHINE_STORAGE", _choice("manager", "redis"), "'manager' or 'redis'", "manager"
     )
@@ -212,20 +213,17 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> Settings:
         env = os.environ if environ is None else environ
-        redis_url = env.get("REDIS_URL") or None
-        if redis_url is not None:
-            check_redis_url(redis_url, "REDIS_URL")
-        secret = env.get("STREAMMACHINE_SECRET_KEY")
-        if secret and len(secret) < MIN_SECRET_KEY_LENGTH:
+        settings = cls(**{f.name: _read(f, env) for f in dataclasses.fields(cls)})
+        if settings.secret_key and len(settings.secret_key) < MIN_SECRET_KEY_LENGTH:
             _warn_once(
                 "secret_key",
                 "STREAMMACHINE_SECRET_KEY is %d characters: the key that signs stored objects (unpickling runs "
                 "code) should be at least %d random characters, e.g. python -c 'import secrets; "
                 "print(secrets.token_hex(32))'",
-                len(secret),
+                len(settings.secret_key),
                 MIN_SECRET_KEY_LENGTH,
             )
-        return cls(**{f.name: _read(f, env) for f in dataclasses.fields(cls)})
+        return settings
 
     @classmethod
     def read(cls, name: str, environ: Optional[Mapping[str, str]] = None) -> Any:
@@ -259,14 +257,19 @@ class Settings:
         finally:
             _current.reset(token)
 
-    def child_environment(self, *, consumer_name: Optional[str] = None) -> Dict[str, str]:
+    def child_environment(
+        self, *, consumer_name: Optional[str] = None, storage_manager: Optional[str] = None
+    ) -> Dict[str, str]:
         """The environment of a worker process: this one's, with the Redis URL in force (a ``--redis-url``
-        included) and, when given, its own consumer name."""
+        included) and, when given, its own consumer name and the storage Manager to share (a secret: the
+        environment, unlike argv, is private to the user)."""
         env = dict(os.environ)
         if self.redis_url:
             env["REDIS_URL"] = self.redis_url
         if consumer_name:
             env["STREAMMACHINE_CONSUMER_NAME"] = consumer_name
+        if storage_manager:
+            env["STREAMMACHINE_STORAGE_MANAGER"] = storage_manager
         return env
 
     def __repr__(self) -> str:  # credentials never in logs or tracebacks: URL password redacted, key hidden
@@ -277,6 +280,8 @@ class Settings:
             shown["redis_url"] = redact_url(self.redis_url)
         if self.secret_key:
             shown["secret_key"] = "***"
+        if self.storage_manager:
+            shown["storage_manager"] = "***"
         if self.mcp_token:
             shown["mcp_token"] = "***"
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
@@ -295,6 +300,8 @@ def _read(f: dataclasses.Field, env: Mapping[str, str]) -> Any:
         return f.default if f.default is not dataclasses.MISSING else meta["default"](env)
     try:
         return meta["convert"](raw)
+    except ConfigError:  # a converter's own message (a bad Redis URL, its password hidden)
+        raise
     except (TypeError, ValueError):
         raise ConfigError(f"{meta['env']}={raw!r}: expected {meta['expected']}") from None
 

@@ -12,7 +12,7 @@ import textwrap
 
 import httpx
 import pytest
-from helpers import wait_until_sync
+from helpers import process_gone, wait_until_sync
 from test_metrics import samples_of
 
 from streammachine.embedded import free_port
@@ -455,15 +455,7 @@ def test_run_workers_second_signal_exits_at_once(redis_url, sync_redis, tmp_path
         run.kill()
     assert "exiting at once" in run.output()
 
-    def gone(pid):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        with open(f"/proc/{pid}/stat") as stat:  # a zombie waiting for its reaper counts as gone
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-
-    wait_until_sync(lambda: gone(worker0), 10, what="the workers to exit with the supervisor")
+    wait_until_sync(lambda: process_gone(worker0), 10, what="the workers to exit with the supervisor")
 
 
 def test_run_redis_url_is_passed_down_not_written_to_the_environment(redis_url, sync_redis, tmp_path, monkeypatch):
@@ -488,3 +480,38 @@ def test_run_redis_url_is_passed_down_not_written_to_the_environment(redis_url, 
     assert cli.main(["--redis-url", redis_url, "run", str(script)]) == 0
     assert "REDIS_URL" not in os.environ
     assert sync_redis.get("ran_on") and sync_redis.get("ran_on").startswith("redis://")
+
+
+def test_run_workers_share_the_manager_storage(redis_url, sync_redis, tmp_path):
+    """Regression: each `--workers` process had its own Manager, so 400 increments became e.g. 70 and 330."""
+    script = tmp_path / "counting.py"
+    script.write_text(
+        textwrap.dedent("""\
+        import os
+
+        from streammachine import App
+
+        app = App(name="counting")
+
+        @app.agent("clicks", group="g")
+        async def count(record):
+            n = await app.storage.incr("clicks")  # atomic in the one store the workers share
+            client = await app.redis.get_client()
+            await client.rpush("counts", f"{n} {os.getpid()}")
+    """)
+    )
+    cmd = [sys.executable, "-m", "streammachine", "run", str(script), "--workers", "2"]
+    run = Run(cmd, _env(redis_url, STREAMMACHINE_COUNT="10"), tmp_path, tmp_path / "count.log")
+    try:
+        _wait_for_consumers(sync_redis, "clicks", "g", 2, run)
+        pipe = sync_redis.pipeline()
+        for i in range(400):
+            pipe.xadd("clicks", {"i": i})
+        pipe.execute()
+        wait_until_sync(lambda: sync_redis.llen("counts") == 400, 30, what="400 increments")
+        rows = [line.split() for line in sync_redis.lrange("counts", 0, -1)]
+        assert len({pid for _, pid in rows}) == 2, "both workers counted"
+        assert sorted(int(n) for n, _ in rows) == list(range(1, 401)), "one store: each increment saw the last"
+        assert run.stop() == 0, run.output()
+    finally:
+        run.kill()

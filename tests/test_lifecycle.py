@@ -115,13 +115,14 @@ async def test_a_new_app_of_the_same_name_replaces_the_running_one(app_factory, 
 
 
 async def test_stop_all_reaches_every_app_of_the_process(app_factory):
+    others = running_apps()  # an App another test of this process left running counts too: it is in the process
     apps = [app_factory(name) for name in ("a", "b", "c")]
     for app in apps[:2]:
         await app.start()
-    assert [app.name for app in running_apps()] == ["a", "b"]
+    assert [app.name for app in running_apps() if app not in others] == ["a", "b"]
     transitions = stop_all()
-    assert len(transitions) == 2
-    assert [await t for t in transitions] == ["stopped", "stopped"]
+    assert len(transitions) == 2 + len(others)
+    assert {await t for t in transitions} == {"stopped"}
     assert running_apps() == []
 
 

@@ -4,7 +4,7 @@ import os
 import signal
 
 import redis
-from helpers import wait_until, wait_until_sync
+from helpers import process_gone, wait_until, wait_until_sync
 
 
 def _handled(url, key="handled"):
@@ -138,14 +138,6 @@ def test_workers_exit_when_their_parent_is_killed(redis_url, tmp_path):
         parent.kill()
         parent.wait(10)
 
-        def worker_gone():
-            try:
-                os.kill(worker, 0)
-            except ProcessLookupError:
-                return True
-            with open(f"/proc/{worker}/stat") as stat:  # a zombie waiting for its reaper counts as gone
-                return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-
-        wait_until_sync(worker_gone, timeout=10, what="the orphaned worker to exit")
+        wait_until_sync(lambda: process_gone(worker), timeout=10, what="the orphaned worker to exit")
     finally:
         parent.kill()

@@ -111,12 +111,11 @@ def test_process_wide_storage_refuses_another_backend():
 
 def test_manager_process_exits_with_its_app_process(redis_url, tmp_path):
     """A SIGKILLed app cannot stop its storage Manager: the Manager notices and exits instead of lingering."""
-    import os
     import subprocess
     import sys
     import textwrap
 
-    from helpers import wait_until_sync
+    from helpers import process_gone, wait_until_sync
 
     pid_file = tmp_path / "manager.pid"
     script = tmp_path / "owner.py"
@@ -136,14 +135,6 @@ def test_manager_process_exits_with_its_app_process(redis_url, tmp_path):
         owner.kill()
         owner.wait(10)
 
-        def gone():
-            try:
-                os.kill(manager, 0)
-            except ProcessLookupError:
-                return True
-            with open(f"/proc/{manager}/stat") as stat:  # a zombie waiting for its reaper counts as gone
-                return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-
-        wait_until_sync(gone, 10, what="the orphaned Manager to exit")
+        wait_until_sync(lambda: process_gone(manager), 10, what="the orphaned Manager to exit")
     finally:
         owner.kill()

@@ -9,13 +9,13 @@ same consumer names, so they take back their own pending entries.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import multiprocessing
 import os
 import signal
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Optional
 
 from streammachine.engine import loop as event_loop
@@ -118,7 +118,7 @@ class InProcessRunner:
 
     def _start(self, slot: int) -> None:
         task = self.consumers[slot].start()
-        task.add_done_callback(functools.partial(self._ended, slot))
+        task.add_done_callback(partial(self._ended, slot))
 
     def _ended(self, slot: int, task: asyncio.Task) -> None:
         """A consumer task that ends while the agent runs is a defect somewhere: say so loudly, start it again."""

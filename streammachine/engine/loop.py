@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import signal
+import threading
 from typing import Any, Callable, Coroutine, List, Optional, Tuple, TypeVar
 
 log = logging.getLogger("streammachine.engine.loop")
@@ -27,6 +28,21 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     except ImportError:
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+def stuck_handler_threads() -> List[threading.Thread]:
+    """Handler threads (``threaded=True``) still running: a handler that never returned."""
+    return [t for t in threading.enumerate() if t.name.startswith("streammachine-") and t.is_alive()]
+
+
+def exit_past_stuck_threads(code: int) -> None:
+    """For a process this package owns (``streammachine run``): once shutdown finished, exit with ``code`` even
+    when a handler thread never returned (the interpreter would wait for it forever at exit)."""
+    stuck = stuck_handler_threads()
+    if stuck:
+        log.warning("%d handler thread(s) never returned (%s); exiting without them", len(stuck), stuck[0].name)
+        logging.shutdown()
+        os._exit(code)
 
 
 def exit_at_once(sig: signal.Signals) -> None:
@@ -55,25 +71,35 @@ class StopSignals:
         self.worker = worker
         self.handled: Tuple[signal.Signals, ...] = (signal.SIGTERM,) if worker else (signal.SIGINT, signal.SIGTERM)
         self.received: List[signal.Signals] = []
+        self._signals_seen = 0  # counted in the signal handler itself, so a busy loop cannot hide the second
         self._loop: Optional[asyncio.AbstractEventLoop] = None
 
     def __enter__(self) -> StopSignals:
         self._loop = asyncio.get_running_loop()
         if self.worker:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for sig in self.handled:
-            self._loop.add_signal_handler(sig, self._on_signal, sig)
+        # Python-level handlers, not loop.add_signal_handler: they run between bytecodes even while a sync handler
+        # keeps the loop busy (a stuck inline handler), so a second signal still ends the process at once.
+        self._previous = {sig: signal.signal(sig, self._on_os_signal) for sig in self.handled}
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            for sig in self.handled:
-                self._loop.remove_signal_handler(sig)
+        for sig, previous in getattr(self, "_previous", {}).items():
+            signal.signal(sig, previous)
+        self._previous = {}
         self._loop = None
+
+    def _on_os_signal(self, signum: int, _frame: Any) -> None:
+        sig = signal.Signals(signum)
+        self._signals_seen += 1
+        if self._signals_seen > 1:  # the second: now, whatever the loop is doing
+            self._on_signal(sig)
+        elif self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._on_signal, sig)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         self.received.append(sig)
-        if len(self.received) == 1:
+        if len(self.received) == 1 and self._signals_seen <= 1:
             log.info("%s: received %s: stopping (work in hand finishes and is acknowledged)", self.who, sig.name)
             self.on_stop(sig)
         else:

@@ -46,6 +46,7 @@ class AgentStatus:
     dead_lettered: int
     skipped: int
     reconnects: int
+    commit_retries: int  # a stage's commits refused (a table changed meanwhile) and handled again
     handler_seconds: float
     rate: float  # handled per second, over the last second or more
     last_error: Optional[str]
@@ -105,6 +106,7 @@ def agent_status(spec: AgentSpec, stats: AgentStats, running: bool, groups: Grou
         dead_lettered=stats.dead_lettered,
         skipped=stats.skipped,
         reconnects=stats.reconnects,
+        commit_retries=stats.commit_retries,
         handler_seconds=round(stats.handler_seconds, 6),
         rate=round(stats.rate(), 1),
         last_error=stats.last_error,

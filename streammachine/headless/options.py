@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from streammachine._validate import check_positive
+
 EXIT_OK, EXIT_FAILURE, EXIT_TARGET = 0, 1, 2  # stopped by a signal; failed; bad arguments or target
 
 
@@ -21,7 +23,6 @@ class RunOptions:
     supervisor_pid: Optional[int] = None  # a worker stops when this process is gone
 
     def __post_init__(self) -> None:
-        if not isinstance(self.workers, int) or self.workers < 1:
-            raise ValueError(f"workers={self.workers!r}: expected an integer >= 1")
+        check_positive("workers", self.workers, integer=True, expected="an integer >= 1")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port={self.metrics_port!r}: expected a TCP port 0-65535")

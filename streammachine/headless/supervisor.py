@@ -9,6 +9,9 @@ supervision core's (engine/supervision.py); what is particular here:
   resolved, a consumer name per worker when one is configured);
 - exit code 2 (the target cannot be loaded, or the worker refuses to run
   it) stops the run at once, as do three exits in a row before running;
+- one Manager process holds the workers' shared ``"manager"`` storage (as
+  an App's does for its ``processes=N`` workers), so ``app.storage`` is one
+  store, not N;
 - SIGINT/SIGTERM becomes SIGTERM to every worker; a second signal sends a
   second SIGTERM (workers then exit at once) and the supervisor follows;
 - with ``--metrics-port``, workers write snapshots to a private directory
@@ -33,6 +36,7 @@ from streammachine.engine import loop as event_loop
 from streammachine.engine.supervision import WorkerPool
 from streammachine.headless.metrics import DirectorySource, serve_metrics
 from streammachine.headless.options import EXIT_FAILURE, EXIT_OK, EXIT_TARGET, RunOptions
+from streammachine.state.manager import StoreManager, locator, start_manager
 
 log = logging.getLogger("streammachine.headless.supervisor")
 
@@ -45,6 +49,7 @@ class Supervisor(WorkerPool):
         self.options, self.settings = options, settings
         self.stats_dir: Optional[str] = None
         self.hurried: Optional[signal.Signals] = None
+        self.storage: Optional[StoreManager] = None  # the workers' shared "manager" storage
 
     def command(self, index: int, ready_fd: int) -> List[str]:
         opts = self.options
@@ -57,7 +62,10 @@ class Supervisor(WorkerPool):
 
     def launch(self, index: int, ready_fd: int) -> subprocess.Popen:
         name = self.settings.consumer_name
-        env = self.settings.child_environment(consumer_name=f"{name}-w{index}" if name else None)
+        env = self.settings.child_environment(
+            consumer_name=f"{name}-w{index}" if name else None,
+            storage_manager=locator(self.storage) if self.storage is not None else None,
+        )
         process = subprocess.Popen(
             self.command(index, ready_fd), env=env, stdin=subprocess.DEVNULL, pass_fds=(ready_fd,)
         )
@@ -76,6 +84,8 @@ class Supervisor(WorkerPool):
                 if opts.metrics_port is not None:
                     self.stats_dir = tempfile.mkdtemp(prefix="streammachine-metrics-")
                     metrics = serve_metrics(DirectorySource(self.stats_dir), opts.metrics_port, opts.metrics_host)
+                # one "manager" store for every worker, as processes=N workers share their App's
+                self.storage = await asyncio.to_thread(start_manager)
                 self.spawn_all()
                 log.info("supervising %d workers of %s on %s", opts.workers, opts.target, self._safe_url())
                 failed = await self.watch(stop)
@@ -87,6 +97,8 @@ class Supervisor(WorkerPool):
                     log.error("%s; stopping", failed.given_up)
                 codes = await self.stop_all(self._grace())
             finally:
+                if self.storage is not None:
+                    self.storage.shutdown()
                 if metrics is not None:
                     metrics.shutdown()
                 if self.stats_dir:

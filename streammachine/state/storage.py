@@ -3,7 +3,8 @@
 Two backends behind one async API:
 
 - ``"manager"`` (default, as in the reference): a ``multiprocessing.Manager``
-  dict, shared by the App and its forked worker processes on one host.
+  dict (state/manager.py), shared by the App and its forked worker processes
+  on one host, and by the workers of ``streammachine run --workers N``.
 - ``"redis"``: a Redis hash (values as JSON), shared by every process on
   every host and by the MCP server; choose it with ``STREAMMACHINE_STORAGE=redis``.
 
@@ -14,21 +15,21 @@ and ``incr(key)`` are.
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
-import time
 import zlib
 from typing import Any, Callable, ClassVar, Optional
 
 import orjson
 
-_STRIPES = 64
+from streammachine.state.manager import STRIPES, connect_manager, start_manager
 
 
 class ManagerBackend:
-    """A Manager dict with striped per-key locks (started on first use)."""
+    """A Manager dict with striped per-key locks: a Manager of its own (started on first use), or the one
+    ``locator`` names (``streammachine run --workers N`` shares the supervisor's)."""
 
-    def __init__(self) -> None:
+    def __init__(self, locator: Optional[str] = None) -> None:
+        self.locator = locator
         self._manager: Any = None
         self._data: Any = None  # a DictProxy once started
         self._locks: list = []
@@ -38,12 +39,9 @@ class ManagerBackend:
         if self._data is None:
             with self._start_lock:
                 if self._data is None:
-                    from multiprocessing.managers import SyncManager
-
-                    manager = SyncManager()
-                    manager.start(_exit_with, (os.getpid(),))
-                    self._locks = [manager.Lock() for _ in range(_STRIPES)]
-                    self._manager, self._data = manager, manager.dict()
+                    manager = connect_manager(self.locator) if self.locator else start_manager()
+                    self._locks = [manager.stripe(i) for i in range(STRIPES)]  # type: ignore[attr-defined]
+                    self._manager, self._data = manager, manager.store()  # type: ignore[attr-defined]
         return self._data
 
     def start(self) -> None:
@@ -51,7 +49,7 @@ class ManagerBackend:
         self._dict()
 
     def _lock(self, key: str):
-        return self._locks[zlib.crc32(key.encode()) % _STRIPES]
+        return self._locks[zlib.crc32(key.encode()) % STRIPES]
 
     def write(self, key: str, value: Any) -> None:
         data = self._dict()
@@ -86,12 +84,12 @@ class ManagerBackend:
             return value
 
     def close(self) -> None:
-        if self._manager is not None:
+        if self._manager is not None and self.locator is None:  # a shared Manager is its starter's to stop
             self._manager.shutdown()
-            self._manager = self._data = None
+        self._manager = self._data = None
 
 
-def _make_backend(backend: Optional[str], connection: Any) -> Any:
+def _make_backend(backend: Optional[str], connection: Any, manager: Optional[str] = None) -> Any:
     if backend == "redis":
         if connection is None:
             from streammachine.redis.connection import RedisConnection
@@ -99,25 +97,8 @@ def _make_backend(backend: Optional[str], connection: Any) -> Any:
             connection = RedisConnection()
         return RedisBackend(connection)
     if backend in (None, "manager"):
-        return ManagerBackend()
+        return ManagerBackend(manager)
     raise ValueError(f"Storage backend={backend!r}: expected 'manager' or 'redis'")
-
-
-def _exit_with(parent_pid: int) -> None:
-    """In the Manager's process: exit once the process that started it is gone (even SIGKILLed)."""
-
-    def watch() -> None:
-        while True:
-            time.sleep(0.5)
-            try:
-                os.kill(parent_pid, 0)
-            except ProcessLookupError:
-                os._exit(0)
-            except PermissionError:  # the pid now belongs to someone else's process: ours is gone
-                os._exit(0)
-
-    if os.name == "posix":  # signal 0 probes a process only there
-        threading.Thread(target=watch, name="streammachine-manager-watch", daemon=True).start()
 
 
 class RedisBackend:
@@ -205,10 +186,13 @@ class Storage:
             )
 
     @classmethod
-    def create(cls, backend: Optional[str] = None, connection: Any = None) -> Storage:
-        """A store of its own (what ``app.storage`` is), not the process-wide ``Storage()``."""
+    def create(cls, backend: Optional[str] = None, connection: Any = None, manager: Optional[str] = None) -> Storage:
+        """A store of its own (what ``app.storage`` is), not the process-wide ``Storage()``.
+
+        ``manager``: the locator of a running Manager to share (state/manager.py) instead of starting one.
+        """
         store = object.__new__(cls)
-        store._backend = _make_backend(backend, connection)
+        store._backend = _make_backend(backend, connection, manager)
         return store
 
     @property

@@ -223,7 +223,7 @@ async def test_sigkill_workers_of_streammachine_run_supervisor(redis_url, tmp_pa
             return [
                 p
                 for p in psutil.Process(supervisor.pid).children()
-                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE and "--worker-index" in p.cmdline()
             ]
         except psutil.NoSuchProcess:
             return []
