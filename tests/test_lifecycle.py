@@ -115,15 +115,15 @@ async def test_a_new_app_of_the_same_name_replaces_the_running_one(app_factory, 
 
 
 async def test_stop_all_reaches_every_app_of_the_process(app_factory):
+    others = running_apps()  # an App another test of this process left running counts too: it is in the process
     apps = [app_factory(name) for name in ("a", "b", "c")]
     for app in apps[:2]:
         await app.start()
-    names = [app.name for app in running_apps()]
-    assert "a" in names and "b" in names and "c" not in names  # (the process may hold others' apps too)
+    assert [app.name for app in running_apps() if app not in others] == ["a", "b"]
     transitions = stop_all()
-    assert len(transitions) == len(names)
+    assert len(transitions) == 2 + len(others)
     assert {await t for t in transitions} == {"stopped"}
-    assert running_apps() == [] and apps[0].state == apps[1].state == "stopped"
+    assert running_apps() == []
 
 
 def test_no_op_parameters_warn():

@@ -94,6 +94,40 @@ async def test_consuming_through_a_group(redis_url, sync_redis):
         assert sync_redis.xinfo_groups("orders") == [] and sync_redis.xlen("orders") == 5
 
 
+async def test_moving_a_group_says_where_and_needs_confirmation(redis_url, sync_redis):
+    ids = [sync_redis.xadd("orders", {"n": i}, id=f"{1_700_000_000_000 + i * 1000}-0") for i in range(5)]
+    sync_redis.xgroup_create("orders", "billing", id="$")
+    sync_redis.xreadgroup("billing", "c1", {"orders": ">"})  # nothing new: last delivered stays at the end
+    async with connected(redis_url) as client:
+        refused = await call(
+            client, "stream_group_reset", {"stream": "orders", "group": "billing", "to": "start"}, error=True
+        )
+        assert f"(last delivered {ids[-1]}) to the first entry" in refused and "confirm: true" in refused
+        moved = await call(
+            client, "stream_group_reset", {"stream": "orders", "group": "billing", "to": "start", "confirm": True}
+        )
+        assert (moved["was"], moved["now"], moved["next_id"]) == (ids[-1], "0-0", ids[0])
+        read = await call(client, "stream_group_read", {"stream": "orders", "group": "billing", "count": 10})
+        assert [e["id"] for e in read["entries"]] == ids, "everything is read again"
+
+        to_third = {"stream": "orders", "group": "billing", "to": ids[2], "drop_pending": True}
+        assert "acknowledge its 5 pending entries" in await call(client, "stream_group_reset", to_third, error=True)
+        moved = await call(client, "stream_group_reset", {**to_third, "confirm": True})
+        assert (moved["next_id"], moved["dropped_pending"], moved["pending"]) == (ids[2], 5, 0)
+        read = await call(client, "stream_group_read", {"stream": "orders", "group": "billing"})
+        assert [e["id"] for e in read["entries"]] == ids[2:]
+
+        seconds = {"stream": "orders", "group": "billing", "to": "1700000002", "confirm": True}
+        assert "looks like a time in seconds" in await call(client, "stream_group_reset", seconds, error=True)
+        assert "expected start, end" in await call(
+            client, "stream_group_reset", {**seconds, "to": "yesterday"}, error=True
+        )
+        assert "no consumer group 'nope'" in await call(
+            client, "stream_group_reset", {**seconds, "group": "nope", "to": "end"}, error=True
+        )
+    assert sync_redis.xinfo_groups("orders")[0]["last-delivered-id"] == ids[-1]
+
+
 async def test_trimming_says_what_it_would_delete_and_needs_confirmation(redis_url, sync_redis):
     ids = [sync_redis.xadd("ticks", {"n": i}, id=f"{1_700_000_000_000 + i}-0") for i in range(10)]
     async with connected(redis_url) as client:
@@ -120,6 +154,12 @@ async def test_read_only_mode_hides_every_tool_that_writes(redis_url, sync_redis
     async with connected(redis_url, read_only=True) as client:
         names = {tool.name for tool in (await client.list_tools()).tools}
         assert not names & WRITE_TOOLS
-        assert {"stream_group_read", "stream_group_ack", "stream_trim", "stream_group_destroy"} <= WRITE_TOOLS
+        assert {
+            "stream_group_read",
+            "stream_group_ack",
+            "stream_trim",
+            "stream_group_destroy",
+            "stream_group_reset",
+        } <= (WRITE_TOOLS)
         assert "Unknown tool" in await call(client, "stream_group_read", {"stream": "s", "group": "g"}, error=True)
     assert sync_redis.xinfo_groups("s")[0]["pending"] == 0

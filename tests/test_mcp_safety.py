@@ -19,6 +19,7 @@ from streammachine.state.objstore import RedisObjectStorage
 DESTRUCTIVE = {
     "stream_trim",
     "stream_group_destroy",
+    "stream_group_reset",
     "stream_group_ack",
     "storage_write",
     "storage_delete",
@@ -132,6 +133,7 @@ async def test_only_the_boolean_true_confirms(redis_url, sync_redis, monkeypatch
             ("obj_delete", {"pattern": "*"}),
             ("stream_trim", {"stream": "s", "maxlen": 0}),
             ("stream_group_destroy", {"stream": "s", "group": "g"}),
+            ("stream_group_reset", {"stream": "s", "group": "g", "to": "end"}),
         ):
             text = await call(client, name, {**arguments, "confirm": confirm}, error=True)
             assert "confirm" in text and ("only the JSON boolean true" in text or "confirm: true" in text), text

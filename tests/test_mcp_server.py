@@ -43,6 +43,7 @@ EXTRA_TOOLS = {
     "stream_dead_letters",
     "stream_group_create",
     "stream_group_destroy",
+    "stream_group_reset",
     "stream_group_read",
     "stream_group_ack",
     "stream_trim",

@@ -1,9 +1,10 @@
 """Consumer groups through MCP: inspect (groups, pending, dead letters), consume (read, ack), manage (create,
-destroy) and trim a stream; destroying and trimming need ``confirm: true``, and read-only mode hides every tool
-here that changes Redis."""
+move, destroy) and trim a stream; moving, destroying and trimming need ``confirm: true``, and read-only mode
+hides every tool here that changes Redis."""
 
 # no `from __future__ import annotations`: the SDK evaluates tool signatures in module globals, and the
 # count types below are built per server (they follow STREAMMACHINE_RECORDS)
+import re
 from typing import Annotated, List, Optional
 
 from mcp.server.mcpserver.exceptions import ToolError
@@ -22,6 +23,7 @@ from streammachine.mcp.models import (
     GroupDestroyed,
     GroupInfo,
     GroupRead,
+    GroupReset,
     PendingEntry,
     PendingResult,
     StreamGroups,
@@ -29,7 +31,7 @@ from streammachine.mcp.models import (
 )
 from streammachine.mcp.streams import entry_rows, require_stream, text
 from streammachine.mcp.tooling import ADD, OVERWRITE, READ, hints
-from streammachine.redis import inspect
+from streammachine.redis import inspect, positions
 from streammachine.redis.entries import as_text, single_stream_entries
 
 DLQ = "_dlq_"
@@ -209,6 +211,64 @@ def register(tool, state) -> None:
             )
         destroyed = bool(await client.xgroup_destroy(stream, group))
         return GroupDestroyed(stream=stream, group=group, destroyed=destroyed, dropped_pending=info.pending)
+
+    @tool(
+        title="Move a consumer group",
+        example={"stream": "orders", "group": "billing", "to": "1h ago", "confirm": True},
+        **OVERWRITE,
+    )
+    async def stream_group_reset(
+        stream: StreamName,
+        group: GroupName,
+        to: Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=64,
+                description="'start', 'end' (new entries only), an entry id or ms time, an ISO 8601 time "
+                "('2024-05-01T10:00:00Z') or an age ('15m ago')",
+            ),
+        ],
+        drop_pending: Annotated[bool, Field(description="also acknowledge every entry pending in the group")] = False,
+        confirm: Confirm = False,
+    ) -> GroupReset:
+        """Move a consumer group so its next read starts at `to` (XGROUP SETID): the entries in between are read
+        again (moving back) or skipped (moving forward); pending entries stay pending unless `drop_pending`.
+
+        Needs confirm: true; without it, says where the group is and where it would go.
+        """
+        if re.fullmatch(r"\d+(-\d+)?", to.strip()):  # an id or ms time: a seconds value is refused
+            stream_id("to", to.strip(), special=(), exclusive=False)
+        try:
+            position = positions.parse_position(to)
+        except ValueError as exc:
+            raise ToolError(f"to: {exc}") from None
+        client = await state.client()
+        info = await require_group(client, ns.stream(stream), group)
+        if confirm is not True:
+            where = {"start": "the first entry", "end": "only entries added from now on"}.get(
+                position.kind, f"entry {position.first} (or the first one after it)"
+            )
+            pending = (
+                f"acknowledge its {info.pending} pending entries"
+                if drop_pending
+                else f"leave its {info.pending} pending entries pending"
+            )
+            raise ToolError(
+                f"stream_group_reset would move group {group!r} of {stream!r} (last delivered "
+                f"{info.last_delivered_id}) to {where} and {pending}; call it again with confirm: true"
+            )
+        result = await positions.reset_group(client, stream, group, to, drop_pending=drop_pending)
+        return GroupReset(
+            stream=stream,
+            group=group,
+            was=result["was"],
+            now=result["now"],
+            next_id=result["next_id"],
+            pending=int(result["pending"]),
+            dropped_pending=result["dropped_pending"],
+            lag=result["lag"],
+        )
 
     @tool(
         title="Consume through a group",

@@ -9,8 +9,9 @@ stream_dead_letters to see how consumer groups are doing (lag, unacknowledged wo
 often), stream_group_read / stream_group_ack to consume through a group. storage_* tools read and write the
 state apps share (Redis storage backend: apps run with STREAMMACHINE_STORAGE=redis). ohlc_* tools aggregate
 ticks into OHLC candles in this server's memory. Times and stream ids are epoch milliseconds. Listings are
-paged: pass a result's next_cursor as cursor. Destructive tools (stream_trim, stream_group_destroy,
-storage_clear, obj_delete) need confirm: true (the JSON boolean) and say what they would delete without it."""
+paged: pass a result's next_cursor as cursor. Destructive tools (stream_trim, stream_group_reset,
+stream_group_destroy, storage_clear, obj_delete) need confirm: true (the JSON boolean) and say what they would
+do without it."""
 
 READ_ONLY_NOTE = "\nThis server is read-only: tools that write to Redis are not available."
 
@@ -68,7 +69,7 @@ and atomic `update(key, fn)` / `incr(key)`. Backends: "manager" (one host, defau
 # This MCP server
 
 Tools: stream_send, stream_send_batch, stream_read, stream_info, stream_list, stream_trim; stream_groups,
-stream_pending, stream_dead_letters, stream_group_create/read/ack/destroy; storage_read/write/delete/keys/clear;
+stream_pending, stream_dead_letters, stream_group_create/read/ack/reset/destroy; storage_read/write/delete/keys/clear;
 health_check, redis_info, redis_ping; obj_get/obj_list/obj_delete (signed objects of RedisObjectStorage, under
 the object prefix only); ohlc_create/update/get_candles/get_completed/flush/clear/stats/list.
 Resources: streammachine://config, streammachine://status.

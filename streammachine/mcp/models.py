@@ -157,6 +157,17 @@ class GroupRead(BaseModel):
     truncated: bool = Field(default=False, description=TRUNCATED)
 
 
+class GroupReset(BaseModel):
+    stream: str
+    group: str
+    was: str = Field(description="the group's last delivered id before")
+    now: str = Field(description="its last delivered id after")
+    next_id: Optional[str] = Field(description="the entry its next read gets (null: the next one added)")
+    pending: int
+    dropped_pending: int = Field(description="pending entries acknowledged (drop_pending)")
+    lag: Optional[int] = None
+
+
 class Acked(BaseModel):
     stream: str
     group: str

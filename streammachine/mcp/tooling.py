@@ -39,6 +39,7 @@ WRITE_TOOLS = frozenset(
         "stream_trim",
         "stream_group_create",
         "stream_group_destroy",
+        "stream_group_reset",
         "stream_group_read",
         "stream_group_ack",
         "storage_write",

@@ -132,16 +132,15 @@ async def kill_under_load(
     return kills
 
 
-def live_children(pid: int, *, forked: bool = False) -> list:
-    """The worker processes of ``pid``: its forks (an agent's processes=N; no Manager runs with the redis
-    storage), or the interpreters of --workers N (not the supervisor's storage Manager process)."""
+def live_children(pid: int, marker: str | None = None) -> list:
     import psutil
 
     try:
         return [
             p
             for p in psutil.Process(pid).children()
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE and (forked or "--worker-index" in p.cmdline())
+            # a supervisor's workers carry --worker-index (it has other children too); forked workers do not
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE and (marker is None or marker in p.cmdline())
         ]
     except psutil.NoSuchProcess:
         return []
@@ -209,7 +208,7 @@ async def test_stage_sigkill_workers_of_run_supervisor(redis_url):
     producing = producer_app(redis_url)
     try:
         await wait_until(
-            lambda: len(live_children(supervisor.pid)) == 2 and _consumers(client, "orders") >= 2,
+            lambda: len(live_children(supervisor.pid, "--worker-index")) == 2 and _consumers(client, "orders") >= 2,
             60,
             what="2 workers consuming",
         )
@@ -220,19 +219,23 @@ async def test_stage_sigkill_workers_of_run_supervisor(redis_url):
             # a worker killed within 5 s of its start counts as failing to start (three in a row stop the
             # run): kill the oldest, once it has run that long
             oldest = await wait_until(
-                lambda: [p for p in live_children(supervisor.pid) if time.time() - p.create_time() > 5.5],
+                lambda: [
+                    p for p in live_children(supervisor.pid, "--worker-index") if time.time() - p.create_time() > 5.5
+                ],
                 30,
                 what="a worker running for 5.5 s",
             )
             min(oldest, key=lambda p: p.create_time()).kill()
-            await wait_until(lambda: len(live_children(supervisor.pid)) == 2, 30, what="supervisor restarted it")
+            await wait_until(
+                lambda: len(live_children(supervisor.pid, "--worker-index")) == 2, 30, what="supervisor restarted it"
+            )
 
         kills = await kill_under_load(client, "orders:out", sending, rng, kill_one, max_kills=4)
         await settle(client, "orders", 40, "every input committed after worker kills")
         await stop_gracefully([supervisor])
     finally:
         if supervisor.poll() is None:
-            for child in live_children(supervisor.pid):
+            for child in live_children(supervisor.pid, "--worker-index"):
                 child.kill()
         kill_all([supervisor])
         await producing.shutdown()
@@ -259,7 +262,7 @@ async def test_stage_sigkill_forked_agent_workers(redis_url):
     try:
         await ready(app_proc)
         await wait_until(
-            lambda: len(live_children(app_proc.pid, forked=True)) == 2 and _consumers(client, "orders") >= 2,
+            lambda: len(live_children(app_proc.pid)) == 2 and _consumers(client, "orders") >= 2,
             60,
             what="2 forked workers consuming",
         )
@@ -267,16 +270,14 @@ async def test_stage_sigkill_forked_agent_workers(redis_url):
         sending = asyncio.ensure_future(producer.send(RECORDS))
 
         async def kill_one():
-            rng.choice(live_children(app_proc.pid, forked=True)).kill()
-            await wait_until(
-                lambda: len(live_children(app_proc.pid, forked=True)) == 2, 30, what="the runner restarted it"
-            )
+            rng.choice(live_children(app_proc.pid)).kill()
+            await wait_until(lambda: len(live_children(app_proc.pid)) == 2, 30, what="the runner restarted it")
 
         kills = await kill_under_load(client, "orders:out", sending, rng, kill_one, max_kills=4)
         await settle(client, "orders", 40, "every input committed after forked worker kills")
         await stop_gracefully([app_proc])
     finally:
-        for child in live_children(app_proc.pid, forked=True):
+        for child in live_children(app_proc.pid):
             child.kill()
         kill_all([app_proc])
         await producing.shutdown()
