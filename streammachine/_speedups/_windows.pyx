@@ -1022,12 +1022,12 @@ cdef class WindowCore:
             for j in range(self._nfields):
                 row[1 + j].f = values[j]
 
-    def _export(self):
+    def _export(self, names=None):
         cdef _Key key
         cdef Py_ssize_t i
         cdef Slot* row
         out = []
-        for key in self._states:
+        for key in self._states if names is None else [self._keys[n] for n in names if n in self._keys]:
             item = {"key": key.name, "clock": key.clock}
             if self._kind == K_BUCKETS:
                 item["windows"] = [

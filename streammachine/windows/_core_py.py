@@ -499,9 +499,9 @@ class WindowCore:
     def _floor_value(self) -> int:
         return self._floor
 
-    def _export(self) -> list:
+    def _export(self, names: Optional[Any] = None) -> list:
         kind, out = self._kind, []
-        for name in self._names:
+        for name in self._names if names is None else [n for n in names if n in self._keys]:
             key = self._keys[name]
             item: Dict[str, Any] = {"key": name, "clock": key.clock}
             if kind == K_BUCKETS:
