@@ -222,6 +222,8 @@ class App(Lifecycle):
                         "(wall_clock=): leave out batch=, threaded= and periodic="
                     )
                 handler = windowed = window.stage_handler(fn, stream=stream, agent=agent_name, table=self.table)
+                previous = self._agents.get(agent_name)
+                windowed.adopt(previous.window if previous is not None else None)
                 stage_tables += (windowed.table,)
                 if wall_clock is not None:
                     hook = (wall_clock, windowed.advance)

@@ -198,6 +198,12 @@ class WindowStage:
         """The latest rows this process emitted (one per window), oldest first."""
         return list(self.recent.values())
 
+    def adopt(self, previous: Any) -> None:
+        """Take over what a handler it replaces (a re-run cell, same window) showed: its rows for live_window."""
+        if isinstance(previous, WindowStage) and previous.table is self.table:
+            self.recent = previous.recent
+            self.revision = previous.revision + 1
+
     def rebind(self, table: Any, callback: Optional[Callable] = None) -> WindowStage:
         """The same window and callback over another table (a replay's fresh state)."""
         return WindowStage(self.window, self.callback if callback is None else callback, table, self.stream)
