@@ -84,8 +84,7 @@ class WindowStage:
     # -- the agent's handler -------------------------------------------------
 
     async def __call__(self, messages: List[Any]) -> Any:
-        keys = [self._key_of(m) for m in messages]
-        touched = list(dict.fromkeys(k for k in keys if k is not None))
+        touched = self._keys_of(messages)
         self._sync(touched)
         self._dirty(touched)
         rows = self.state.add_entries(messages)
@@ -96,7 +95,7 @@ class WindowStage:
             raise ValueError(f"window on {self.stream!r}: {rows.rejected[0].error}")
         late: Counter = Counter()
         if rows.late:
-            key_of_id = {as_text(m.data[0]): k for m, k in zip(messages, keys) if m.data}
+            key_of_id = {as_text(m.data[0]): self._key_of(m) for m in messages if m.data}
             late.update(key_of_id.get(as_text(entry_id)) for entry_id in rows.late)
         self._store(touched, late)
         return await self._emit(rows)
@@ -119,6 +118,21 @@ class WindowStage:
         return await self._emit(rows)
 
     # -- state ---------------------------------------------------------------
+
+    def _keys_of(self, messages: List[Any]) -> List[str]:
+        """The keys a read's entries touch (the raw values gathered first: a read has far fewer keys than entries)."""
+        if self._key_spellings is None:
+            return list(dict.fromkeys(m.topic for m in messages))
+        spelled, text = self._key_spellings
+        raw = {(m.data[1].get(spelled) or m.data[1].get(text)) if m.data else None for m in messages}
+        names = []
+        for value in raw:
+            try:
+                if value is not None:
+                    names.append(key_name(value, self._key_field))
+            except ValueError:
+                pass  # the core rejects its entries, with the reason
+        return list(dict.fromkeys(names))
 
     def _key_of(self, message: Any) -> Optional[str]:
         if self._key_spellings is None:
