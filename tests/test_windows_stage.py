@@ -246,3 +246,21 @@ async def test_replay_gives_what_the_live_run_gave(app_factory, sync_redis):
     replayed = [as_output(row) for _, rows in result.outputs_of("vwin") for row in rows]
     assert replayed == live
     assert not [k for k in sync_redis.keys("streammachine:table:*") if ":replay:" in k]  # its state is removed
+
+
+async def test_the_harness_restarts_a_window_agent_with_its_window(app_factory, sync_redis):
+    from streammachine.testkit.faults import restart_agent
+
+    app = app_factory()
+    w = window()
+    register(app, w)
+    data = ticks(300, seed=8)
+    add(sync_redis, "ticks", data[:150])
+    await app.startup()
+    await wait_until(lambda: app.stats("vwin").processed == 150, what="the first half handled")
+    restart_agent(app, "vwin")
+    assert app.agents["vwin"].window is not None and app.agents["vwin"].output == "bars"
+    add(sync_redis, "ticks", data[150:])
+    expected = expected_rows(w, data)
+    await wait_until(lambda: sync_redis.xlen("bars") >= len(expected), what="every closed window")
+    assert output_rows(sync_redis, "bars") == expected
