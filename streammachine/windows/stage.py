@@ -198,7 +198,7 @@ class WindowStage:
 
     def status(self) -> Dict[str, Any]:
         """Committed late entries (all processes, across restarts), keys, and this process's counts."""
-        values = list(self.table.values())
+        values = [self.table.committed_get(key, copy=False)[1] for key in self.table.keys()]  # read, never changed
         return {
             "table": self.table.name,
             "keys": len(values),
