@@ -176,6 +176,8 @@ class App(Lifecycle):
         output: Optional[str] = None,
         tables: Sequence[Table] = (),
         periodic: Optional[Tuple[float, Callable[[], Any]]] = None,
+        window: Any = None,
+        wall_clock: Optional[float] = None,
         **options: Any,
     ) -> Callable:
         """Register a stream consumer. Re-registering a name replaces it (hot swap when running).
@@ -192,6 +194,14 @@ class App(Lifecycle):
         writes committed like a handler's (e.g. closing the windows of quiet
         keys by wall-clock time).
 
+        A window stage: ``window=Window...agg(...)`` feeds each read to the
+        window; the decorated function gets the rows it emits (a list of
+        dicts, called only when there are some) and returns what goes out,
+        like any stage's handler (``return rows`` writes them to ``output=``).
+        The window's state is committed with the ack, in a table of its own.
+        ``wall_clock=seconds`` closes the windows of quiet keys by the wall
+        clock that often (``streammachine.windows.stage``).
+
         ``options`` override fields of ``ConsumerConfig`` (count, block_ms,
         start_id, max_deliveries, on_error, retry_delay_ms, claim_idle_ms,
         dead_letter_stream).
@@ -199,20 +209,41 @@ class App(Lifecycle):
         consumer_config = (config or self.config.consumer).replace(**options)
 
         def decorate(fn: Callable) -> Callable:
+            agent_name = handler_name(fn, name)
+            handler, stage_tables, hook, windowed = fn, tuple(tables), periodic, None
+            if window is not None:
+                if not hasattr(window, "stage_handler"):
+                    raise TypeError(
+                        f"agent {agent_name!r}: window={window!r}, expected a Window (streammachine.windows)"
+                    )
+                if batch or threaded or periodic is not None:
+                    raise ValueError(
+                        f"agent {agent_name!r}: window= takes each read whole and runs its own periodic hook "
+                        "(wall_clock=): leave out batch=, threaded= and periodic="
+                    )
+                handler = windowed = window.stage_handler(fn, stream=stream, agent=agent_name, table=self.table)
+                previous = self._agents.get(agent_name)
+                windowed.adopt(previous.window if previous is not None else None)
+                stage_tables += (windowed.table,)
+                if wall_clock is not None:
+                    hook = (wall_clock, windowed.advance)
+            elif wall_clock is not None:
+                raise ValueError(f"agent {agent_name!r}: wall_clock= closes windows: it needs window=")
             spec = AgentSpec(
-                name=handler_name(fn, name),
-                handler=fn,
+                name=agent_name,
+                handler=handler,
                 stream=stream,
                 group=group or self.config.default_group,
                 concurrency=concurrency,
                 processes=processes,
-                batch=batch,
+                batch=batch or windowed is not None,
                 config=consumer_config,
                 threaded=threaded,
                 output=output,
-                tables=tuple(tables),
+                tables=stage_tables,
                 maxlen=self.config.stream_maxlen,
-                periodic=periodic,
+                periodic=hook,
+                window=windowed,
             )
             self._check_process_budget(spec)
             self._register_agent(spec)

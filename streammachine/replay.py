@@ -34,6 +34,7 @@ touched.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
@@ -216,6 +217,15 @@ def _replayed(
     return handler
 
 
+def _quiet(handler: Callable) -> Callable:
+    """A replayed window's rows are collected, not written: the replay App has no output streams."""
+
+    async def quiet(argument: Any) -> None:
+        await handler(argument)
+
+    return quiet
+
+
 async def _finished(client: Any, targets: Dict[Tuple[str, str], str]) -> bool:
     """Every replay group delivered up to its last id and has nothing pending."""
     for (stream, group), last in targets.items():
@@ -259,17 +269,26 @@ async def replay(
     outputs: Dict[str, List[Tuple[str, Any]]] = {spec.name: [] for spec in specs} if collect else {}
     replayer = App(f"{app.name}-replay", redis_url=await app.redis.resolve(), settings=app.settings)
     targets: Dict[Tuple[str, str], str] = {}
+    window_tables: List[str] = []
     started = time.monotonic()
     with Progress(progress, total, f"replay {app.name}") as bar:
         for spec in specs:
             setid, first, last = ranges[spec.stream]
             if last is None:
                 continue
-            handler = _replayed(spec, parse_stream_id(last), pacer, tally, outputs.get(spec.name), bar)
+            tables: Tuple[Any, ...] = ()
+            replayed = spec
+            if spec.window is not None:  # the same window over fresh state, in a table of the replay's own
+                fresh = replayer.table(f"{spec.window.table.name}:{run}")
+                replayed = dataclasses.replace(spec, handler=spec.window.rebind(fresh), window=None)
+                tables = (fresh,)
+                window_tables.append(fresh.key)
+            handler = _replayed(replayed, parse_stream_id(last), pacer, tally, outputs.get(spec.name), bar)
             config = spec.config.replace(start_id=setid, count=count)
             replayer.agent(
-                spec.stream, groups[spec.name], spec.concurrency, batch=spec.batch, name=spec.name, config=config
-            )(handler)
+                spec.stream, groups[spec.name], spec.concurrency, batch=replayed.batch, name=spec.name,
+                config=config, tables=tables,
+            )(_quiet(handler) if tables else handler)  # fmt: skip
             targets[(spec.stream, groups[spec.name])] = last
         try:
             if targets:
@@ -286,6 +305,8 @@ async def replay(
             if not keep_group:
                 for stream, replay_group in targets:
                     await client.xgroup_destroy(stream, replay_group)
+                if window_tables:
+                    await client.delete(*window_tables)
     stats = {spec.name: replayer.stats(spec.name) for spec in specs if (spec.stream, groups[spec.name]) in targets}
     return ReplayResult(
         groups=groups,

@@ -271,3 +271,37 @@ def test_bad_live_table_arguments_are_named(app_factory):
         live_table(table, fps=-1)
     with pytest.raises(RuntimeError, match="running event loop"):
         live_table(table)
+
+
+async def test_live_window_plots_rows_per_key_and_keeps_them_across_a_re_run(app_factory, views):
+    from streammachine.notebook import live_window
+    from streammachine.windows import Count, Sum, Window
+
+    app = app_factory("windows")
+    w = Window.tumbling(100, key="symbol", time="ts").agg(n=Count(), qty=Sum("qty"))
+
+    def define():  # the cell that defines the window
+        @app.agent("ticks", group="g", window=w, output="bars", name="bars")
+        def bars(rows):
+            return rows
+
+    define()
+    await app.start()
+    view = live_window(app, "bars", y="qty", kind="bars", fps=20)
+    views.append(view)
+    assert view.frames == 1 and not view.figure.data
+    ticks = [{"symbol": s, "qty": q, "ts": t} for s, q, t in [("A", 1, 10), ("B", 2, 20), ("A", 3, 30)]]
+    await app.send_batch("ticks", ticks)
+    await app.send_batch("ticks", [{"symbol": "A", "qty": 5, "ts": 110}, {"symbol": "B", "qty": 7, "ts": 120}])
+    await wait_until(lambda: len(view.figure.data) == 2, 5, what="a bar trace per key")
+    assert [t.name for t in view.figure.data] == ["A", "B"]
+    assert list(view.figure.data[0].y) == [4.0] and list(view.figure.data[1].y) == [2.0]
+    assert np.issubdtype(np.asarray(view.figure.data[0].x).dtype, np.datetime64)
+
+    define()  # re-run: a new handler, the same window, its state and its rows kept
+    await wait_until(lambda: app.last_swap_ms is not None, 5, what="the swap")
+    await app.send_batch("ticks", [{"symbol": "A", "qty": 1, "ts": 210}])
+    await wait_until(lambda: len(view.figure.data[0].y) == 2, 5, what="the next window of A on the same chart")
+    assert list(view.figure.data[0].y) == [4.0, 5.0]  # the window before the re-run continued: 5, not lost
+    with pytest.raises(ValueError, match="not a column"):
+        live_window(app, "bars", y="price")

@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from window_data import BASE, CORES, Clocks
 
 from streammachine.windows import (
     OHLC,
     VWAP,
     Count,
-    CythonWindowState,
     First,
     Last,
     Max,
@@ -34,8 +34,6 @@ from streammachine.windows import (
     Window,
 )
 
-BASE = 1_700_000_000_000
-CORES = [PythonWindowState] + ([CythonWindowState] if CythonWindowState is not None else [])
 AGGREGATES = dict(
     n=Count(),
     total=Sum("price"),
@@ -61,11 +59,8 @@ GRACE = 1_000
 
 
 def make_entries(raw):
-    clocks, rows = {}, []
-    for key, step, behind, price, qty in raw:
-        clocks[key] = clocks.get(key, BASE) + step
-        rows.append((key, clocks[key] - behind, price, qty))
-    return rows
+    clocks = Clocks(per_key=True, start=BASE)
+    return [(key, clocks.time(key, step, behind), price, qty) for key, step, behind, price, qty in raw]
 
 
 def aggs(core):

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from window_data import BASE, Clocks
 
 from streammachine.windows import (
     OHLC,
@@ -35,7 +36,6 @@ from streammachine.windows import (
 
 pytestmark = pytest.mark.skipif(CythonWindowState is None, reason="the compiled window core is not built")
 
-BASE = 1_700_000_000_000
 KEYS = ["A", "B", "\u00e9t\u00e9"]
 AGGS = dict(
     n=Count(),
@@ -87,13 +87,11 @@ operations = st.lists(st.one_of(good, good, good, bad, entries, arrays, advance,
 
 def with_times(ops):
     """The operations with each entry's (step, behind) turned into an offset from BASE."""
-    clock = 0
+    clocks = Clocks(per_key=False, floor=0)
 
     def timed(op):
-        nonlocal clock
         step_ms, behind = op[2]
-        clock += step_ms
-        return (op[0], op[1], max(0, clock - behind), op[3], op[4])
+        return (op[0], op[1], clocks.time(None, step_ms, behind), op[3], op[4])
 
     out = []
     for op in ops:
@@ -102,7 +100,7 @@ def with_times(ops):
         elif op[0] in ("entries", "arrays"):
             out.append((op[0], [timed(o) for o in op[1]]))
         elif op[0] == "advance":
-            out.append(("advance", clock + op[1]))
+            out.append(("advance", clocks.now + op[1]))
         else:
             out.append(op)
     return out

@@ -24,12 +24,10 @@ from streammachine.ohlc.ticks import (
 )
 from streammachine.redis.entries import iter_stream_batches, parse_stream_id_timestamp
 
+from streammachine._speedups._text cimport text_double, text_millis
+
 cdef extern from "Python.h":
     long long PyLong_AsLongLongAndOverflow(object obj, int* overflow) except? -1
-    double PyOS_string_to_double(const char* s, char** endptr, PyObject* overflow_exception)
-    PyObject* PyErr_Occurred()
-    void PyErr_Clear()
-    const char* PyUnicode_AsUTF8AndSize(object text, Py_ssize_t* size) except NULL
 
 
 cdef struct CandleC:
@@ -192,37 +190,9 @@ cdef bint _apply(SymbolC* sym, double p, double v, int64_t t) except -1:
     return late
 
 
-cdef inline int64_t _id_millis(const char* text, Py_ssize_t size) noexcept nogil:
-    """Milliseconds of a "<ms>-<seq>" id (ASCII digits both sides, ms within int64), or -1."""
-    cdef Py_ssize_t i = 0
-    cdef int64_t ms = 0
-    cdef int digit
-    while i < size and text[i] != 45:  # '-'
-        digit = text[i] - 48
-        if digit < 0 or digit > 9 or ms > (INT64_MAX - digit) // 10:
-            return -1
-        ms = ms * 10 + digit
-        i += 1
-    if i == 0 or i + 1 >= size:
-        return -1
-    i += 1
-    while i < size:
-        if text[i] < 48 or text[i] > 57:
-            return -1
-        i += 1
-    return ms
-
-
 cdef int64_t _entry_millis(object entry_id) except -2:
-    cdef Py_ssize_t size
-    cdef const char* text
-    if type(entry_id) is bytes:
-        return _id_millis(PyBytes_AS_STRING(entry_id), PyBytes_GET_SIZE(entry_id))
-    if type(entry_id) is str:
-        if not entry_id.isascii():  # also keeps lone surrogates away from the UTF-8 encoder
-            return -1
-        text = PyUnicode_AsUTF8AndSize(entry_id, &size)
-        return _id_millis(text, size)
+    if type(entry_id) is bytes or type(entry_id) is str:
+        return text_millis(entry_id, True)
     try:
         return parse_stream_id_timestamp(entry_id)
     except ValueError:
@@ -231,18 +201,9 @@ cdef int64_t _entry_millis(object entry_id) except -2:
 
 cdef bint _parse_number(object raw, double* out) except -1:
     """``float(raw)`` semantics; bytes take a C fast path. False if it does not parse."""
-    cdef const char* text
-    cdef char* end
-    cdef double value
-    if type(raw) is bytes:
-        text = PyBytes_AS_STRING(raw)
-        value = PyOS_string_to_double(text, &end, NULL)
-        if PyErr_Occurred() != NULL:
-            PyErr_Clear()
-        elif end == text + PyBytes_GET_SIZE(raw):
-            out[0] = value
-            return True
-        # whitespace, underscores, junk: let float() decide, as the Python core does
+    if type(raw) is bytes and text_double(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), out):
+        return True
+    # whitespace, underscores, junk: let float() decide, as the Python core does
     number = parse_field_number(raw)
     if number is None:
         return False

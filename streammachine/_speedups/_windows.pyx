@@ -24,12 +24,10 @@ import numpy as np
 from streammachine.redis.entries import as_text
 from streammachine.windows.values import EntryReader, key_name
 
+from streammachine._speedups._text cimport PyUnicode_AsUTF8AndSize, text_double, text_millis
+
 cdef extern from "Python.h":
     long long PyLong_AsLongLongAndOverflow(object obj, int* overflow) except? -1
-    double PyOS_string_to_double(const char* s, char** endptr, PyObject* overflow_exception)
-    PyObject* PyErr_Occurred()
-    void PyErr_Clear()
-    const char* PyUnicode_AsUTF8AndSize(object text, Py_ssize_t* size) except NULL
 
 ctypedef union Slot:
     double f
@@ -171,42 +169,6 @@ cdef class _Key:
         PyMem_Free(self.bar)
 
 
-cdef inline int64_t _digits(const char* text, Py_ssize_t size, bint stream_id) noexcept nogil:
-    """The number in ASCII digits (a stream id: the ms before '-<digits>'), or -1."""
-    cdef Py_ssize_t i = 0
-    cdef int64_t ms = 0
-    cdef int digit
-    while i < size and text[i] != 45:  # '-'
-        digit = text[i] - 48
-        if digit < 0 or digit > 9 or ms > (INT64_MAX - digit) // 10:
-            return -1
-        ms = ms * 10 + digit
-        i += 1
-    if i == 0:
-        return -1
-    if not stream_id:
-        return ms if i == size else -1
-    if i + 1 >= size:
-        return -1
-    i += 1
-    while i < size:
-        if text[i] < 48 or text[i] > 57:
-            return -1
-        i += 1
-    return ms
-
-
-cdef int64_t _text_millis(object raw, bint stream_id) except -2:
-    cdef Py_ssize_t size
-    cdef const char* text
-    if type(raw) is bytes:
-        return _digits(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), stream_id)
-    if type(raw) is str and (<str>raw).isascii():
-        text = PyUnicode_AsUTF8AndSize(raw, &size)
-        return _digits(text, size, stream_id)
-    return -1
-
-
 cdef inline object _get(dict fields, object spelled_bytes, object spelled_str, bint text_first):
     """fields[name] in either spelling, or None. The spelling that matched last is tried first: a str and
     a bytes name hash the same, so the other spelling's miss costs a failed str/bytes comparison."""
@@ -268,7 +230,6 @@ cdef inline bint _plain_decimal(const char* text, Py_ssize_t size, double* out) 
 cdef bint _number(object raw, double* out) except -1:
     """The fast cases of values.number(); False sends the entry to the checked path."""
     cdef const char* text
-    cdef char* end
     cdef double value
     cdef Py_ssize_t size
     if type(raw) is float:
@@ -276,13 +237,8 @@ cdef bint _number(object raw, double* out) except -1:
     elif type(raw) is bytes:
         text = PyBytes_AS_STRING(raw)
         size = PyBytes_GET_SIZE(raw)
-        if not _plain_decimal(text, size, &value):
-            value = PyOS_string_to_double(text, &end, NULL)
-            if PyErr_Occurred() != NULL:
-                PyErr_Clear()
-                return False
-            if end != text + size or end == text:
-                return False
+        if not _plain_decimal(text, size, &value) and not text_double(text, size, &value):
+            return False
     elif type(raw) is str and (<str>raw).isascii():
         text = PyUnicode_AsUTF8AndSize(raw, &size)
         if not _plain_decimal(text, size, &value):
@@ -475,13 +431,13 @@ cdef class WindowCore:
         if found == NULL:
             return None
         if self._time_field == "id":
-            ts[0] = _text_millis(entry_id, True)
+            ts[0] = text_millis(entry_id, True)
         else:
             raw = _get(<dict>fields, self._time_bytes, self._time_field, text)
             if type(raw) is int:
                 ts[0] = raw if 0 <= raw <= INT64_MAX else -1
             else:
-                ts[0] = _text_millis(raw, False)
+                ts[0] = text_millis(raw, False)
         if ts[0] < 0:
             return None
         for j in range(self._nfields):
@@ -1022,12 +978,12 @@ cdef class WindowCore:
             for j in range(self._nfields):
                 row[1 + j].f = values[j]
 
-    def _export(self):
+    def _export(self, names=None):
         cdef _Key key
         cdef Py_ssize_t i
         cdef Slot* row
         out = []
-        for key in self._states:
+        for key in self._states if names is None else [self._keys[n] for n in names if n in self._keys]:
             item = {"key": key.name, "clock": key.clock}
             if self._kind == K_BUCKETS:
                 item["windows"] = [

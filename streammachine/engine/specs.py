@@ -94,6 +94,7 @@ class AgentSpec:
     # (seconds, hook): a stage's hook run every ``seconds`` in its consumer's task, its effects committed like
     # a handler's (e.g. completing the windows or candles of quiet keys by wall-clock time)
     periodic: Optional[Tuple[float, Callable[[], Any]]] = None
+    window: Any = None  # a window agent's WindowStage (its handler): its state and status
 
     @property
     def is_stage(self) -> bool:

@@ -54,6 +54,7 @@ class AgentStatus:
     lag: Optional[int]
     consumers: Optional[int]
     kind: str = "agent"
+    window: Optional[Dict[str, Any]] = None  # a window agent's: table, keys, late (committed), entries, rejected
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ def agent_status(spec: AgentSpec, stats: AgentStats, running: bool, groups: Grou
         pending=group.get("pending"),
         lag=group.get("lag"),
         consumers=group.get("consumers"),
+        window=None if spec.window is None else spec.window.status(),
     )
 
 

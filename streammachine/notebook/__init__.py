@@ -1,4 +1,4 @@
-"""StreamMachine in Jupyter: magics, live plotly views, a live view of a stage's table, the app dashboard.
+"""StreamMachine in Jupyter: magics, live plotly views, a live view of a stage's table, a window's rows, the app dashboard.
 
 Nothing here is imported by ``import streammachine``; the names below load
 their module (and plotly/ipywidgets/IPython) on first use.
@@ -14,6 +14,8 @@ _LAZY = {
     "live_candles": "candles",
     "LiveTable": "tables",
     "live_table": "tables",
+    "LiveWindow": "windows",
+    "live_window": "windows",
     "Dashboard": "dashboard",
     "until": "waiting",
     "load_ipython_extension": "magics",

@@ -123,6 +123,14 @@ async def kill_consumer(app: App, agent: str, index: int = 0) -> Any:
 def restart_agent(app: App, agent: str) -> None:
     """Register the agent again as it is: new consumers under the same names take over (a hot swap)."""
     spec = app.agents[app._resolve_name(agent)]
+    if spec.window is not None:  # a window agent: registered again from its window and function (same table)
+        stage = spec.window
+        app.agent(
+            spec.stream, spec.group, spec.concurrency, spec.processes, name=spec.name, config=spec.config,
+            output=spec.output, tables=[t for t in spec.tables if t is not stage.table], window=stage.window,
+            wall_clock=spec.periodic[0] if spec.periodic else None,
+        )(stage.callback)  # fmt: skip
+        return
     app.agent(
         spec.stream,
         spec.group,

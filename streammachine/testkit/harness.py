@@ -140,7 +140,13 @@ class Harness:
             if isinstance(item, AgentSpec):
                 chosen.append(item)
                 continue
-            matches = [s for n, s in agents.items() if item is s.handler or item in (n, n.rsplit(".", 1)[-1])]
+            matches = [
+                s
+                for n, s in agents.items()
+                if item is s.handler
+                or (s.window is not None and item is s.window.callback)  # a window agent's function
+                or item in (n, n.rsplit(".", 1)[-1])
+            ]
             if len(matches) != 1:
                 names = sorted(n.rsplit(".", 1)[-1] for n in agents)
                 raise KeyError(f"no single agent {getattr(item, '__name__', item)!r} in app {self.app.name!r}: {names}")

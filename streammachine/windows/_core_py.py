@@ -20,6 +20,9 @@ by kind,
 
 The watermark of a key is ``max(clock - grace, floor)``; ``floor`` is
 raised by ``advance_to`` (quiet keys) and ``flush`` (end of data).
+
+The record operations are in ``_records_py.py``, the snapshot side in
+``_snapshot_py.py`` (mixed in).
 """
 
 from __future__ import annotations
@@ -28,22 +31,7 @@ import math
 from bisect import insort
 from typing import Any, Dict, List, Optional
 
-from streammachine.windows.aggregates import (
-    OP_FIRST,
-    OP_LAST,
-    OP_MAX,
-    OP_MIN,
-    OP_PSUM,
-    OP_SUM,
-    OP_WELFORD,
-    R_COUNT,
-    R_DIV,
-    R_MEAN,
-    R_STD,
-    R_TIME,
-    R_VALUE,
-    R_VAR,
-)
+from streammachine.windows._snapshot_py import SnapshotOps
 from streammachine.windows.spec import K_BARS, K_BUCKETS, K_SESSION, K_SLIDE_TIME, M_COUNT, M_FIELD
 from streammachine.windows.values import EntryReader, key_name
 
@@ -97,7 +85,7 @@ class _Key:
         self.measure = 0.0
 
 
-class WindowCore:
+class WindowCore(SnapshotOps):
     """Window state and the update paths; the public API comes from ``WindowMethods``."""
 
     compiled = False
@@ -390,172 +378,6 @@ class WindowCore:
             self._emit(key, key.bar_start, ts, key.bar)
         if closes:
             key.bar, key.measure = None, 0.0
-
-    # -- records ---------------------------------------------------------------
-
-    def _new_record(self) -> list:
-        record = list(self._blank)
-        for custom in self._customs:
-            record.append(custom.init())
-        return record
-
-    def _update(self, record: list, ts: int, values) -> None:
-        count = record[0] + 1
-        for op, slot, slot2, field, field2 in self._updates:
-            value = values[field]
-            if op == OP_SUM:
-                record[slot] += value
-            elif op == OP_PSUM:
-                record[slot] += value * values[field2]
-            elif op == OP_MIN:
-                if value < record[slot]:
-                    record[slot] = value
-            elif op == OP_MAX:
-                if value > record[slot]:
-                    record[slot] = value
-            elif op == OP_FIRST:
-                if ts < record[slot2]:
-                    record[slot2] = ts
-                    record[slot] = value
-            elif op == OP_LAST:
-                if ts >= record[slot2]:
-                    record[slot2] = ts
-                    record[slot] = value
-            elif op == OP_WELFORD:
-                delta = value - record[slot]
-                record[slot] += delta / count
-                record[slot + 1] += delta * (value - record[slot])
-            else:
-                record[slot] = self._customs[slot2].add(record[slot], value, ts)
-        record[0] = count
-
-    def _merge(self, older: list, newer: list) -> list:
-        """A new record: ``older`` and ``newer`` combined (ties: first from older, last from newer)."""
-        merged = list(older)
-        n_old, n_new = older[0], newer[0]
-        count = n_old + n_new
-        for op, slot, slot2, _field, _field2 in self._updates:
-            if op == OP_SUM or op == OP_PSUM:
-                merged[slot] = older[slot] + newer[slot]
-            elif op == OP_MIN:
-                if newer[slot] < older[slot]:
-                    merged[slot] = newer[slot]
-            elif op == OP_MAX:
-                if newer[slot] > older[slot]:
-                    merged[slot] = newer[slot]
-            elif op == OP_FIRST:
-                if newer[slot2] < older[slot2]:
-                    merged[slot2], merged[slot] = newer[slot2], newer[slot]
-            elif op == OP_LAST:
-                if newer[slot2] >= older[slot2]:
-                    merged[slot2], merged[slot] = newer[slot2], newer[slot]
-            elif op == OP_WELFORD:
-                if n_new == 0:
-                    continue
-                if n_old == 0:
-                    merged[slot], merged[slot + 1] = newer[slot], newer[slot + 1]
-                    continue
-                delta = newer[slot] - older[slot]
-                merged[slot] = older[slot] + delta * n_new / count
-                merged[slot + 1] = older[slot + 1] + newer[slot + 1] + delta * delta * n_old * n_new / count
-            else:
-                merged[slot] = self._customs[slot2].merge(older[slot], newer[slot])
-        merged[0] = count
-        return merged
-
-    def _emit(self, key: _Key, start: int, end: int, record: list) -> None:
-        row: List[Any] = [key.name, start, end]
-        count = record[0]
-        for op, slot, arg in self._results:
-            if op == R_COUNT:
-                row.append(count)
-            elif op == R_VALUE or op == R_TIME:
-                row.append(record[slot])
-            elif op == R_DIV:
-                row.append(record[slot] / record[arg] if record[arg] != 0.0 else _NAN)
-            elif op == R_MEAN:
-                row.append(record[slot] / count)
-            elif op == R_VAR or op == R_STD:
-                var = record[slot + 1] / (count - arg) if count > arg else _NAN
-                row.append(math.sqrt(var) if op == R_STD and var == var else var)
-            else:
-                row.append(self._customs[arg].result(record[slot]))
-        self._out.append(tuple(row))
-
-    def _take_rows(self) -> list:
-        out = self._out
-        if not out:
-            return []
-        self._out = []
-        names = self._row_names
-        return [dict(zip(names, row)) for row in out]
-
-    def _take_raw(self) -> list:
-        out, self._out = self._out, []
-        return out
-
-    # -- snapshots (the format is in snapshot.py) -------------------------------
-
-    def _floor_value(self) -> int:
-        return self._floor
-
-    def _export(self) -> list:
-        kind, out = self._kind, []
-        for name in self._names:
-            key = self._keys[name]
-            item: Dict[str, Any] = {"key": name, "clock": key.clock}
-            if kind == K_BUCKETS:
-                item["windows"] = [[start, key.windows[start]] for start in sorted(key.windows)]
-            elif kind == K_SESSION:
-                item["sealed"] = None if key.sealed == INT64_MIN else key.sealed
-                item["sessions"] = [[start, end, record] for start, end, record in key.sessions]
-            else:
-                item["pending"] = [[ts, list(values)] for ts, values in key.pending]
-                if kind == K_BARS:
-                    item.update(bar=key.bar, bar_start=key.bar_start, bar_end=key.bar_end, measure=key.measure)
-                else:
-                    item["buffer"] = [[ts, list(values)] for ts, values in key.buffer[key.head :]]
-                    item["front"] = key.mid - key.head
-            out.append(item)
-        return out
-
-    def _load(self, keys: list, floor: int, entries: int, late: int, rejected: int) -> None:
-        """Replace the state with checked snapshot data (see snapshot.parse)."""
-        self.clear()
-        kind = self._kind
-        for item in keys:
-            key = self._key(item["key"])
-            key.clock = item["clock"]
-            if kind == K_BUCKETS:
-                key.windows = {start: record for start, record in item["windows"]}
-            elif kind == K_SESSION:
-                key.sealed = item["sealed"]
-                key.sessions = [list(session) for session in item["sessions"]]
-            else:
-                key.pending = list(item["pending"])
-                if kind == K_BARS:
-                    key.bar, key.bar_start, key.bar_end = item["bar"], item["bar_start"], item["bar_end"]
-                    key.measure = item["measure"]
-                else:
-                    self._rebuild_slide(key, item["buffer"], item["front"])
-        self._floor = floor
-        self._entries, self._late, self._rejected = entries, late, rejected
-
-    def _rebuild_slide(self, key: _Key, buffer: list, front: int) -> None:
-        """The two-stack exactly as it was: front suffixes over buffer[:front], back over the rest, in order."""
-        key.buffer = list(buffer)
-        key.front = [None] * len(buffer)
-        key.head = 0
-        key.mid = front
-        key.back = back = self._new_record() if buffer else None
-        for ts, values in buffer[front:]:
-            self._update(back, ts, values)  # type: ignore[arg-type]  # not None: buffer[front:] is not empty
-        suffix = None
-        for i in range(front - 1, -1, -1):
-            single = self._new_record()
-            self._update(single, buffer[i][0], buffer[i][1])
-            suffix = single if suffix is None else self._merge(single, suffix)
-            key.front[i] = suffix
 
     # -- keys ------------------------------------------------------------------
 

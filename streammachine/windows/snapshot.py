@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from streammachine.redis.entries import _short
 from streammachine.windows.spec import K_BARS, K_BUCKETS, K_SESSION, K_SLIDE_COUNT, K_SLIDE_TIME
@@ -44,19 +44,6 @@ _SPELLED = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 
 
 def build(state: Any) -> dict:
-    plan = state.window.plan
-    doubles = range(1, 1 + len(plan["d_init"]))
-    customs = 1 + len(plan["d_init"]) + len(plan["t_init"]) if plan["customs"] else 0
-    keys = []
-    for item in state._export():
-        for field in ("windows", "sessions"):
-            if field in item:
-                item[field] = [[*row[:-1], _record_out(row[-1], doubles, customs)] for row in item[field]]
-        if item.get("bar") is not None:
-            item["bar"] = _record_out(item["bar"], doubles, customs)
-        if "measure" in item:
-            item["measure"] = _double_out(item["measure"])
-        keys.append(item)
     floor = state._floor_value()
     return {
         "format": FORMAT,
@@ -65,8 +52,37 @@ def build(state: Any) -> dict:
         "entries": state.entries,
         "late": state.late,
         "rejected": state.rejected,
-        "keys": keys,
+        "keys": key_items(state),
     }
+
+
+def key_items(state: Any, names: Optional[Iterable[str]] = None) -> List[dict]:
+    """The snapshot items of ``names`` (default: every key), as ``build`` writes them; unknown names are left out."""
+    plan = state.window.plan
+    doubles = range(1, 1 + len(plan["d_init"]))
+    customs = 1 + len(plan["d_init"]) + len(plan["t_init"]) if plan["customs"] else 0
+    keys = []
+    for item in state._export() if names is None else state._export(list(names)):
+        for field in ("windows", "sessions"):
+            if field in item:
+                item[field] = [[*row[:-1], _record_out(row[-1], doubles, customs)] for row in item[field]]
+        if item.get("bar") is not None:
+            item["bar"] = _record_out(item["bar"], doubles, customs)
+        if "measure" in item:
+            item["measure"] = _double_out(item["measure"])
+        keys.append(item)
+    return keys
+
+
+def replace_keys(state: Any, items: Mapping[str, Optional[dict]]) -> None:
+    """Give the keys named in ``items`` that item's state (None: forget the key); the other keys stay as they are.
+
+    The stage binding uses it to bring keys back to their committed state (a unit that failed, a commit refused).
+    """
+    snapshot = build(state)
+    kept = [item for item in snapshot["keys"] if item["key"] not in items]
+    snapshot["keys"] = kept + [item for item in items.values() if item is not None]
+    state.restore(snapshot)
 
 
 def _record_out(record: list, doubles: range, customs: int) -> list:

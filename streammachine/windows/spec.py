@@ -220,6 +220,12 @@ class Window:
 
         return window_state_class(pure_python, bool(self.plan["customs"]))(self)
 
+    def stage_handler(self, callback: Any, *, stream: str, agent: str, table: Any) -> Any:
+        """What ``@app.agent(stream, window=self)`` runs: a ``WindowStage`` whose state is in ``table(name)``."""
+        from streammachine.windows.stage import WindowStage, table_name
+
+        return WindowStage(self, callback, table(table_name(stream, agent, self)), stream)
+
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self._params.items())
         aggs = ", ".join(f"{name}={a!r}" if name else repr(a) for name, a in self._aggregates)

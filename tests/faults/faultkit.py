@@ -139,6 +139,46 @@ def check_stage(result: StageResult) -> None:
     assert not result.wrong, f"{result.fault}: table keys differ from what the inputs imply (stored, expected)"
 
 
+def window_tally(
+    fault: str, client: Any, stream: str, table_key: str, confirmed: Iterable[int], started: float, size: int = 100
+) -> StageResult:
+    """Record one row for the window stage of ``stage_app.py`` (tumbling ``size`` over the event time ``seq``).
+
+    Each input entry must be counted once: in the row of a closed window (the output), in an open window (the
+    committed state) or as late (committed per key). ``handled``: entries counted; ``lost``: input entries of a
+    window that no row or state counts; ``duplicates``: entries counted beyond the inputs, and rows of a window
+    written twice. Late entries are named in the row (the grace should leave none).
+    """
+    inputs = Counter(int(fields[b"seq"]) // size * size for _, fields in client.xrange(stream))
+    rows = Counter()
+    twice = 0
+    seen = set()
+    for _, fields in client.xrange(f"{stream}:out"):
+        start = int(fields[b"start"])
+        twice += start in seen
+        seen.add(start)
+        rows[start] += int(fields[b"n"])
+    late = 0
+    for value in stored_table(client, table_key).values():
+        late += value["late"]
+        for start, record in value["state"]["windows"]:
+            rows[start] += record[0]
+    counted = sum(rows.values()) + late
+    missing = sum((inputs - rows).values())  # late entries are missing from their windows, and counted there
+    lost = max(missing - late, 0)
+    duplicates = sum((rows - inputs).values()) + twice + max(late - missing, 0)
+    unseen = set(confirmed) - {int(fields[b"seq"]) for _, fields in client.xrange(stream)}
+    state = f"{len(seen)} windows closed, {late} late"
+    if unseen:
+        state += f"; {len(unseen)} CONFIRMED RECORDS MISSING FROM THE INPUT"
+    result = StageResult(
+        f"{fault} [{state}]", sum(inputs.values()), counted, lost, duplicates, 0,
+        time.monotonic() - started, unseen=len(unseen),
+    )  # fmt: skip
+    RESULTS.append(result)
+    return result
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 

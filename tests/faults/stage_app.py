@@ -8,12 +8,17 @@ STAGE_SLOW_MS how long each handler takes. For each input ``{"seq": n}`` it
 outputs ``{"seq": n}`` and adds to the table: ``r<n % 10>`` += 1, ``sum`` += n,
 all committed with the ack of the entry. An empty STAGE_TABLE makes an
 outputs-only stage.
+
+STAGE_WINDOW=1 makes it a window stage instead (``WINDOW``): tumbling windows of
+100 over the event time ``seq``, a row ``{"key", "start", "end", "n", "total"}``
+per closed window to the output, the window's state committed with the ack.
 """
 
 import asyncio
 import os
 
 from streammachine import App
+from streammachine.windows import Count, Sum, Window
 
 STREAM = os.environ.get("STAGE_STREAM", "orders")
 app = App("stageapp")
@@ -22,16 +27,26 @@ totals = app.table(TABLE, default=0) if TABLE else None
 slow = float(os.environ.get("STAGE_SLOW_MS", "0")) / 1000.0
 
 
-@app.agent(
-    STREAM,
-    group="stage",
-    output=f"{STREAM}:out",
-    tables=[totals] if totals is not None else [],
-    concurrency=int(os.environ.get("STAGE_CONCURRENCY", "1")),
-    processes=int(os.environ.get("STAGE_PROCESSES", "0")) or None,
-    name="stage",
-    start_id="0",
-)
+WINDOW = Window.tumbling(100, time="seq", grace_ms=1000).agg(n=Count(), total=Sum("seq"))
+WINDOWED = os.environ.get("STAGE_WINDOW") == "1"
+
+
+def window_rows(rows):
+    return rows
+
+
+if WINDOWED:
+    app.agent(
+        STREAM,
+        group="stage",
+        output=f"{STREAM}:out",
+        window=WINDOW,
+        concurrency=int(os.environ.get("STAGE_CONCURRENCY", "1")),
+        name="stage",
+        start_id="0",
+    )(window_rows)
+
+
 async def stage(message):
     seq = int(message.fields[b"seq"])
     if slow:
@@ -40,6 +55,19 @@ async def stage(message):
         totals[f"r{seq % 10}"] += 1
         totals["sum"] += seq
     return {"seq": seq}
+
+
+if not WINDOWED:
+    app.agent(
+        STREAM,
+        group="stage",
+        output=f"{STREAM}:out",
+        tables=[totals] if totals is not None else [],
+        concurrency=int(os.environ.get("STAGE_CONCURRENCY", "1")),
+        processes=int(os.environ.get("STAGE_PROCESSES", "0")) or None,
+        name="stage",
+        start_id="0",
+    )(stage)
 
 
 @app.on_startup

@@ -28,8 +28,10 @@ from helpers import wait_until
 
 from streammachine import App, ConsumerConfig
 from streammachine.embedded import EmbeddedServer
+from streammachine.windows.stage import table_name
 
-from .faultkit import Producer, check_stage, stage_settled, stage_tally
+from .faultkit import Producer, check_stage, stage_settled, stage_tally, window_tally
+from .stage_app import WINDOW
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(120)]
 
@@ -113,15 +115,25 @@ async def settle(client, stream: str, timeout: float, what: str) -> None:
 
 
 async def kill_under_load(
-    client, out: str, sending: asyncio.Future, rng: random.Random, kill_one, max_kills: int, min_kills: int = 3
+    client,
+    out: str,
+    sending: asyncio.Future,
+    rng: random.Random,
+    kill_one,
+    max_kills: int,
+    min_kills: int = 3,
+    per_output: int = 1,
 ) -> int:
-    """``await kill_one()`` at random moments while ``sending`` runs: after a random number of new outputs."""
+    """``await kill_one()`` at random moments while ``sending`` runs: after a random number of new outputs
+    (``per_output``: input entries one output stands for, e.g. a window's row)."""
     kills = 0
     while not sending.done() and kills < max_kills:
-        before = client.xlen(out)
+        before = client.xlen(out) * per_output
         step = rng.randint(100, 500)
         await wait_until(
-            lambda: client.xlen(out) > before + step or sending.done(), 30, what="progress before the next kill"
+            lambda: client.xlen(out) * per_output > before + step or sending.done(),
+            30,
+            what="progress before the next kill",
         )
         if sending.done():
             break
@@ -149,11 +161,22 @@ def live_children(pid: int, marker: str | None = None) -> list:
 # -- stage processes killed ------------------------------------------------------
 
 
-async def _kill_run_processes(url: str, client, stream: str, table: str, fault: str, seed: int) -> None:
+def tally_and_check(fault: str, client, stream: str, table: str, confirmed, started: float, window: bool) -> None:
+    """The row of the table stage (``stage_tally``) or of the window stage (``window_tally``), checked."""
+    if window:
+        key = TABLE_PREFIX + table_name(stream, "stage", WINDOW)
+        check_stage(window_tally(f"window {fault}", client, stream, key, confirmed, started))
+    else:
+        check_stage(stage_tally(f"stage: {fault}", client, stream, TABLE_PREFIX + table, confirmed, started))
+
+
+async def _kill_run_processes(
+    url: str, client, stream: str, table: str, fault: str, seed: int, window: bool = False
+) -> None:
     """Two ``streammachine run`` stage processes; SIGKILL one at random moments and start a new one."""
     started = time.monotonic()
     rng = random.Random(seed)
-    env = {"STAGE_STREAM": stream, "STAGE_TABLE": table}
+    env = {"STAGE_STREAM": stream, "STAGE_TABLE": table, "STAGE_WINDOW": "1" if window else "0"}
     procs = [spawn_stage(url, **env) for _ in range(2)]
     producing = producer_app(url)
     live = []  # started and consuming: the ones a kill may pick
@@ -178,7 +201,8 @@ async def _kill_run_processes(url: str, client, stream: str, table: str, fault: 
             procs.append(spawn_stage(url, **env))
             starting.append(asyncio.ensure_future(start(procs[-1])))
 
-        kills = await kill_under_load(client, f"{stream}:out", sending, rng, kill_one, max_kills=4)
+        per_output = 100 if window else 1  # a row per window of 100
+        kills = await kill_under_load(client, f"{stream}:out", sending, rng, kill_one, 4, per_output=per_output)
         await asyncio.gather(*starting)
         await settle(client, stream, 40, f"{fault}: every input committed")
         await stop_gracefully([proc for proc in procs if proc.returncode is None])
@@ -187,14 +211,17 @@ async def _kill_run_processes(url: str, client, stream: str, table: str, fault: 
             task.cancel()
         kill_all(procs)
         await producing.shutdown()
-    result = stage_tally(f"stage: {fault} x{kills}", client, stream, TABLE_PREFIX + table, producer.confirmed, started)
-    check_stage(result)
+    tally_and_check(f"{fault} x{kills}", client, stream, table, producer.confirmed, started, window)
 
 
-async def test_stage_sigkill_run_processes(redis_url):
+@pytest.mark.parametrize("window", [False, True], ids=["table", "window"])
+async def test_stage_sigkill_run_processes(redis_url, window):
+    """For the window stage: two processes share one window key, so their commits also conflict all along."""
     client = redis.Redis.from_url(redis_url)
     try:
-        await _kill_run_processes(redis_url, client, "orders", "totals", "SIGKILL `streammachine run` process", 11)
+        await _kill_run_processes(
+            redis_url, client, "orders", "totals", "SIGKILL `streammachine run` process", 11, window=window
+        )
     finally:
         client.close()
 
@@ -367,11 +394,17 @@ async def test_stage_process_stalled(redis_url, table):
 # -- the server under fault ------------------------------------------------------------
 
 
-async def _server_fault_case(server: EmbeddedServer, fault: str, inject: Callable, rounds: int, bite: str) -> None:
-    """Two stage processes (2 consumers each) while ``inject()`` hits the server ``rounds`` times mid-stream."""
+async def _server_fault_case(
+    server: EmbeddedServer, fault: str, inject: Callable, rounds: int, bite: str, window: bool = False
+) -> None:
+    """Two stage processes (2 consumers each; the window stage: one process, one consumer) while ``inject()``
+    hits the server ``rounds`` times mid-stream."""
     started = time.monotonic()
     client = redis.Redis.from_url(server.url, socket_timeout=10)
-    procs = [spawn_stage(server.url, STAGE_CONCURRENCY="2") for _ in range(2)]
+    if window:
+        procs = [spawn_stage(server.url, STAGE_WINDOW="1")]
+    else:
+        procs = [spawn_stage(server.url, STAGE_CONCURRENCY="2") for _ in range(2)]
     producing = producer_app(server.url)
     try:
         for proc in procs:
@@ -380,7 +413,12 @@ async def _server_fault_case(server: EmbeddedServer, fault: str, inject: Callabl
         sending = asyncio.ensure_future(producer.send(RECORDS, deadline=90))
         for n in range(rounds):
             floor = (n + 1) * RECORDS // (rounds + 2)
-            await wait_until(lambda: _xlen(client, "orders:out") > floor, 30, interval=0.05, what="flow before fault")
+            await wait_until(
+                lambda: _xlen(client, "orders:out") * (100 if window else 1) > floor,  # a window row: 100 entries
+                30,
+                interval=0.05,
+                what="flow before fault",
+            )
             await inject()
         await sending
         assert producer.next_seq == RECORDS
@@ -390,9 +428,10 @@ async def _server_fault_case(server: EmbeddedServer, fault: str, inject: Callabl
         kill_all(procs)
         await producing.shutdown()
     assert_logged(procs, bite, fault)
-    result = stage_tally(f"stage: {fault}", client, "orders", TABLE_PREFIX + "totals", producer.confirmed, started)
-    client.close()
-    check_stage(result)
+    try:
+        tally_and_check(fault, client, "orders", "totals", producer.confirmed, started, window)
+    finally:
+        client.close()
 
 
 def _xlen(client, stream: str) -> int:
@@ -402,8 +441,9 @@ def _xlen(client, stream: str) -> int:
         return 0
 
 
+@pytest.mark.parametrize("window", [False, True], ids=["table", "window"])
 @pytest.mark.parametrize("how", ["restart", "crash"])
-async def test_stage_server_restart_with_aof_fsync_always(tmp_path, how):
+async def test_stage_server_restart_with_aof_fsync_always(tmp_path, how, window):
     """The server restarts (SIGTERM) or crashes (SIGKILL) mid-stream, twice; AOF with appendfsync always
     replays every commit it confirmed, and none half: a Lua commit reaches the AOF as one MULTI/EXEC."""
     server = EmbeddedServer(tmp_path / "aof", extra_args=["--appendfsync", "always"]).start()
@@ -418,7 +458,7 @@ async def test_stage_server_restart_with_aof_fsync_always(tmp_path, how):
 
         label = "server restart (SIGTERM)" if how == "restart" else "server crash (SIGKILL)"
         await _server_fault_case(
-            server, f"{label} + AOF replay, fsync always, x2", inject, rounds=2, bite="Redis unavailable"
+            server, f"{label} + AOF replay, fsync always, x2", inject, rounds=2, bite="Redis unavailable", window=window
         )
     finally:
         server.stop()
