@@ -33,6 +33,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from streammachine.redis.resp import direct_pool, encode_command, encode_commands, round_trip
+from streammachine.redis.sync import plain
 
 RedisClient = Union[Redis, RedisCluster]
 """Every async client StreamMachine talks through (``make_client`` returns one)."""
@@ -80,7 +81,7 @@ class Transport:
     """Sends a list of commands in one round trip and returns their raw replies, in order."""
 
     def __init__(self, client: Any) -> None:
-        self.client = client
+        self.client = client = plain(client)  # a core running over a sync client hands its wrapper
         self.pool = direct_pool(client)
 
     @property
