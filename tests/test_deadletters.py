@@ -7,6 +7,7 @@ checks the dead letter is still there), and with a dedupe key across cluster slo
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 import redis
@@ -225,8 +226,26 @@ async def test_dead_lettered_by_an_agent_then_replayed_after_a_hot_swap(app_fact
         handled.append(message.message["n"])
 
     await wait_until(lambda: app.last_swap_ms is not None, what="the fixed handler swapped in")
+    # half from the CLI, in another process; the rest from the core, while the agent runs
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "streammachine",
+        "--redis-url",
+        app.redis.url,
+        "dlq",
+        "replay",
+        "payments",
+        *[d.id for d in letters[:5]],
+        "--yes",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(cli.communicate(), 60)
+    assert cli.returncode == 0, err
+    assert out.decode().strip() == "replayed 5 dead letter(s) from payments:dead: 5 to payments"
     result = await dlq.replay_dead_letters(await app.redis.get_client(), "payments")
-    assert result.count == 10 and result.atomic
+    assert result.count == 5 and result.atomic
     await wait_until(lambda: len(handled) == 30, what="every entry handled")
     assert sorted(handled, key=int) == [str(n) for n in range(30)], "each entry handled exactly once"
     assert sync_redis.xlen("payments:dead") == 0
