@@ -262,6 +262,14 @@ async def _checked_ids(client: Any, dead: str, ids: Sequence[Any]) -> Dict[str, 
     return {i: found[i] for i in wanted}
 
 
+async def find_dead_letters(
+    client: Any, stream: str, ids: Sequence[Any], *, dead_letter_stream: Optional[str] = None
+) -> List[DeadLetter]:
+    """The dead letters ``ids``, in order; ``UnknownDeadLetter`` naming any that is not there (a preview)."""
+    dead = dead_letter_stream_of(stream, dead_letter_stream)
+    return [parse(dead, entry, raw) for entry, raw in (await _checked_ids(client, dead, ids)).items()]
+
+
 # --- replay --------------------------------------------------------------------------------------------------
 
 
