@@ -105,3 +105,13 @@ def test_replay_in_a_subprocess_reports_json(redis_url, sync_redis):
     result = json.loads(done.stdout)
     assert [r["dead_letter_id"] for r in result["replayed"]] == ids and result["atomic"] is True
     assert sync_redis.xlen("orders") == 2 and sync_redis.xlen("orders:dead") == 0
+
+
+def test_an_agents_own_dead_letter_stream(redis_url, sync_redis, capsys):
+    ids = poison(sync_redis, "orders", 2, dead="failures")
+    where = ["--redis-url", redis_url, "dlq"]
+    code, out, _ = _run(capsys, *where, "list", "orders", "--dead-letter-stream", "failures")
+    assert code == 0 and [line.split()[0] for line in out.splitlines()] == ids
+    code, out, _ = _run(capsys, *where, "replay", "orders", "--all", "--dead-letter-stream", "failures", "--yes")
+    assert code == 0 and "replayed 2 dead letter(s) from failures: 2 to orders" in out
+    assert sync_redis.xlen("orders") == 2 and sync_redis.xlen("failures") == 0

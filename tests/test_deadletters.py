@@ -22,8 +22,8 @@ from streammachine.redis.inspect import NotAStream
 from streammachine.testing import LocalCluster
 
 
-def poison(sync_redis, stream: str, n: int, start: int = 0, **extra) -> list:
-    """``n`` dead letters of ``stream`` as an agent writes them; their dead-letter ids."""
+def poison(sync_redis, stream: str, n: int, start: int = 0, dead: str | None = None, **extra) -> list:
+    """``n`` dead letters of ``stream`` (in ``dead``, default its own) as an agent writes them; their ids."""
     ids = []
     for i in range(start, start + n):
         record = dlq.dead_letter_record(
@@ -35,7 +35,7 @@ def poison(sync_redis, stream: str, n: int, start: int = 0, **extra) -> list:
             error="ValueError: poison",
             deliveries=3,
         )
-        ids.append(sync_redis.xadd(dlq.dead_letter_stream_of(stream), record))
+        ids.append(sync_redis.xadd(dead or dlq.dead_letter_stream_of(stream), record))
     return ids
 
 

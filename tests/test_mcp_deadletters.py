@@ -132,3 +132,24 @@ async def test_replay_through_mcp_after_a_hot_swap_handles_each_entry_once(redis
     await wait_until(lambda: len(handled) == 40, what="every entry handled")
     assert sorted(handled, key=int) == [str(n) for n in range(40)], "each entry handled exactly once"
     assert sync_redis.xlen("invoices:dead") == 0 and sync_redis.xlen("invoices") == 50
+
+
+async def test_an_agents_own_dead_letter_stream(redis_url, sync_redis):
+    """Regression: with dead_letter_stream set, every tool used '<it>:dead' once it had resolved the name."""
+    ids = poison(sync_redis, "orders", 3, dead="failures")
+    async with connected(redis_url) as client:
+        where = {"stream": "orders", "dead_letter_stream": "failures"}
+        listed = await call(client, "stream_dead_letters", where)
+        assert [e["id"] for e in listed["entries"]] == ids and listed["length"] == 3
+        assert (await call(client, "stream_dead_letter_show", {**where, "id": ids[0]}))["original_id"] == "1000-0"
+        assert "would send 1 dead letter(s) of 'failures'" in await call(
+            client, "stream_dead_letter_replay", {**where, "ids": [ids[0]]}, error=True
+        )
+        done = await call(client, "stream_dead_letter_replay", {**where, "ids": [ids[0]], "confirm": True})
+        assert (done["replayed"], done["length"]) == (1, 2) and sync_redis.xlen("orders") == 1
+        assert "would delete all 2 dead letters of 'failures'" in await call(
+            client, "stream_dead_letter_purge", where, error=True
+        )
+        purged = await call(client, "stream_dead_letter_purge", {**where, "confirm": True})
+        assert (purged["removed"], purged["length"]) == (2, 0)
+    assert not sync_redis.exists("failures:dead")

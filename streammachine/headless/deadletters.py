@@ -94,58 +94,70 @@ def _selection(args: Any) -> Optional[str]:
     return None
 
 
+def _list(client: Any, args: Any, dead: str, where: dict) -> int:
+    letters = dlq.list_dead_letters_sync(client, args.stream, start=args.start, end=args.end, count=args.count, **where)
+    for letter in letters:
+        print(json.dumps(letter.to_dict(), ensure_ascii=False) if args.json else describe(letter))
+    if not letters and not args.json:
+        print(f"no dead letters in {dead}")
+    return 0
+
+
+def _show(client: Any, args: Any, dead: str, where: dict) -> int:
+    letter = dlq.show_dead_letter_sync(client, args.stream, args.id, **where)
+    if letter is None:
+        return _fail("show", f"dead-letter stream {dead!r} has no entry {args.id}")
+    if args.json:
+        print(json.dumps(letter.to_dict(), indent=2, ensure_ascii=False))
+        return 0
+    for name in ("id", "stream", "original_id", "agent", "group", "deliveries", "error"):
+        print(f"{name}: {getattr(letter, name)}")
+    print(f"at: {_when(letter.time)}")
+    print("fields:")
+    for key, value in letter.fields.items():
+        print(f"  {key}: {value}")
+    return 0
+
+
+def _replay(client: Any, args: Any, dead: str, where: dict) -> int:
+    ids = args.ids or None
+    many = f"{len(ids)} dead letter(s)" if ids else f"all {dlq.count_dead_letters_sync(client, args.stream, **where)} dead letters"
+    to = f"to {args.target!r}" if args.target else "to the streams they came from"
+    if not confirm(f"Replay {many} of {dead!r} {to}?", args.yes):
+        return _fail("replay", "not confirmed; nothing changed")
+    return _report(dlq.replay_dead_letters_sync(client, args.stream, ids, target=args.target, **where), args.json)
+
+
+def _purge(client: Any, args: Any, dead: str, where: dict) -> int:
+    ids = args.ids or None
+    if ids:
+        many = f"{len(ids)} dead letter(s)"
+    elif args.before is not None:
+        many = f"the dead letters before {dlq.entry_id('--before', args.before)}"
+    else:
+        many = f"all {dlq.count_dead_letters_sync(client, args.stream, **where)} dead letters"
+    if not confirm(f"Delete {many} of {dead!r} for good?", args.yes):
+        return _fail("purge", "not confirmed; nothing changed")
+    removed = dlq.purge_dead_letters_sync(client, args.stream, ids, before=args.before, **where)
+    print(f"purged {removed} dead letter(s) from {dead}; {dlq.count_dead_letters_sync(client, args.stream, **where)} left")
+    return 0
+
+
+ACTIONS = {"list": _list, "show": _show, "replay": _replay, "purge": _purge}
+
+
 def cmd_dlq(args: Any, settings: Settings, connect: Connect) -> int:
-    where = {"dead_letter_stream": args.dead_letter_stream}
     try:
         dead = dlq.dead_letter_stream_of(args.stream, args.dead_letter_stream)
         if args.action in ("replay", "purge"):
             problem = _selection(args)
             if problem:
                 raise argparse.ArgumentTypeError(problem)
-        client = connect(args, settings)
-        if args.action == "list":
-            letters = dlq.list_dead_letters_sync(
-                client, args.stream, start=args.start, end=args.end, count=args.count, **where
-            )
-            for letter in letters:
-                print(json.dumps(letter.to_dict(), ensure_ascii=False) if args.json else describe(letter))
-            if not letters and not args.json:
-                print(f"no dead letters in {dead}")
-            return 0
-        if args.action == "show":
-            letter = dlq.show_dead_letter_sync(client, args.stream, args.id, **where)
-            if letter is None:
-                return _fail("show", f"dead-letter stream {dead!r} has no entry {args.id}")
-            if args.json:
-                print(json.dumps(letter.to_dict(), indent=2, ensure_ascii=False))
-            else:
-                for name in ("id", "stream", "original_id", "agent", "group", "deliveries", "error"):
-                    print(f"{name}: {getattr(letter, name)}")
-                print(f"at: {_when(letter.time)}")
-                print("fields:")
-                for key, value in letter.fields.items():
-                    print(f"  {key}: {value}")
-            return 0
-        ids = args.ids or None
-        if ids is not None:
-            for entry in ids:
+            for entry in args.ids:
                 dlq.entry_id("ID", entry)  # a typo fails before the question
-        many = f"{len(ids)} dead letter(s)" if ids else None
-        if args.action == "replay":
-            many = many or f"all {dlq.count_dead_letters_sync(client, args.stream, **where)} dead letters"
-            to = f"to {args.target!r}" if args.target else "to the streams they came from"
-            if not confirm(f"Replay {many} of {dead!r} {to}?", args.yes):
-                return _fail("replay", "not confirmed; nothing changed")
-            result = dlq.replay_dead_letters_sync(client, args.stream, ids, target=args.target, **where)
-            return _report(result, args.json)
-        if args.before is not None:
-            many = f"the dead letters before {dlq.entry_id('--before', args.before)}"
-        many = many or f"all {dlq.count_dead_letters_sync(client, args.stream, **where)} dead letters"
-        if not confirm(f"Delete {many} of {dead!r} for good?", args.yes):
-            return _fail("purge", "not confirmed; nothing changed")
-        removed = dlq.purge_dead_letters_sync(client, args.stream, ids, before=args.before, **where)
-        print(f"purged {removed} dead letter(s) from {dead}; {dlq.count_dead_letters_sync(client, dead)} left")
-        return 0
+        return ACTIONS[args.action](
+            connect(args, settings), args, dead, {"dead_letter_stream": args.dead_letter_stream}
+        )
     except (KeyError, ValueError) as exc:
         return _fail(args.action, exc.args[0] if exc.args else str(exc))
 

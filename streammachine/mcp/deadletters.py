@@ -88,14 +88,16 @@ def register(tool, state) -> None:
         start = "-" if cursor is None else stream_id("cursor", cursor, special=())
         dead = dead_stream(stream, dead_letter_stream)
         client = await state.client()
-        letters = await _core(core.list_dead_letters(client, dead, start=start, count=count + 1))
+        letters = await _core(
+            core.list_dead_letters(client, stream, start=start, count=count + 1, dead_letter_stream=dead)
+        )
         rows = [letter.to_dict() for letter in letters[:count]]
         page, truncated = pack(rows, limits.page_budget)
         more = len(letters) > count or len(page) < len(rows)
         return DeadLetters(
             stream=stream,
             dead_letter_stream=dead,
-            length=await _core(core.count_dead_letters(client, dead)),
+            length=await _core(core.count_dead_letters(client, stream, dead_letter_stream=dead)),
             entries=[as_model(row) for row in page],
             next_cursor="(" + page[-1]["id"] if more and page else None,
             truncated=truncated,
@@ -108,7 +110,7 @@ def register(tool, state) -> None:
         """One dead letter in full: its error, agent, group, deliveries, when (epoch s) and original fields."""
         entry = stream_id("id", id, special=(), exclusive=False)
         dead = dead_stream(stream, dead_letter_stream)
-        letter = await _core(core.show_dead_letter(await state.client(), dead, entry))
+        letter = await _core(core.show_dead_letter(await state.client(), stream, entry, dead_letter_stream=dead))
         if letter is None:
             raise ToolError(f"dead-letter stream {dead!r} has no entry {id}; stream_dead_letters lists them")
         (row,), _ = pack([letter.to_dict()], limits.page_budget, share=limits.page_budget)
@@ -141,9 +143,11 @@ def register(tool, state) -> None:
         client = await state.client()
         if confirm is not True:
             if checked is None:
-                what = f"all {await _core(core.count_dead_letters(client, dead))} dead letters"
+                what = (
+                    f"all {await _core(core.count_dead_letters(client, stream, dead_letter_stream=dead))} dead letters"
+                )
             else:
-                what = f"{len(await _core(core.find_dead_letters(client, dead, checked)))} dead letter(s)"
+                what = f"{len(await _core(core.find_dead_letters(client, stream, checked, dead_letter_stream=dead)))} dead letter(s)"
             to = f"to {target!r}" if target else "to the streams they came from"
             raise ToolError(
                 f"stream_dead_letter_replay would send {what} of {dead!r} {to} and remove them from {dead!r}; "
@@ -152,7 +156,13 @@ def register(tool, state) -> None:
         settings = state.settings
         result = await _core(
             core.replay_dead_letters(
-                client, dead, checked, target=target, maxlen=settings.stream_maxlen, max_age=settings.stream_max_age
+                client,
+                stream,
+                checked,
+                target=target,
+                dead_letter_stream=dead,
+                maxlen=settings.stream_maxlen,
+                max_age=settings.stream_max_age,
             )
         )
         per_stream: dict = {}
@@ -167,7 +177,7 @@ def register(tool, state) -> None:
             busy=result.busy[:LISTED],
             atomic=result.atomic,
             truncated=max(result.count, len(result.missing), len(result.busy)) > LISTED,
-            length=await _core(core.count_dead_letters(client, dead)),
+            length=await _core(core.count_dead_letters(client, stream, dead_letter_stream=dead)),
         )
 
     @tool(
@@ -196,18 +206,26 @@ def register(tool, state) -> None:
         client = await state.client()
         if confirm is not True:
             if checked is not None:
-                what = f"{len(await _core(core.find_dead_letters(client, dead, checked)))} dead letter(s)"
+                what = f"{len(await _core(core.find_dead_letters(client, stream, checked, dead_letter_stream=dead)))} dead letter(s)"
             elif oldest_kept is not None:
                 older = await _core(
-                    core.list_dead_letters(client, dead, end="(" + oldest_kept, count=limits.records + 1)
+                    core.list_dead_letters(
+                        client, stream, end="(" + oldest_kept, count=limits.records + 1, dead_letter_stream=dead
+                    )
                 )
                 what = f"{'more than ' if len(older) > limits.records else ''}{min(len(older), limits.records)} dead letter(s)"
             else:
-                what = f"all {await _core(core.count_dead_letters(client, dead))} dead letters"
+                what = (
+                    f"all {await _core(core.count_dead_letters(client, stream, dead_letter_stream=dead))} dead letters"
+                )
             raise ToolError(
                 f"stream_dead_letter_purge would delete {what} of {dead!r}; call it again with confirm: true"
             )
-        removed = await _core(core.purge_dead_letters(client, dead, checked, before=oldest_kept))
+        removed = await _core(
+            core.purge_dead_letters(client, stream, checked, before=oldest_kept, dead_letter_stream=dead)
+        )
         return DeadLettersPurged(
-            dead_letter_stream=dead, removed=removed, length=await _core(core.count_dead_letters(client, dead))
+            dead_letter_stream=dead,
+            removed=removed,
+            length=await _core(core.count_dead_letters(client, stream, dead_letter_stream=dead)),
         )
