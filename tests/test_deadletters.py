@@ -170,6 +170,17 @@ async def test_concurrent_replays_never_double(redis_url, sync_redis):
     assert sum(r.count for r in results) == 300 and sync_redis.xlen("race:dead") == 0
 
 
+async def test_large_records_go_in_several_script_calls(redis_url, sync_redis, monkeypatch):
+    monkeypatch.setattr(dlq, "REPLAY_BYTES", 3000)
+    poison(sync_redis, "big", 10, blob="x" * 1000)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        assert (await dlq.replay_dead_letters(client, "big")).count == 10
+    finally:
+        await client.aclose()
+    assert sorted(int(f["i"]) for _, f in sync_redis.xrange("big")) == list(range(10))
+
+
 async def test_purge_by_ids_before_and_all(redis_url, sync_redis):
     ids = poison(sync_redis, "p", 6)
     sync_redis.xgroup_create("p:dead", "auditors", id="0")
@@ -290,6 +301,24 @@ async def test_replay_on_a_cluster_same_slot_and_cross_slot(cluster, sync_cluste
         assert not sync_cluster.exists(marks_key("orders:dead")), "no replay marks left behind"
     finally:
         await client.aclose()
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(120)
+async def test_concurrent_cross_slot_replays_never_double(cluster, sync_cluster):
+    from redis.asyncio.cluster import RedisCluster
+
+    poison(sync_cluster, "racing", 60)
+    url = cluster.url.replace("redis+cluster://", "redis://")
+    clients = [RedisCluster.from_url(url) for _ in range(3)]
+    try:
+        results = await asyncio.gather(*(dlq.replay_dead_letters(c, "racing", chunk=7) for c in clients))
+        leftovers = await dlq.replay_dead_letters(clients[0], "racing")  # what was busy: its marks are gone now
+    finally:
+        for client in clients:
+            await client.aclose()
+    assert sorted(int(f["i"]) for _, f in sync_cluster.xrange("racing")) == list(range(60)), "each once"
+    assert sum(r.count for r in results) + leftovers.count == 60 and sync_cluster.xlen("racing:dead") == 0
 
 
 @pytest.mark.cluster

@@ -153,3 +153,17 @@ async def test_an_agents_own_dead_letter_stream(redis_url, sync_redis):
         purged = await call(client, "stream_dead_letter_purge", {**where, "confirm": True})
         assert (purged["removed"], purged["length"]) == (2, 0)
     assert not sync_redis.exists("failures:dead")
+
+
+async def test_replay_never_writes_outside_the_stream_namespace(redis_url, sync_redis):
+    """Regression: a dead letter's own _dlq_stream could point a replay at the object namespace."""
+    poison(sync_redis, "obj:model:a", 1, dead="orders:dead")  # a crafted (or stale) dead letter
+    poison(sync_redis, "orders", 1)
+    async with connected(redis_url) as client:
+        text = await call(client, "stream_dead_letter_replay", {"stream": "orders", "confirm": True}, error=True)
+        assert "the stream a dead letter names (_dlq_stream)='obj:model:a' is in the object namespace" in text
+        done = await call(
+            client, "stream_dead_letter_replay", {"stream": "orders", "target": "orders", "confirm": True}
+        )
+        assert done["replayed"] == 2
+    assert not sync_redis.exists("obj:model:a") and sync_redis.xlen("orders") == 2

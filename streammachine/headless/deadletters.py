@@ -121,7 +121,11 @@ def _show(client: Any, args: Any, dead: str, where: dict) -> int:
 
 def _replay(client: Any, args: Any, dead: str, where: dict) -> int:
     ids = args.ids or None
-    many = f"{len(ids)} dead letter(s)" if ids else f"all {dlq.count_dead_letters_sync(client, args.stream, **where)} dead letters"
+    many = (
+        f"{len(ids)} dead letter(s)"
+        if ids
+        else f"all {dlq.count_dead_letters_sync(client, args.stream, **where)} dead letters"
+    )
     to = f"to {args.target!r}" if args.target else "to the streams they came from"
     if not confirm(f"Replay {many} of {dead!r} {to}?", args.yes):
         return _fail("replay", "not confirmed; nothing changed")
@@ -139,7 +143,9 @@ def _purge(client: Any, args: Any, dead: str, where: dict) -> int:
     if not confirm(f"Delete {many} of {dead!r} for good?", args.yes):
         return _fail("purge", "not confirmed; nothing changed")
     removed = dlq.purge_dead_letters_sync(client, args.stream, ids, before=args.before, **where)
-    print(f"purged {removed} dead letter(s) from {dead}; {dlq.count_dead_letters_sync(client, args.stream, **where)} left")
+    print(
+        f"purged {removed} dead letter(s) from {dead}; {dlq.count_dead_letters_sync(client, args.stream, **where)} left"
+    )
     return 0
 
 

@@ -161,6 +161,7 @@ def register(tool, state) -> None:
                 checked,
                 target=target,
                 dead_letter_stream=dead,
+                check_target=lambda name: ns.stream(name, "the stream a dead letter names (_dlq_stream)"),
                 maxlen=settings.stream_maxlen,
                 max_age=settings.stream_max_age,
             )

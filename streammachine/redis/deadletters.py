@@ -30,13 +30,13 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from redis.exceptions import ResponseError
 
 from streammachine._speedups import decode_dict_bytes_to_utf8
 from streammachine.config import ConsumerConfig, Settings
-from streammachine.redis.deadletters_move import ReplayResult, move
+from streammachine.redis.deadletters_move import Replayed, ReplayResult, move
 from streammachine.redis.entries import as_text
 from streammachine.redis.inspect import NotAStream
 from streammachine.redis.positions import minid_for_age, parse_id
@@ -44,10 +44,27 @@ from streammachine.redis.producer import xadd_options
 from streammachine.redis.sync import awaitable, run_sync
 from streammachine.redis.transport import Transport
 
+__all__ = [
+    "DeadLetter",
+    "Replayed",
+    "ReplayResult",
+    "UnknownDeadLetter",
+    "count_dead_letters",
+    "dead_letter_record",
+    "dead_letter_stream_of",
+    "find_dead_letters",
+    "list_dead_letters",
+    "original_fields",
+    "purge_dead_letters",
+    "replay_dead_letters",
+    "show_dead_letter",
+]
+
 PREFIX = b"_dlq_"
 ORIGINAL_PREFIX = b"_orig" + PREFIX
 SUFFIX = ConsumerConfig.dead_letter_stream.replace("{stream}", "")  # ":dead"
 REPLAY_CHUNK = 200  # entries per script call: one short step on the server, however many dead letters
+REPLAY_BYTES = 4 << 20  # field data per script call, at most (unless one entry is larger)
 
 _FROM_SETTINGS: Any = object()
 
@@ -303,11 +320,36 @@ def _plan(dead: str, rows: Mapping[str, Mapping], target: Optional[str]) -> Dict
     return plan
 
 
+def _by_size(entries: List[Tuple[str, Dict]]) -> List[List[Tuple[str, Dict]]]:
+    """``entries`` in runs of at most ``REPLAY_BYTES`` of field data (one script call each)."""
+    runs: List[List[Tuple[str, Dict]]] = [[]]
+    size = 0
+    for entry in entries:
+        cost = sum(len(k) + len(v if isinstance(v, (bytes, str)) else str(v)) for k, v in entry[1].items())
+        if runs[-1] and size + cost > REPLAY_BYTES:
+            runs.append([])
+            size = 0
+        runs[-1].append(entry)
+        size += cost
+    return runs
+
+
 async def _replay_rows(
-    client: Any, dead: str, rows: Mapping[str, Mapping], target: Optional[str], options: tuple, result: ReplayResult
+    client: Any,
+    dead: str,
+    rows: Mapping[str, Mapping],
+    target: Optional[str],
+    options: tuple,
+    result: ReplayResult,
+    check_target: Optional[Callable[[str], Any]],
 ) -> None:
-    for to, entries in _plan(dead, rows, target).items():
-        await move(client, dead, to, entries, options, result)
+    plan = _plan(dead, rows, target)
+    if check_target is not None:
+        for to in plan:  # every stream of the chunk, before the first is written to
+            check_target(to)
+    for to, entries in plan.items():
+        for run in _by_size(entries):
+            await move(client, dead, to, run, options, result)
 
 
 async def replay_dead_letters(
@@ -320,12 +362,14 @@ async def replay_dead_letters(
     maxlen: Any = _FROM_SETTINGS,
     max_age: Any = _FROM_SETTINGS,
     chunk: int = REPLAY_CHUNK,
+    check_target: Optional[Callable[[str], Any]] = None,
 ) -> ReplayResult:
     """Send dead letters back to their streams (or to ``target``) and remove them from the dead-letter stream.
 
     ``ids=None``: every dead letter there now (not those dead-lettered again meanwhile). Given ids must all
     be there (``UnknownDeadLetter`` otherwise, nothing changed). ``maxlen``/``max_age``: the new entries'
-    trim rule (default: STREAMMACHINE_STREAM_MAXLEN / _MAX_AGE, as every send).
+    trim rule (default: STREAMMACHINE_STREAM_MAXLEN / _MAX_AGE, as every send). ``check_target(stream)``
+    may refuse (raise) a stream a dead letter names (``_dlq_stream``) before anything is sent there.
     """
     dead = dead_letter_stream_of(stream, dead_letter_stream)
     options = trim_options(maxlen, max_age)
@@ -333,7 +377,7 @@ async def replay_dead_letters(
     if ids is not None:
         found = list((await _checked_ids(client, dead, ids)).items())
         for at in range(0, len(found), chunk):
-            await _replay_rows(client, dead, dict(found[at : at + chunk]), target, options, result)
+            await _replay_rows(client, dead, dict(found[at : at + chunk]), target, options, result, check_target)
         return result
     last = await _xrevlast(client, dead)
     start = "-"
@@ -342,7 +386,7 @@ async def replay_dead_letters(
         if not batch:
             break
         rows = {as_text(entry) or "": fields for entry, fields in batch}
-        await _replay_rows(client, dead, rows, target, options, result)
+        await _replay_rows(client, dead, rows, target, options, result, check_target)
         start = "(" + as_text(batch[-1][0])  # type: ignore[operator]
     return result
 
