@@ -352,3 +352,17 @@ async def test_cross_slot_replay_cut_before_its_xdel_is_finished_once(cluster, s
     finally:
         await client.aclose()
     assert busy.busy == fresh and busy.count == 0 and sync_cluster.xlen("cut:dead") == 1
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(120)
+def test_cli_replays_on_a_cluster_across_slots(cluster, sync_cluster, capsys):
+    from streammachine.cli import main
+
+    ids = poison(sync_cluster, "clustered", 3)
+    assert main(["--redis-url", cluster.url, "dlq", "list", "clustered"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ids
+    assert main(["--redis-url", cluster.url, "dlq", "replay", "clustered", "--all", "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert "replayed 3 dead letter(s) from clustered:dead: 3 to clustered" in out and "_dlq_replay_of" in out
+    assert sync_cluster.xlen("clustered") == 3 and sync_cluster.xlen("clustered:dead") == 0
