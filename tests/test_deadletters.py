@@ -12,14 +12,13 @@ import sys
 import pytest
 import redis
 import redis.asyncio as aioredis
+import test_stage_cross_slot
 from helpers import wait_until
-from redis.cluster import RedisCluster as SyncCluster
 
 from streammachine import ConsumerConfig
 from streammachine.redis import deadletters as dlq
 from streammachine.redis.deadletters_move import REPLAY_OF, marks_key
 from streammachine.redis.inspect import NotAStream
-from streammachine.testing import LocalCluster
 
 
 def poison(sync_redis, stream: str, n: int, start: int = 0, dead: str | None = None, **extra) -> list:
@@ -264,19 +263,8 @@ async def test_dead_lettered_by_an_agent_then_replayed_after_a_hot_swap(app_fact
 
 # --- on a cluster ------------------------------------------------------------------------------------------------
 
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    with LocalCluster(tmp_path_factory.mktemp("dlq-cluster"), masters=3) as local:
-        yield local
-
-
-@pytest.fixture
-def sync_cluster(cluster):
-    client = SyncCluster.from_url(cluster.url.replace("redis+cluster://", "redis://"), decode_responses=True)
-    client.flushall(target_nodes=SyncCluster.PRIMARIES)
-    yield client
-    client.close()
+# a LocalCluster of 3 masters for this module, and a sync client on it after a FLUSHALL (shared fixtures)
+cluster, sync_cluster = test_stage_cross_slot.cluster, test_stage_cross_slot.sync_cluster
 
 
 @pytest.mark.cluster
