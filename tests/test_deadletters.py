@@ -180,6 +180,19 @@ async def test_large_records_go_in_several_script_calls(redis_url, sync_redis, m
     assert sorted(int(f["i"]) for _, f in sync_redis.xrange("big")) == list(range(10))
 
 
+async def test_an_entry_wider_than_a_script_takes_is_replayed_too(redis_url, sync_redis):
+    """Regression: a record of 5000 fields made the replay script fail (Lua's unpack limit)."""
+    poison(sync_redis, "wide", 1, **{f"f{n}": str(n) for n in range(5000)})
+    poison(sync_redis, "wide", 1, start=1)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        assert (await dlq.replay_dead_letters(client, "wide")).count == 2
+    finally:
+        await client.aclose()
+    rows = sorted(sync_redis.xrange("wide"), key=lambda row: row[1]["i"])
+    assert [len(fields) for _, fields in rows] == [5001, 1] and sync_redis.xlen("wide:dead") == 0
+
+
 async def test_purge_by_ids_before_and_all(redis_url, sync_redis):
     ids = poison(sync_redis, "p", 6)
     sync_redis.xgroup_create("p:dead", "auditors", id="0")

@@ -41,6 +41,8 @@ from streammachine.redis.entries import as_text
 from streammachine.redis.inspect import NotAStream
 from streammachine.redis.transport import Transport, same_slot
 
+WIDE_FIELDS = 3000  # fields of one entry a script call takes (Lua's unpack stops near 8000 values)
+
 
 class Replayed(NamedTuple):
     dead_letter_id: str
@@ -112,6 +114,20 @@ async def _move_in_one_slot(
         if str(exc).startswith("WRONGTYPE"):
             raise NotAStream(f"cannot replay into {to!r}: {str(exc).split(' ', 1)[1]}") from None
         raise
+
+
+async def _move_wide(client: Any, dead: str, to: str, dead_id: str, record: Dict, options: tuple) -> Any:
+    """An entry too wide for a script's arguments (Lua's unpack): XADD + XDEL in one MULTI, if still there.
+
+    Atomic (never lost), but a replay racing this one between the check and the MULTI could send it too.
+    """
+    if not await client.xrange(dead, min=dead_id, max=dead_id, count=1):
+        return None
+    command: List[Any] = ["XADD", to, *options]
+    for pair in record.items():
+        command.extend(pair)
+    new_id, _ = await Transport(client).send([command, ("XDEL", dead, dead_id)], atomic=True)
+    return new_id
 
 
 REPLAY_OF = b"_dlq_replay_of"
@@ -233,7 +249,12 @@ async def move(
         result.atomic = False
         await _move_across_slots(client, dead, to, entries, options, result)
         return
-    for (dead_id, _), new_id in zip(entries, await _move_in_one_slot(client, dead, to, entries, options)):
+    narrow = [entry for entry in entries if len(entry[1]) <= WIDE_FIELDS]
+    new_ids = dict(zip([e[0] for e in narrow], await _move_in_one_slot(client, dead, to, narrow, options)))
+    for dead_id, record in entries:
+        new_id = (
+            new_ids[dead_id] if dead_id in new_ids else await _move_wide(client, dead, to, dead_id, record, options)
+        )
         if new_id:
             result.replayed.append(Replayed(dead_id, to, as_text(new_id) or ""))
         else:
