@@ -58,10 +58,10 @@ def test_stream_names_and_ids():
     assert dlq.dead_letter_stream_of("orders:dead") == "orders:dead"
     assert dlq.dead_letter_stream_of("{t}") == "{t}:dead"
     assert dlq.dead_letter_stream_of("orders", "failures") == "failures"
-    assert dlq.entry_id("id", "1700000000000") == "1700000000000-0"
+    assert dlq.checked_id("id", "1700000000000") == "1700000000000-0"
     for bad in ("abc", "1-2-3", "", None, True, 1.5):
         with pytest.raises(ValueError, match="expected a stream id"):
-            dlq.entry_id("id", bad)
+            dlq.checked_id("id", bad)
     with pytest.raises(ValueError, match="stream=''"):
         dlq.dead_letter_stream_of("")
     assert marks_key("orders:dead") == "{orders:dead}:replaying" and marks_key("{o}:dead") == "{o}:dead:replaying"

@@ -137,7 +137,7 @@ def _purge(client: Any, args: Any, dead: str, where: dict) -> int:
     if ids:
         many = f"{len(ids)} dead letter(s)"
     elif args.before is not None:
-        many = f"the dead letters before {dlq.entry_id('--before', args.before)}"
+        many = f"the dead letters before {dlq.checked_id('--before', args.before)}"
     else:
         many = f"all {dlq.count_dead_letters_sync(client, args.stream, **where)} dead letters"
     if not confirm(f"Delete {many} of {dead!r} for good?", args.yes):
@@ -160,7 +160,7 @@ def cmd_dlq(args: Any, settings: Settings, connect: Connect) -> int:
             if problem:
                 raise argparse.ArgumentTypeError(problem)
             for entry in args.ids:
-                dlq.entry_id("ID", entry)  # a typo fails before the question
+                dlq.checked_id("ID", entry)  # a typo fails before the question
         return ACTIONS[args.action](
             connect(args, settings), args, dead, {"dead_letter_stream": args.dead_letter_stream}
         )

@@ -49,15 +49,21 @@ __all__ = [
     "Replayed",
     "ReplayResult",
     "UnknownDeadLetter",
+    "checked_id",
     "count_dead_letters",
+    "count_dead_letters_sync",
     "dead_letter_record",
     "dead_letter_stream_of",
     "find_dead_letters",
     "list_dead_letters",
+    "list_dead_letters_sync",
     "original_fields",
     "purge_dead_letters",
+    "purge_dead_letters_sync",
     "replay_dead_letters",
+    "replay_dead_letters_sync",
     "show_dead_letter",
+    "show_dead_letter_sync",
 ]
 
 PREFIX = b"_dlq_"
@@ -172,7 +178,7 @@ def dead_letter_stream_of(stream: str, dead_letter_stream: Optional[str] = None)
     return stream if stream.endswith(SUFFIX) else ConsumerConfig().dead_letter_for(stream)
 
 
-def entry_id(what: str, value: Any) -> str:
+def checked_id(what: str, value: Any) -> str:
     """``value`` as a full stream id ('1700000000000-0'; a bare ms time means its first entry)."""
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
@@ -189,8 +195,8 @@ def _range_bound(what: str, value: Any) -> str:
     if value in ("-", "+"):
         return value
     if isinstance(value, str) and value.startswith("("):
-        return "(" + entry_id(what, value[1:])
-    return entry_id(what, value)
+        return "(" + checked_id(what, value[1:])
+    return checked_id(what, value)
 
 
 async def _wrong_type(client: Any, exc: ResponseError, key: str) -> Exception:
@@ -239,11 +245,11 @@ async def count_dead_letters(client: Any, stream: str, *, dead_letter_stream: Op
 
 
 async def show_dead_letter(
-    client: Any, stream: str, entry: Any, *, dead_letter_stream: Optional[str] = None
+    client: Any, stream: str, entry_id: Any, *, dead_letter_stream: Optional[str] = None
 ) -> Optional[DeadLetter]:
-    """The dead letter with id ``entry``, or None when the dead-letter stream has no such entry."""
+    """The dead letter with id ``entry_id``, or None when the dead-letter stream has no such entry."""
     dead = dead_letter_stream_of(stream, dead_letter_stream)
-    key = entry_id("id", entry)
+    key = checked_id("id", entry_id)
     rows = await _xrange(client, dead, key, key, 1)
     return parse(dead, *rows[0]) if rows else None
 
@@ -266,7 +272,7 @@ async def _checked_ids(client: Any, dead: str, ids: Sequence[Any]) -> Dict[str, 
     """The raw fields of each of ``ids``, in order; ``UnknownDeadLetter`` naming those not in ``dead``."""
     if isinstance(ids, (str, bytes)):
         ids = [ids]
-    wanted = list(dict.fromkeys(entry_id("ids", i) for i in ids))
+    wanted = list(dict.fromkeys(checked_id("ids", i) for i in ids))
     if not wanted:
         raise ValueError("ids=[]: give the dead-letter ids to act on, or none at all (ids=None) for every one")
     found = await _existing(client, dead, wanted)
@@ -423,7 +429,7 @@ async def purge_dead_letters(
         return int(await client.xdel(dead, *wanted))
     try:
         if before is not None:
-            return int(await client.xtrim(dead, minid=entry_id("before", before), approximate=False))
+            return int(await client.xtrim(dead, minid=checked_id("before", before), approximate=False))
         return int(await client.xtrim(dead, maxlen=0, approximate=False))
     except ResponseError as exc:
         raise await _wrong_type(client, exc, dead) from None
@@ -440,8 +446,8 @@ def count_dead_letters_sync(client: Any, stream: str, **options: Any) -> int:
     return run_sync(count_dead_letters(awaitable(client), stream, **options))
 
 
-def show_dead_letter_sync(client: Any, stream: str, entry: Any, **options: Any) -> Optional[DeadLetter]:
-    return run_sync(show_dead_letter(awaitable(client), stream, entry, **options))
+def show_dead_letter_sync(client: Any, stream: str, entry_id: Any, **options: Any) -> Optional[DeadLetter]:
+    return run_sync(show_dead_letter(awaitable(client), stream, entry_id, **options))
 
 
 def replay_dead_letters_sync(
