@@ -54,6 +54,8 @@ class AgentStatus:
     lag: Optional[int]
     consumers: Optional[int]
     kind: str = "agent"
+    concurrency: int = 1  # consumer tasks (per worker process, when ``processes`` is set)
+    processes: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,8 @@ def agent_status(spec: AgentSpec, stats: AgentStats, running: bool, groups: Grou
         pending=group.get("pending"),
         lag=group.get("lag"),
         consumers=group.get("consumers"),
+        concurrency=spec.concurrency,
+        processes=spec.processes,
     )
 
 
