@@ -48,6 +48,7 @@ class DashboardCandidate:
         self.serving: Any = None  # server.Serving while elected
         self._election: Optional[Election] = None
         self._task: Optional[asyncio.Task] = None
+        self._stopping = False
         self.terms = 0  # how many times this candidate was elected
 
     @classmethod
@@ -71,13 +72,15 @@ class DashboardCandidate:
         return f"http://{host}:{self.serving.port}/"
 
     async def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.get_running_loop().create_task(self._campaign(), name="streammachine:dashboard-election")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
+        self._stopping = True  # ends the campaign even when a cancellation is swallowed inside a Redis call
         if task is not None:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.wait([task], timeout=5)
         await self._step_down()
         if self._election is not None:
             try:
@@ -87,7 +90,7 @@ class DashboardCandidate:
 
     async def _campaign(self) -> None:
         owner = {"instance": self.instance_id, "host": socket.gethostname(), "pid": os.getpid(), "port": self.port}
-        while True:
+        while not self._stopping:
             pause = min(1.0, self.lock_ttl / 5)
             try:
                 client = await self.connection.get_client()
@@ -97,6 +100,9 @@ class DashboardCandidate:
                 election.follow(client)
                 if self.serving is None:
                     if await election.try_acquire():
+                        if self._stopping:  # stop() ran meanwhile: give it back, never serve after stop
+                            await election.release()
+                            return
                         pause = await self._take_office(election)
                 elif await election.renew():
                     pause = self.lock_ttl / 3

@@ -133,6 +133,7 @@ class InstanceHeartbeat:
             "worker": worker,
         }
         self._task: Optional[asyncio.Task] = None
+        self._stopping = asyncio.Event()
         self.beats = 0
 
     @classmethod
@@ -151,12 +152,18 @@ class InstanceHeartbeat:
         )
 
     async def start(self) -> None:
+        self._stopping = asyncio.Event()
         await self.beat()
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"streammachine:heartbeat:{self.id}")
 
     async def _run(self) -> None:
+        stopping = self._stopping
         while True:
-            await asyncio.sleep(self.interval)
+            try:
+                await asyncio.wait_for(stopping.wait(), self.interval)
+                return
+            except asyncio.TimeoutError:
+                pass
             try:
                 await self.beat()
             except asyncio.CancelledError:
@@ -183,8 +190,10 @@ class InstanceHeartbeat:
         """Stop beating and delete the entry (a Redis that does not answer: it expires on its own)."""
         task, self._task = self._task, None
         if task is not None:
+            # the event ends the loop even when a cancellation is swallowed inside a Redis call
+            self._stopping.set()
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.wait([task], timeout=5)
         try:
             transport: Transport = await self.transport()
             await asyncio.wait_for(
