@@ -39,8 +39,9 @@ function push(store, key, value, length) {
 }
 
 function lineChart(id, title, store) {
-  const traces = Object.entries(store).map(([name, y]) => ({ x: series.times, y, name, mode: "lines", type: "scatter" }));
-  Plotly.react(id, traces, layout(title), { displayModeBar: false, responsive: true });
+  // copies: Plotly.react redraws only data it sees change, and these arrays are updated in place
+  const traces = Object.entries(store).map(([name, y]) => ({ x: series.times.slice(), y: y.slice(), name, mode: "lines", type: "scatter" }));
+  Plotly.react(id, traces, layout(title, { datarevision: Date.now() }), { displayModeBar: false, responsive: true });
 }
 
 function layout(title, extra = {}) {
@@ -73,14 +74,16 @@ function onLive(frame) {
     lineChart("chart-lag", "Lag per group (entries not yet delivered)", series.lag);
     const consumers = frame.consumers;
     Plotly.react("chart-pending", [{ type: "bar", x: consumers.map((c) => c.consumer), y: consumers.map((c) => c.pending),
-      text: consumers.map((c) => `${c.stream} / ${c.group}`) }], layout("Pending per consumer", { showlegend: false }),
+      hovertext: consumers.map((c) => `${c.stream} / ${c.group}`) }],
+      layout("Pending per consumer", { showlegend: false, datarevision: Date.now(), margin: { l: 50, r: 10, t: 30, b: 90 } }),
       { displayModeBar: false, responsive: true });
     const errors = frame.errors;
-    const labels = errors.map((e) => `${e.agent.split(".").pop()} @ ${e.instance}`);
+    const labels = errors.map((e) => `${e.agent.split(".").pop()} @ ${e.instance.split("@")[0]}:${e.instance.split(":").pop()}`);
     Plotly.react("chart-errors", [
       { type: "bar", name: "failed", x: labels, y: errors.map((e) => e.failed) },
       { type: "bar", name: "dead-lettered", x: labels, y: errors.map((e) => e.dead_lettered) },
-    ], layout("Errors per agent", { barmode: "group" }), { displayModeBar: false, responsive: true });
+    ], layout("Errors per agent", { barmode: "group", datarevision: Date.now(), margin: { l: 50, r: 10, t: 30, b: 90 },
+              legend: { orientation: "h", y: 1.12 } }), { displayModeBar: false, responsive: true });
   }
   renderInstances(frame.instances);
 }
