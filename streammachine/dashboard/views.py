@@ -25,8 +25,12 @@ VALUE_CHARS = 200
 STORAGE_HASH = "streammachine:storage"  # the "redis" storage backend's hash (state/storage.py)
 
 
+def text_of(value: Any) -> str:
+    return str(as_text(value)) if isinstance(value, (bytes, str)) else repr(value)
+
+
 def truncate(value: Any, limit: int = VALUE_CHARS) -> str:
-    text = as_text(value) if isinstance(value, (bytes, str)) else repr(value)
+    text = text_of(value)
     return text if len(text) <= limit else text[:limit] + f"… ({len(text)} chars)"
 
 
@@ -92,7 +96,7 @@ async def stream_names(client: Any, limit: int = MAX_STREAMS) -> List[str]:
     """Stream keys on the server (SCAN TYPE stream, at most ``limit``), sorted; the registry's own keys left out."""
     names = set()
     async for key in client.scan_iter(_type="stream", count=1000):
-        name = as_text(key)
+        name = text_of(key)
         if not name.startswith(NAMESPACE):
             names.add(name)
         if len(names) >= limit:
@@ -147,7 +151,7 @@ async def storage(client: Any) -> Dict[str, Any]:
             break
     tables = []
     async for key in client.scan_iter(match=TABLE_PREFIX + "*", _type="hash", count=1000):
-        name = as_text(key)
+        name = text_of(key)
         table = {"name": name[len(TABLE_PREFIX) :], "key": name, "size": await client.hlen(key), "items": {}}
         async for field, raw in client.hscan_iter(key, count=MAX_STORAGE_KEYS):
             _version, body, _expires = parse_stored(raw if isinstance(raw, bytes) else raw.encode())

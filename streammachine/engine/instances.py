@@ -205,7 +205,7 @@ class InstanceHeartbeat:
 
 async def list_instances(client: Any) -> List[Dict[str, Any]]:
     """Every live instance's last heartbeat, sorted by name then id (two reads; no SCAN)."""
-    ids = [as_text(i) for i in await client.zrangebyscore(INDEX, time.time(), "+inf")]
+    ids = [str(as_text(i)) for i in await client.zrangebyscore(INDEX, time.time(), "+inf")]
     if not ids:
         return []
     raw = await client.mget([instance_key(i) for i in ids])
