@@ -12,6 +12,7 @@
     info STREAM [--json]                               length, groups, pending, lag, consumers
     server start|stop|status                           the per-user embedded server
     group list|reset|delete STREAM [GROUP --to POS]     consumer groups: list, move, delete
+    dlq list|show|replay|purge STREAM [ID ...]          dead letters: inspect, send back, delete
     trim STREAM --maxlen N | --minid ID | --max-age S  remove the oldest entries
     replay TARGET [--start POS] [--end POS] [--speed X] an App's agents over history, in groups of their own
     backfill STREAM FILE [--time-column COL]           a CSV/Parquet file into a stream, ids from its times
@@ -41,7 +42,7 @@ from streammachine._validate import check_number
 from streammachine.config import BadRedisURL, ConfigError, ConsumerConfig, Settings, check_redis_url
 from streammachine.dashboard import standalone as dashboard
 from streammachine.embedded import EmbeddedServerError, shared_server_status, shared_server_url, stop_shared_server
-from streammachine.headless import history
+from streammachine.headless import deadletters, history
 from streammachine.redis.catalog import read_catalog_sync
 from streammachine.redis.connection import resolve_url
 from streammachine.redis.entries import as_text
@@ -168,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("action", choices=("start", "stop", "status"))
 
     history.add_commands(command, lambda sub: _global_options(sub, suppress=True))  # group, trim, replay, backfill
+    deadletters.add_commands(command, lambda sub: _global_options(sub, suppress=True))  # dlq
     dashboard.add_command(command)
 
     mcp = command("mcp", "serve StreamMachine's MCP tools (stdio or streamable HTTP)")
@@ -392,6 +394,7 @@ def cmd_mcp(args, settings: Settings) -> int:
 COMMANDS = {"run": cmd_run, "send": cmd_send, "tail": cmd_tail, "info": cmd_info, "server": cmd_server, "mcp": cmd_mcp}
 COMMANDS["dashboard"] = dashboard.run
 COMMANDS.update({name: functools.partial(history.run, name, connect=_client) for name in history.COMMANDS})
+COMMANDS["dlq"] = functools.partial(deadletters.run, "dlq", connect=_client)
 
 
 def configure_logging(level: str) -> None:

@@ -160,6 +160,8 @@ async def test_read_only_mode_hides_every_tool_that_writes(redis_url, sync_redis
             "stream_trim",
             "stream_group_destroy",
             "stream_group_reset",
+            "stream_dead_letter_replay",
+            "stream_dead_letter_purge",
         } <= (WRITE_TOOLS)
         assert "Unknown tool" in await call(client, "stream_group_read", {"stream": "s", "group": "g"}, error=True)
     assert sync_redis.xinfo_groups("s")[0]["pending"] == 0

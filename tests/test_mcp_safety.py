@@ -21,6 +21,8 @@ DESTRUCTIVE = {
     "stream_group_destroy",
     "stream_group_reset",
     "stream_group_ack",
+    "stream_dead_letter_replay",
+    "stream_dead_letter_purge",
     "storage_write",
     "storage_delete",
     "storage_clear",

@@ -28,6 +28,7 @@ from streammachine.engine.identity import dead_local_owner
 from streammachine.engine.specs import AgentSpec, AgentStats
 from streammachine.message import received_messages
 from streammachine.redis.connection import ensure_group
+from streammachine.redis.deadletters import dead_letter_record
 from streammachine.redis.entries import as_text, id_after, id_before, parse_stream_id, single_stream_entries
 from streammachine.redis.resp import direct_pool, encode_command, encode_repeated, entries_with_fields, round_trip
 from streammachine.redis.transport import same_slot
@@ -36,11 +37,6 @@ from streammachine.typed import InvalidMessage, typed_handler
 log = logging.getLogger("streammachine.engine.consumer")
 
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
-DLQ_PREFIX = b"_dlq_"
-
-
-def _bytes_keys(fields: dict) -> dict:
-    return {(k.encode() if isinstance(k, str) else k): v for k, v in fields.items()}
 
 
 class HandlerCancelled(RuntimeError):
@@ -569,18 +565,14 @@ class StreamConsumer:
     async def _dead_letter(self, entry_id, fields: dict, exc: BaseException, delivered: int) -> None:
         key = as_text(entry_id)
         target = self.config.dead_letter_for(self.spec.stream)
-        # a record's own _dlq_* fields (a dead letter replayed and failing again) are kept, renamed _orig_dlq_*
-        record = {(b"_orig" + k if k.startswith(DLQ_PREFIX) else k): v for k, v in _bytes_keys(fields).items()}
-        record.update(
-            {
-                DLQ_PREFIX + b"stream": self.spec.stream,
-                DLQ_PREFIX + b"group": self.spec.group,
-                DLQ_PREFIX + b"id": key,
-                DLQ_PREFIX + b"agent": self.spec.name,
-                DLQ_PREFIX + b"error": f"{type(exc).__name__}: {exc}"[:4000],
-                DLQ_PREFIX + b"deliveries": delivered,
-                DLQ_PREFIX + b"at": time.time(),
-            }
+        record = dead_letter_record(
+            fields,
+            stream=self.spec.stream,
+            group=self.spec.group,
+            entry_id=key or "",
+            agent=self.spec.name,
+            error=f"{type(exc).__name__}: {exc}",
+            deliveries=delivered,
         )
         if same_slot(self.client, target, self.spec.stream):
             pipe = self.client.pipeline(transaction=True)

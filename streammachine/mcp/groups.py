@@ -1,4 +1,4 @@
-"""Consumer groups through MCP: inspect (groups, pending, dead letters), consume (read, ack), manage (create,
+"""Consumer groups through MCP: inspect (groups, pending), consume (read, ack), manage (create,
 move, destroy) and trim a stream; moving, destroying and trimming need ``confirm: true``, and read-only mode
 hides every tool here that changes Redis."""
 
@@ -16,8 +16,6 @@ from streammachine.mcp.limits import pack
 from streammachine.mcp.models import (
     Acked,
     ConsumerInfo,
-    DeadLetter,
-    DeadLetters,
     Entry,
     GroupCreated,
     GroupDestroyed,
@@ -34,7 +32,6 @@ from streammachine.mcp.tooling import ADD, OVERWRITE, READ, hints
 from streammachine.redis import inspect, positions
 from streammachine.redis.entries import as_text, single_stream_entries
 
-DLQ = "_dlq_"
 ConsumerName = Annotated[str, Field(min_length=1, max_length=256, description="consumer name within the group")]
 
 
@@ -68,24 +65,6 @@ async def require_group(client, stream: str, group: str) -> GroupInfo:
         if info.name == group:
             return info
     raise ToolError(f"stream {stream!r} has no consumer group {group!r} (groups: {[g.name for g in groups]})")
-
-
-def _dead_letter(row: dict) -> DeadLetter:
-    fields = row["fields"]
-    meta = {k[len(DLQ) :]: v for k, v in fields.items() if k.startswith(DLQ)}
-    deliveries, at = meta.get("deliveries"), meta.get("at")
-    return DeadLetter(
-        id=row["id"],
-        original_id=meta.get("id"),
-        stream=meta.get("stream"),
-        group=meta.get("group"),
-        agent=meta.get("agent"),
-        error=meta.get("error"),
-        deliveries=int(deliveries) if deliveries and deliveries.isdigit() else None,
-        at=float(at) if at else None,
-        fields={k: v for k, v in fields.items() if not k.startswith(DLQ)},
-        truncated_fields=row.get("truncated_fields"),
-    )
 
 
 def register(tool, state) -> None:
@@ -136,35 +115,6 @@ def register(tool, state) -> None:
             per_consumer={text(c["name"]): int(c["pending"]) for c in summary.get("consumers") or []},
             entries=entries,
             next_cursor="(" + entries[-1].id if len(rows) > count else None,
-        )
-
-    @tool(title="Dead letters", example={"stream": "orders", "count": 20}, **READ)
-    async def stream_dead_letters(
-        stream: Annotated[str, Field(min_length=1, description="the stream whose failures to show")],
-        count: Count = limits.default_count(50),
-        dead_letter_stream: Annotated[
-            Optional[str], Field(description="override when the agent set ConsumerConfig.dead_letter_stream")
-        ] = None,
-        cursor: Cursor = None,
-    ) -> DeadLetters:
-        """Read the dead-letter stream ('{stream}:dead'): entries that failed max_deliveries times, with the error.
-
-        Oldest first, at most `count` and the result limit; `next_cursor` continues.
-        """
-        start = "-" if cursor is None else stream_id("cursor", cursor, special=())
-        dead = ns.stream(dead_letter_stream or state.dead_letter_pattern.format(stream=ns.stream(stream)))
-        client = await state.client()
-        raw = await client.xrange(dead, min=start, count=count + 1)
-        rows = entry_rows(raw[:count])
-        page, truncated = pack(rows, limits.page_budget)
-        more = len(raw) > count or len(page) < len(rows)
-        return DeadLetters(
-            stream=stream,
-            dead_letter_stream=dead,
-            length=await client.xlen(dead),
-            entries=[_dead_letter(row) for row in page],
-            next_cursor="(" + page[-1]["id"] if more and page else None,
-            truncated=truncated,
         )
 
     @tool(

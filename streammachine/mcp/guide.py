@@ -6,11 +6,13 @@ INSTRUCTIONS = """\
 StreamMachine: stream processing on Redis Streams. Use stream_list / stream_info / stream_read to look at
 streams, stream_send / stream_send_batch (all or nothing) to add entries, stream_groups / stream_pending /
 stream_dead_letters to see how consumer groups are doing (lag, unacknowledged work, entries that failed too
-often), stream_group_read / stream_group_ack to consume through a group. storage_* tools read and write the
+often; stream_dead_letter_show / _replay / _purge to inspect, send back or delete them), stream_group_read /
+stream_group_ack to consume through a group. storage_* tools read and write the
 state apps share (Redis storage backend: apps run with STREAMMACHINE_STORAGE=redis). ohlc_* tools aggregate
 ticks into OHLC candles in this server's memory. Times and stream ids are epoch milliseconds. Listings are
 paged: pass a result's next_cursor as cursor. Destructive tools (stream_trim, stream_group_reset,
-stream_group_destroy, storage_clear, obj_delete) need confirm: true (the JSON boolean) and say what they would
+stream_group_destroy, stream_dead_letter_replay, stream_dead_letter_purge, storage_clear, obj_delete) need
+confirm: true (the JSON boolean) and say what they would
 do without it."""
 
 READ_ONLY_NOTE = "\nThis server is read-only: tools that write to Redis are not available."
@@ -43,7 +45,8 @@ In Jupyter, `app.start()` returns at once and the agents keep running between ce
 Delivery is at-least-once: an entry is acknowledged after its handler returns; failures are retried and,
 after max_deliveries, moved to the dead-letter stream `{stream}:dead`.
 With this MCP server: stream_send to feed an agent, stream_info to watch its group's lag and pending,
-stream_dead_letters to see what failed and why.""",
+stream_dead_letters to see what failed and why; once the handler is fixed, stream_dead_letter_replay sends
+them back (each exactly once).""",
     "agents": """\
 # Agents
 
@@ -69,7 +72,8 @@ and atomic `update(key, fn)` / `incr(key)`. Backends: "manager" (one host, defau
 # This MCP server
 
 Tools: stream_send, stream_send_batch, stream_read, stream_info, stream_list, stream_trim; stream_groups,
-stream_pending, stream_dead_letters, stream_group_create/read/ack/reset/destroy; storage_read/write/delete/keys/clear;
+stream_pending, stream_group_create/read/ack/reset/destroy; stream_dead_letters, stream_dead_letter_show/replay/purge;
+storage_read/write/delete/keys/clear;
 health_check, redis_info, redis_ping; obj_get/obj_list/obj_delete (signed objects of RedisObjectStorage, under
 the object prefix only); ohlc_create/update/get_candles/get_completed/flush/clear/stats/list.
 Resources: streammachine://config, streammachine://status.

@@ -126,6 +126,30 @@ class DeadLetters(BaseModel):
     truncated: bool = Field(default=False, description=TRUNCATED)
 
 
+class ReplayedEntry(BaseModel):
+    dead_letter_id: str
+    stream: str = Field(description="where it was sent")
+    new_id: str = Field(description="its id there")
+
+
+class DeadLettersReplayed(BaseModel):
+    dead_letter_stream: str
+    replayed: int = Field(description="dead letters sent back (and removed from the dead-letter stream)")
+    per_stream: Dict[str, int] = Field(description="stream -> how many were sent there")
+    entries: List[ReplayedEntry] = Field(description="each replayed dead letter's new id (at most 1000 listed)")
+    missing: List[str] = Field(description="ids gone by their turn: replayed or purged by someone else meanwhile")
+    busy: List[str] = Field(description="cross-slot only: ids another replay is moving right now; retry later")
+    atomic: bool = Field(description="false when streams in other cluster slots got XADD then XDEL (a dedupe key)")
+    truncated: bool = Field(default=False, description="true when more entries were replayed than listed")
+    length: int = Field(description="dead letters left")
+
+
+class DeadLettersPurged(BaseModel):
+    dead_letter_stream: str
+    removed: int = Field(description="dead letters deleted")
+    length: int = Field(description="dead letters left")
+
+
 class Trimmed(BaseModel):
     stream: str
     removed: int = Field(description="entries deleted")

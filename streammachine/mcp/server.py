@@ -1,7 +1,8 @@
 """StreamMachine's MCP server, on the official ``mcp`` SDK (``MCPServer``).
 
 Every tool, resource and prompt the reference names, plus consumer groups
-(inspect, consume, create, destroy), dead letters and trimming::
+(inspect, consume, create, destroy), dead letters (list, show, replay,
+purge) and trimming::
 
     streammachine-mcp                       # stdio
     python -m streammachine                 # stdio (no arguments)
@@ -34,7 +35,7 @@ from mcp.server.mcpserver import MCPServer
 
 from streammachine._redact import scrub
 from streammachine.config import ConsumerConfig, Settings
-from streammachine.mcp import groups, guide, objects, ohlc, resources, storage, streams
+from streammachine.mcp import deadletters, groups, guide, objects, ohlc, resources, storage, streams
 from streammachine.mcp.limits import Limits
 from streammachine.mcp.namespaces import Namespaces
 from streammachine.mcp.tooling import WRITE_TOOLS, Registrar, StreamMachineServer
@@ -105,6 +106,7 @@ def build_server(
     server.state, server.registrar = state, tool
     streams.register(tool, state)
     groups.register(tool, state)
+    deadletters.register(tool, state)
     storage.register_storage(tool, state)
     storage.register_health(tool, state)
     objects.register(tool, state)

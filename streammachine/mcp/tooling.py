@@ -42,6 +42,8 @@ WRITE_TOOLS = frozenset(
         "stream_group_reset",
         "stream_group_read",
         "stream_group_ack",
+        "stream_dead_letter_replay",
+        "stream_dead_letter_purge",
         "storage_write",
         "storage_delete",
         "storage_clear",

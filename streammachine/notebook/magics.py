@@ -12,6 +12,9 @@ Line magic (the App is found in the notebook's namespace, or chosen with ``use``
     %streammachine group list STREAM
     %streammachine group reset STREAM GROUP --to start|end|ID|TIME --yes [--drop-pending]
     %streammachine group delete STREAM GROUP --yes
+    %streammachine dlq list STREAM [-n N]  |  dlq show STREAM ID
+    %streammachine dlq replay STREAM (ID ... | --all) [--target STREAM] --yes
+    %streammachine dlq purge STREAM (ID ... | --all | --before ID) --yes
 
 Cell magic (the cell body is the handler; ``await`` works in it)::
 
@@ -38,6 +41,7 @@ from streammachine import console as commands
 from streammachine.app import App, running_apps
 from streammachine.cells import MagicArgumentError, RaisingParser, cell_parser, cell_registration
 from streammachine.engine.lifecycle import Transition
+from streammachine.notebook import dead_letters
 from streammachine.notebook.status import status_frame
 from streammachine.redis import positions
 from streammachine.redis.inspect import fetch_groups_sync
@@ -68,6 +72,15 @@ def _line_parser() -> RaisingParser:
     group.add_argument("--to")
     group.add_argument("--drop-pending", action="store_true")
     group.add_argument("--yes", action="store_true")
+    dlq = commands_.add_parser("dlq", add_help=False)
+    dlq.add_argument("action", choices=("list", "show", "replay", "purge"))
+    dlq.add_argument("stream")
+    dlq.add_argument("ids", nargs="*")
+    dlq.add_argument("-n", type=int, default=100)
+    dlq.add_argument("--all", action="store_true")
+    dlq.add_argument("--before")
+    dlq.add_argument("--target")
+    dlq.add_argument("--yes", action="store_true")
     return parser
 
 
@@ -225,6 +238,14 @@ class StreamMachineMagics(Magics):
             print(f"streammachine: group {args.group!r} of {args.stream!r} deleted")
         except (KeyError, ValueError) as exc:
             raise UsageError(f"%streammachine group {args.action}: {exc.args[0] if exc.args else exc}") from None
+
+    def _cmd_dlq(self, args):
+        """Dead letters (streammachine.redis.deadletters); replay and purge need --yes (a cell cannot be asked)."""
+        app = self.app()
+        try:
+            return dead_letters.run(self._client(app), args, app.config)
+        except (KeyError, ValueError) as exc:
+            raise UsageError(f"%streammachine dlq {args.action}: {exc.args[0] if exc.args else exc}") from None
 
     def _cmd_remove(self, args):
         app = self.app()

@@ -83,12 +83,17 @@ def _unencodable(topic: str, encoded: Sequence[Mapping]) -> ValueError:
     return find_unencodable(topic, encoded) or ValueError(f"stream {topic!r}: a field is not valid UTF-8")
 
 
-def _head(topic: str, maxlen: Optional[int], minid: Optional[str] = None) -> tuple:
+def xadd_options(maxlen: Optional[int], minid: Optional[str] = None) -> tuple:
+    """XADD's arguments between the key and the fields: the trim rule, then ``*`` (a new id)."""
     if maxlen is not None:
-        return ("XADD", topic, "MAXLEN", "~", maxlen, "*")
+        return ("MAXLEN", "~", maxlen, "*")
     if minid is not None:  # age-based retention (App(stream_max_age=)): entries older than minid go
-        return ("XADD", topic, "MINID", "~", minid, "*")
-    return ("XADD", topic, "*")
+        return ("MINID", "~", minid, "*")
+    return ("*",)
+
+
+def _head(topic: str, maxlen: Optional[int], minid: Optional[str] = None) -> tuple:
+    return ("XADD", topic, *xadd_options(maxlen, minid))
 
 
 def _command(head: tuple, fields: Mapping) -> list:

@@ -66,6 +66,11 @@ def awaitable(client: Any) -> Any:
     return client if is_async_client(client) else _AwaitableClient(client)
 
 
+def plain(client: Any) -> Any:
+    """The client an ``awaitable(...)`` wrapper wraps (``Transport`` takes sync clients as they are)."""
+    return client.client if isinstance(client, _AwaitableClient) else client
+
+
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """The result of ``coro``, a core coroutine over a sync client (``awaitable`` / ``Transport``)."""
     try:

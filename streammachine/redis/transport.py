@@ -30,9 +30,12 @@ from typing import Any, List, NamedTuple, Optional, Sequence, Union
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.cluster import RedisCluster as SyncCluster
+from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
 from streammachine.redis.resp import direct_pool, encode_command, encode_commands, round_trip
+from streammachine.redis.sync import plain
 
 RedisClient = Union[Redis, RedisCluster]
 """Every async client StreamMachine talks through (``make_client`` returns one)."""
@@ -52,10 +55,9 @@ def same_slot(client: Any, *keys: Union[str, bytes]) -> bool:
 
     Hash-tagged names share a slot: "{ticks}" and "{ticks}:dead" do, "ticks" and "ticks:dead" do not.
     """
-    if not is_cluster_client(client):
+    client = plain(client)
+    if not is_cluster_client(client) and not isinstance(client, SyncCluster):  # the CLI's client is a sync one
         return True
-    from redis.crc import key_slot
-
     return len({key_slot(k.encode() if isinstance(k, str) else k) for k in keys}) <= 1
 
 
@@ -80,7 +82,7 @@ class Transport:
     """Sends a list of commands in one round trip and returns their raw replies, in order."""
 
     def __init__(self, client: Any) -> None:
-        self.client = client
+        self.client = client = plain(client)  # a core running over a sync client hands its wrapper
         self.pool = direct_pool(client)
 
     @property
