@@ -335,3 +335,63 @@ async def test_probes_flip_when_redis_stops(private_server):
 
 async def _status(http: httpx.AsyncClient, url: str, expected: int) -> bool:
     return (await http.get(url)).status_code == expected
+
+
+async def test_dead_letters_replayed_from_the_dashboard_after_a_hot_swap(redis_url, sync_redis):
+    token = "dlq-t0ken"
+    app = App("dlq", redis_url=redis_url, grace_seconds=2, settings=fast_settings(dashboard_token=token))
+    app.enable_dashboard(free_port())
+    handled: list = []
+
+    @app.agent("payments", group="ledger", name="pay", count=50, block_ms=100, on_error="dead_letter")
+    async def broken(msg):
+        if msg.message.get("poison"):
+            raise ValueError("cannot parse amount")
+        handled.append(msg.message["n"])
+
+    await app.start()
+    try:
+        await wait_until(lambda: app.dashboard_candidate.serving is not None, what="the dashboard serving")
+        await app.send_batch("payments", [{"n": str(i), **({"poison": "1"} if i % 2 else {})} for i in range(10)])
+        await wait_until(lambda: app.stats("pay").dead_lettered == 5 and len(handled) == 5, what="5 dead letters")
+
+        @app.agent("payments", group="ledger", name="pay", count=50, block_ms=100, on_error="dead_letter")
+        async def fixed(msg):  # the hot swap: same name, the bug fixed
+            handled.append(msg.message["n"])
+
+        auth = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(base_url=base(app), headers=auth) as http:
+            [dead] = (await http.get("/api/deadletters")).json()
+            assert dead == {"dead_letter_stream": "payments:dead", "stream": "payments", "count": 5}
+            listing = (await http.get("/api/deadletters/payments")).json()
+            first = listing["dead_letters"][0]
+            assert listing["count"] == 5 and first["error"].startswith("ValueError: cannot parse amount")
+            assert first["agent"].endswith("pay") and first["fields"]["poison"] == "1" and first["stream"] == "payments"
+            shown = (await http.get(f"/api/deadletters/payments/entry/{first['id']}")).json()
+            assert shown["original_id"] == first["original_id"]
+
+            no_token = await http.post(
+                "/api/deadletters/payments/replay", json={"confirm": True}, headers={"Authorization": ""}
+            )
+            assert no_token.status_code == 401
+            unconfirmed = await http.post("/api/deadletters/payments/replay", json={"ids": None})
+            assert unconfirmed.status_code == 400 and '"confirm": true' in unconfirmed.json()["error"]
+            unknown = await http.post("/api/deadletters/payments/replay", json={"ids": ["1-1"], "confirm": True})
+            assert unknown.status_code == 404
+            assert sync_redis.xlen("payments:dead") == 5  # refused requests changed nothing
+
+            result = (await http.post("/api/deadletters/payments/replay", json={"ids": None, "confirm": True})).json()
+            assert len(result["replayed"]) == 5 and result["missing"] == []
+        await wait_until(lambda: len(handled) == 10, what="the replayed entries handled by the fixed handler")
+        assert sorted(handled, key=int) == [str(i) for i in range(10)]  # each entry handled once: none lost or doubled
+        assert sync_redis.xlen("payments:dead") == 0
+
+        await app.send("payments", {"n": "x"})  # purge: a dead letter made by hand, deleted from the page's API
+        sync_redis.xadd("payments:dead", {"n": "y", "_dlq_stream": "payments", "_dlq_error": "manual"})
+        async with httpx.AsyncClient(base_url=base(app), headers={"Authorization": f"Bearer {token}"}) as http:
+            [letter] = (await http.get("/api/deadletters/payments")).json()["dead_letters"]
+            purged = await http.post("/api/deadletters/payments/purge", json={"ids": [letter["id"]], "confirm": True})
+            assert purged.json() == {"purged": 1}
+        assert sync_redis.xlen("payments:dead") == 0
+    finally:
+        await app.stop()

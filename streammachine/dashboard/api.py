@@ -29,7 +29,7 @@ from starlette.routing import Route
 
 from streammachine._net import is_loopback
 from streammachine._redact import scrub
-from streammachine.dashboard import views
+from streammachine.dashboard import deadletters, views
 from streammachine.dashboard.auth import TokenGate
 from streammachine.dashboard.election import current_owner
 from streammachine.engine.probes import probe_body, readiness
@@ -179,5 +179,6 @@ def build(candidate: Any, stopping: asyncio.Event) -> Any:
         Route("/api/streams/{name:path}/entries", endpoint(entries)),
         Route("/api/streams/{name:path}/groups", endpoint(stream_groups)),
         Route("/api/events", events),
+        *deadletters.routes(endpoint),
     ]
     return TokenGate(Starlette(routes=routes), token=candidate.token, loopback_only=is_loopback(candidate.host))

@@ -161,18 +161,62 @@ async function loadStorage() {
     || "<p>no tables</p>";
 }
 
+// --- dead letters: list, replay, purge (writes send the token as a bearer header, after a confirmation) ---------
+let selectedDead = null;
+
+async function loadDeadLetterStreams() {
+  const streams = await api("/api/deadletters");
+  rows("#dlq-streams tbody", streams, (d) => `<tr data-stream="${esc(d.dead_letter_stream)}"><td>${esc(d.dead_letter_stream)}</td>
+    <td>${esc(d.stream)}</td><td class="num">${num(d.count)}</td></tr>`);
+}
+
+async function showDeadLetters(name) {
+  selectedDead = name;
+  $("#dlq-detail").hidden = false;
+  $("#dlq-name").textContent = name;
+  const page = await api(`/api/deadletters/${encodeURIComponent(name)}?count=200`);
+  rows("#dlq-entries tbody", page.dead_letters, (d) => `<tr><td><input type="checkbox" value="${esc(d.id)}"></td>
+    <td>${esc(d.id)}</td><td>${esc(d.agent)}</td><td class="error">${esc(d.error)}</td><td class="num">${num(d.deliveries)}</td>
+    <td>${esc(d.original_id)}</td><td class="fields">${Object.entries(d.fields).map(([k, v]) => `<b>${esc(k)}</b>=${esc(v)}`).join(" ")}</td></tr>`);
+}
+
+async function deadLetterAction(action, all) {
+  const ids = all ? null : Array.from(document.querySelectorAll("#dlq-entries input:checked")).map((box) => box.value);
+  if (ids && !ids.length) { $("#dlq-result").textContent = "select dead letters first"; return; }
+  const what = ids ? `${ids.length} dead letter(s)` : "every dead letter";
+  if (!confirm(`${action} ${what} of ${selectedDead}?`)) return;
+  let token = sessionStorage.getItem("streammachine-token");
+  if (!token) { token = prompt("Write actions need the dashboard's token (STREAMMACHINE_DASHBOARD_TOKEN):"); if (!token) return; }
+  const response = await fetch(`/api/deadletters/${encodeURIComponent(selectedDead)}/${action}`, {
+    method: "POST", headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
+    body: JSON.stringify({ ids, confirm: true }),
+  });
+  const body = await response.json();
+  if (response.ok) sessionStorage.setItem("streammachine-token", token);
+  else if (response.status === 401) sessionStorage.removeItem("streammachine-token");
+  $("#dlq-result").textContent = response.ok
+    ? (action === "replay" ? `replayed ${body.replayed.length}` : `purged ${body.purged}`) : body.error;
+  await showDeadLetters(selectedDead);
+  await loadDeadLetterStreams();
+}
+
 // --- wiring -----------------------------------------------------------------------
 function showTab(name) {
   document.querySelectorAll("nav button").forEach((b) => b.classList.toggle("active", b.dataset.tab === name));
   document.querySelectorAll(".tab").forEach((t) => { t.hidden = t.id !== `tab-${name}`; });
   if (name === "streams") loadStreams().catch(console.warn);
   if (name === "storage") loadStorage().catch(console.warn);
+  if (name === "deadletters") loadDeadLetterStreams().catch(console.warn);
 }
 
 document.querySelectorAll("nav button").forEach((b) => { b.onclick = () => showTab(b.dataset.tab); });
 $("#instances tbody").onclick = (event) => { const row = event.target.closest("tr[data-id]"); if (row) showInstance(row.dataset.id); };
 $("#detail-close").onclick = () => { selectedInstance = null; $("#instance-detail").hidden = true; };
 $("#streams tbody").onclick = (event) => { const row = event.target.closest("tr[data-stream]"); if (row) showStream(row.dataset.stream).catch(console.warn); };
+$("#dlq-streams tbody").onclick = (event) => { const row = event.target.closest("tr[data-stream]"); if (row) showDeadLetters(row.dataset.stream).catch(console.warn); };
+$("#dlq-replay-selected").onclick = () => deadLetterAction("replay", false).catch(console.warn);
+$("#dlq-replay-all").onclick = () => deadLetterAction("replay", true).catch(console.warn);
+$("#dlq-purge-selected").onclick = () => deadLetterAction("purge", false).catch(console.warn);
 $("#range").onsubmit = (event) => { event.preventDefault(); if (selectedStream) showStream(selectedStream).catch(console.warn); };
 
 api("/api/health").then((health) => { $("#server").textContent = health.server; }).catch(console.warn);
