@@ -52,3 +52,29 @@ def start_app(tmp_path, redis_url: str, name: str, *args: str, **env: str) -> Ru
     environment = dict(os.environ, REDIS_URL=redis_url, DEMO_APP=name, **FAST_ENV, **env)
     cmd = [sys.executable, "-m", "streammachine", "run", str(target), *args]
     return Run(cmd, environment, str(tmp_path), tmp_path / f"{name}.log")
+
+
+# Poison entries fail until the "fixed" key exists (a fix deployed while they wait in the dead-letter stream).
+DLQ_TARGET = textwrap.dedent(
+    """\
+    from streammachine import App
+
+    app = App("payments")
+
+
+    @app.agent("payments", group="ledger", on_error="dead_letter", block_ms=100)
+    async def pay(msg):
+        client = await app.redis.get_client()
+        if msg.message.get("poison") and not await client.exists("fixed"):
+            raise ValueError("cannot parse amount")
+        await client.rpush("handled", msg.message["n"])
+    """
+)
+
+
+def start_dlq_app(tmp_path, redis_url: str, port: int, token: str) -> Run:
+    target = tmp_path / "dlq_target.py"
+    target.write_text(DLQ_TARGET)
+    env = dict(os.environ, REDIS_URL=redis_url, STREAMMACHINE_DASHBOARD_TOKEN=token, **FAST_ENV)
+    cmd = [sys.executable, "-m", "streammachine", "run", str(target), "--dashboard-port", str(port)]
+    return Run(cmd, env, str(tmp_path), tmp_path / "payments.log")

@@ -109,3 +109,59 @@ def test_page_shows_live_instances_and_drops_a_killed_one(deployment, page):
     )
     page.screenshot(path=str(ARTIFACTS / "dashboard-after-kill.png"), full_page=True)
     assert page.errors == [], page.errors
+
+
+def test_dead_letters_replayed_from_the_page(redis_url, sync_redis, tmp_path, page):
+    import httpx
+    from dashboard_procs import start_dlq_app
+    from helpers import wait_until_sync
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    token, port = "page-t0ken", free_port()
+    run = start_dlq_app(tmp_path, redis_url, port, token)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_sync(lambda: _answers(httpx, base), timeout=30, what="the dashboard serving")
+        wait_until_sync(lambda: sync_redis.exists("payments"), timeout=30, what="the group created")
+        for i in range(8):
+            sync_redis.xadd("payments", {"n": str(i), **({"poison": "1"} if i % 2 else {})})
+        wait_until_sync(lambda: sync_redis.xlen("payments:dead") == 4, timeout=30, what="4 dead letters")
+        sync_redis.set("fixed", "1")  # the fix is deployed
+
+        page.goto(base + "/", wait_until="domcontentloaded")
+        page.wait_for_selector("#login:not([hidden])", timeout=10_000)  # no token yet: the page asks for it
+        page.fill("#token", token)
+        page.click("#login-go")
+        page.wait_for_function("() => document.querySelector('#link').textContent === 'live'", timeout=15_000)
+        page.click("nav button[data-tab=deadletters]")
+        page.click("#dlq-streams tbody tr[data-stream='payments:dead']", timeout=10_000)
+        page.wait_for_function("() => document.querySelectorAll('#dlq-entries input[type=checkbox]').length === 4")
+        assert "ValueError: cannot parse amount" in page.inner_text("#dlq-entries")
+        page.screenshot(path=str(ARTIFACTS / "dashboard-dead-letters.png"), full_page=True)
+        answers = iter(["accept", token])  # the confirmation, then the token for the write
+
+        def on_dialog(dialog):
+            answer = next(answers)
+            dialog.accept() if answer == "accept" else dialog.accept(answer)
+
+        page.on("dialog", on_dialog)
+        page.click("#dlq-replay-all")
+        page.wait_for_function(
+            "() => document.querySelector('#dlq-result').textContent === 'replayed 4'", timeout=15_000
+        )
+        wait_until_sync(lambda: sync_redis.llen("handled") == 8, timeout=30, what="the replayed entries handled")
+        assert sorted(sync_redis.lrange("handled", 0, -1), key=int) == [str(i) for i in range(8)]  # once each
+        assert sync_redis.xlen("payments:dead") == 0
+        assert page.errors == [], page.errors
+    finally:
+        if run.proc.poll() is None:
+            run.stop(signal.SIGTERM, timeout=30)
+        else:
+            run.log.close()
+
+
+def _answers(httpx, base: str) -> bool:
+    try:
+        return httpx.get(base + "/healthz", timeout=0.5).status_code == 200
+    except httpx.HTTPError:
+        return False
