@@ -16,13 +16,13 @@ import time
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from conftest import FAST
 from helpers import wait_until
 
 from streammachine import App
 from streammachine.config import ConfigError, Settings
 from streammachine.dashboard.election import LOCK_KEY, Election
 from streammachine.engine.instances import INDEX, instance_key, list_instances
+from streammachine.testing import FAST
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")

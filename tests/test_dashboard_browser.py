@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from dashboard_procs import start_app
-from test_notebook_browser import CHROME, CHROME_ARGS
+from test_notebook_browser import CHROME, chromium_page
 
 from streammachine.embedded import free_port
 
@@ -52,18 +52,9 @@ def deployment(redis_url, tmp_path):
 def page():
     if not Path(CHROME).exists():
         pytest.skip(f"no Chromium at {CHROME} (apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python) is not installed")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROME, headless=True, args=CHROME_ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1100})
-        pg = context.new_page()
-        pg.errors = []
-        pg.on("pageerror", lambda error: pg.errors.append(str(error)))
-        try:
-            yield pg
-        finally:
-            context.close()
-            browser.close()
+    pytest.importorskip("playwright.sync_api", reason="playwright (Python) is not installed")
+    with chromium_page(1400, 1100) as pg:
+        yield pg
 
 
 def test_page_shows_live_instances_and_drops_a_killed_one(deployment, page):
