@@ -7,6 +7,7 @@ an ``@app.agent`` with a trivial handler drains the stream through a fresh
 group). Two variants, interleaved round by round (the order alternates):
 
 - off: ``STREAMMACHINE_HEARTBEAT_SECONDS=0`` (no registry), no dashboard;
+- registry: the heartbeat alone (what every App pays; the dashboard runs in one process of a deployment);
 - on:  the registry heartbeat at --heartbeat seconds (default: the shipped 2),
        an elected dashboard served by uvicorn on the same event loop, and one
        viewer (a separate process) holding the page's SSE stream open, so a
@@ -69,17 +70,18 @@ async def with_dashboard(url: str, heartbeat: float, job):
         await connection.close()
 
 
-async def without(job):
-    settings = dataclasses.replace(Settings.from_env(), heartbeat_seconds=0)
+async def without(job, heartbeat: float = 0):
+    settings = dataclasses.replace(Settings.from_env(), heartbeat_seconds=heartbeat)
     with settings.use():
         return await job()
 
 
 async def run(args: argparse.Namespace, url: str) -> dict:
     await preload(url, args.entries)
-    results: dict = {"off": [], "on": []}
+    results: dict = {"off": [], "registry": [], "on": []}
+    variants = list(results)
     for rnd in range(args.rounds):
-        order = ["off", "on"] if rnd % 2 == 0 else ["on", "off"]
+        order = variants[rnd % 3 :] + variants[: rnd % 3]  # the order rotates: drift hits every variant alike
         for variant in order:
             group = f"g{rnd}-{variant}"
 
@@ -89,10 +91,10 @@ async def run(args: argparse.Namespace, url: str) -> dict:
             if variant == "on":
                 wall, cpu = await with_dashboard(url, args.heartbeat, job)
             else:
-                wall, cpu = await without(job)
+                wall, cpu = await without(job, args.heartbeat if variant == "registry" else 0)
             results[variant].append((args.entries / wall, cpu / args.entries * 1e6))
             print(
-                f"  round {rnd + 1}: {variant:<4} {args.entries / wall:>12,.0f} msgs/s "
+                f"  round {rnd + 1}: {variant:<8} {args.entries / wall:>12,.0f} msgs/s "
                 f"{cpu / args.entries * 1e6:>7.2f} us CPU/msg",
                 file=sys.stderr,
                 flush=True,
@@ -105,12 +107,15 @@ def table(results: dict, args: argparse.Namespace) -> str:
         rates = [r for r, _ in results[variant]]
         return max(rates), statistics.median(rates), min(c for _, c in results[variant])
 
-    off, on = stats("off"), stats("on")
+    off, registry, on = stats("off"), stats("registry"), stats("on")
     lines = [
         f"entries={args.entries:,} COUNT={args.count} rounds={args.rounds} heartbeat={args.heartbeat}s uvloop=yes",
         f"{'variant':<40}{'best msgs/s':>12}{'median':>10}{'CPU us/msg':>11}",
         f"{'off (no registry, no dashboard)':<40}{off[0]:>12,.0f}{off[1]:>10,.0f}{off[2]:>11.2f}",
+        f"{'registry (heartbeat only)':<40}{registry[0]:>12,.0f}{registry[1]:>10,.0f}{registry[2]:>11.2f}",
         f"{'on (heartbeat + dashboard + SSE viewer)':<40}{on[0]:>12,.0f}{on[1]:>10,.0f}{on[2]:>11.2f}",
+        f"registry/off: best {registry[0] / off[0]:.3f}, median {registry[1] / off[1]:.3f}, "
+        f"CPU/msg {registry[2] / off[2]:.3f}",
         f"on/off: best {on[0] / off[0]:.3f}, median {on[1] / off[1]:.3f}, CPU/msg {on[2] / off[2]:.3f} "
         "(goal: throughput ratio >= 0.98)",
     ]
