@@ -76,17 +76,12 @@ class App(Lifecycle):
         storage_backend: Optional[str] = None,
         settings: Optional[Settings] = None,
         dashboard_enabled: bool = False,
+        dashboard_port: Optional[int] = None,
     ) -> None:
         if to_scan is not None:
             warnings.warn(
                 "App(to_scan=...) has no effect: decorators register agents and timers at once",
                 DeprecationWarning,
-                stacklevel=2,
-            )
-        if dashboard_enabled:
-            warnings.warn(
-                "App(dashboard_enabled=True): the web dashboard is not built yet; use app.dashboard() in a notebook",
-                UserWarning,
                 stacklevel=2,
             )
         self.settings = settings or Settings.current()
@@ -102,7 +97,13 @@ class App(Lifecycle):
             grace_seconds=grace_seconds,
             consumer=consumer_config,
         )
-        self.dashboard_enabled = dashboard_enabled
+        self.dashboard_enabled = False
+        self.dashboard_port: Optional[int] = None
+        if dashboard_enabled or dashboard_port is not None:
+            self.enable_dashboard(dashboard_port)
+        self.worker_index: Optional[int] = None  # set by `streammachine run --workers N` in its workers
+        self.instance: Any = None  # this App's entry in the instances registry while it runs
+        self.dashboard_candidate: Any = None  # while it runs with the dashboard enabled
         self._storage_backend = storage_backend or self.settings.storage_backend
         self._storage: Optional[Storage] = None
         self._redis = RedisConnection(url=redis_url, settings=self.settings)
@@ -419,6 +420,7 @@ class App(Lifecycle):
             raise
         self._state = "running"
         await self._work.start_missing()  # what cells registered while the hooks and runners started
+        await self._start_companions(self._make_companions())
         log.info(
             "app %s running: %d agents, %d timers on %s",
             self.name,
@@ -440,6 +442,7 @@ class App(Lifecycle):
         self._shut_down = asyncio.Event()
         grace = self.config.grace_seconds
         try:
+            await self._stop_companions()
             await self._work.stop(grace)
             for hook in self._shutdown_hooks:
                 try:
@@ -453,6 +456,29 @@ class App(Lifecycle):
             self._shut_down.set()
             if self._stopped is not None:
                 self._stopped.set()
+
+    # -- the instances registry and the web dashboard ---------------------------
+
+    def enable_dashboard(self, port: Optional[int] = None) -> None:
+        """Run for the web dashboard of this Redis while the app runs (one per Redis is elected; from the
+        next start on). ImportError (naming the extra) or ConfigError (a bind beyond loopback without a token)."""
+        from streammachine.dashboard import check_bind, check_port, require_extra
+
+        require_extra()
+        check_bind(self.settings.dashboard_host, self.settings.dashboard_token)
+        self.dashboard_port = check_port(self.settings.dashboard_port if port is None else port)
+        self.dashboard_enabled = True
+
+    def _make_companions(self) -> list:
+        from streammachine.engine.instances import InstanceHeartbeat
+
+        self.instance = InstanceHeartbeat.for_app(self)  # None when STREAMMACHINE_HEARTBEAT_SECONDS=0
+        self.dashboard_candidate = None
+        if self.dashboard_enabled:
+            from streammachine.dashboard.candidate import DashboardCandidate
+
+            self.dashboard_candidate = DashboardCandidate.for_app(self)
+        return [companion for companion in (self.instance, self.dashboard_candidate) if companion is not None]
 
     # -- producing -----------------------------------------------------------
 

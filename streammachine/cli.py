@@ -4,7 +4,7 @@
 
     streammachine [--redis-url URL] [--log-level LEVEL] COMMAND ...
 
-    run TARGET [--workers N] [--metrics-port PORT] [--metrics-host HOST]
+    run TARGET [--workers N] [--metrics-port PORT] [--metrics-host HOST] [--dashboard-port PORT]
         Run an App headless until SIGINT/SIGTERM. TARGET: app.py[:attr],
         package.module[:attr] or notebook.ipynb[:attr].
     send STREAM [FIELD=VALUE ...] [--json '{...}']     add one entry, print its id
@@ -17,6 +17,7 @@
     replay TARGET [--start POS] [--end POS] [--speed X] an App's agents over history, in groups of their own
     backfill STREAM FILE [--time-column COL]           a CSV/Parquet file into a stream, ids from its times
     mcp [--transport stdio|streamable-http] [--host H] [--port P] [--read-only] [--allowed-host H]...
+    dashboard [--host H] [--port P]                    the web dashboard of every instance on this Redis
 
 ``--redis-url`` (before or after the command) wins over REDIS_URL and
 REDIS_HOST/PORT/DB; with nothing configured the local default or the
@@ -39,6 +40,7 @@ from streammachine._redact import redact_url, scrub
 from streammachine._speedups import decode_dict_bytes_to_utf8
 from streammachine._validate import check_number
 from streammachine.config import BadRedisURL, ConfigError, ConsumerConfig, Settings, check_redis_url
+from streammachine.dashboard import standalone as dashboard
 from streammachine.embedded import EmbeddedServerError, shared_server_status, shared_server_url, stop_shared_server
 from streammachine.headless import deadletters, history
 from streammachine.redis.catalog import read_catalog_sync
@@ -134,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--metrics-host", default="127.0.0.1", metavar="HOST", help="address for the metrics server (default 127.0.0.1)"
     )
+    run.add_argument(
+        "--dashboard-port", type=_port, metavar="PORT", help="run for the web dashboard on this port (one per Redis)"
+    )
     run.add_argument("--worker-index", type=_count, help=argparse.SUPPRESS)
     run.add_argument("--stats-dir", help=argparse.SUPPRESS)
     run.add_argument("--ready-fd", type=_count, help=argparse.SUPPRESS)
@@ -165,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     history.add_commands(command, lambda sub: _global_options(sub, suppress=True))  # group, trim, replay, backfill
     deadletters.add_commands(command, lambda sub: _global_options(sub, suppress=True))  # dlq
+    dashboard.add_command(command)
 
     mcp = command("mcp", "serve StreamMachine's MCP tools (stdio or streamable HTTP)")
     mcp.add_argument("--transport", choices=("stdio", "streamable-http"), default="stdio")
@@ -222,12 +228,15 @@ def cmd_run(args, settings: Settings) -> int:
         workers=args.workers,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        dashboard_port=args.dashboard_port,
         log_level=args.log_level,
         worker_index=args.worker_index,
         stats_dir=args.stats_dir,
         ready_fd=args.ready_fd,
         supervisor_pid=args.supervisor_pid,
     )
+    if args.dashboard_port is not None:
+        dashboard.check_options(settings, None)
     code = run(options, settings)
     from streammachine.engine.loop import exit_past_stuck_threads
 
@@ -383,6 +392,7 @@ def cmd_mcp(args, settings: Settings) -> int:
 
 
 COMMANDS = {"run": cmd_run, "send": cmd_send, "tail": cmd_tail, "info": cmd_info, "server": cmd_server, "mcp": cmd_mcp}
+COMMANDS["dashboard"] = dashboard.run
 COMMANDS.update({name: functools.partial(history.run, name, connect=_client) for name in history.COMMANDS})
 COMMANDS["dlq"] = functools.partial(deadletters.run, "dlq", connect=_client)
 
@@ -428,7 +438,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (TargetError, BadRedisURL) as exc:  # BadRedisURL: an App(redis_url=...) in the target, say
         print(f"streammachine {args.command}: {exc}", file=sys.stderr)
         return 2
-    except (CommandError, ConfigError, ConnectionError, EmbeddedServerError, OSError) as exc:
+    except (CommandError, ConfigError, ConnectionError, EmbeddedServerError, OSError, ImportError) as exc:
         print(f"streammachine {args.command}: {scrub(str(exc), [args.redis_url])}", file=sys.stderr)
         return 1
     except Exception as exc:

@@ -104,6 +104,13 @@ def _at_least(low: int) -> Callable[[str], int]:
     return convert
 
 
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError(raw)
+    return value
+
+
 def _bool(raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -206,6 +213,14 @@ class Settings:
     mcp_allowed_hosts: tuple = _variable("STREAMMACHINE_MCP_ALLOWED_HOSTS", _names, "host[:port],...", ())
     mcp_allowed_origins: tuple = _variable("STREAMMACHINE_MCP_ALLOWED_ORIGINS", _names, "scheme://host[:port],...", ())
     mcp_token: Optional[str] = _variable("STREAMMACHINE_MCP_TOKEN")
+    heartbeat_seconds: float = _variable(
+        "STREAMMACHINE_HEARTBEAT_SECONDS", _non_negative_float, "seconds >= 0 (0: no instance registry)", 2.0
+    )
+    instance_ttl: float = _variable("STREAMMACHINE_INSTANCE_TTL", _positive_float, "seconds > 0", 10.0)
+    dashboard_port: int = _variable("STREAMMACHINE_DASHBOARD_PORT", _port, "a TCP port number 0-65535", 8000)
+    dashboard_host: str = _variable("STREAMMACHINE_DASHBOARD_HOST", _text, "", "127.0.0.1")
+    dashboard_token: Optional[str] = _variable("STREAMMACHINE_DASHBOARD_TOKEN")
+    dashboard_lock_ttl: float = _variable("STREAMMACHINE_DASHBOARD_LOCK_TTL", _positive_float, "seconds > 0", 10.0)
     log_level: str = _variable("STREAMMACHINE_LOG_LEVEL", _upper, "a log level", "INFO")
     gc_freeze: bool = _variable("STREAMMACHINE_GC_FREEZE", _bool, "0 or 1", True)
     pure_python: bool = _variable("STREAMMACHINE_PURE_PYTHON", _bool, "0 or 1", False)
@@ -284,6 +299,8 @@ class Settings:
             shown["storage_manager"] = "***"
         if self.mcp_token:
             shown["mcp_token"] = "***"
+        if self.dashboard_token:
+            shown["dashboard_token"] = "***"
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     @property

@@ -132,5 +132,7 @@ def test_no_op_parameters_warn():
         App("quiet")  # the defaults say nothing
     with pytest.warns(DeprecationWarning, match="to_scan"):
         App("scan", to_scan=True)
-    with pytest.warns(UserWarning, match="web dashboard is not built yet"):
-        App("dash", dashboard_enabled=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        app = App("dash", dashboard_enabled=True)  # the web dashboard exists now: no warning
+    assert app.dashboard_enabled and app.dashboard_port == 8000

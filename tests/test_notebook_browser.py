@@ -9,6 +9,7 @@ the last cell.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -119,13 +120,14 @@ def lab(tmp_path, redis_url):
             server.wait()
 
 
-@pytest.fixture
-def page(lab):
+@contextlib.contextmanager
+def chromium_page(width: int = 1280, height: int = 1000):
+    """A page in headless Debian Chromium; ``page.errors`` collects the page's uncaught errors."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROME, headless=True, args=CHROME_ARGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 1000})
+        context = browser.new_context(viewport={"width": width, "height": height})
         pg = context.new_page()
         pg.errors = []
         pg.on("pageerror", lambda error: pg.errors.append(str(error)))
@@ -134,6 +136,12 @@ def page(lab):
         finally:
             context.close()
             browser.close()
+
+
+@pytest.fixture
+def page(lab):
+    with chromium_page() as pg:
+        yield pg
 
 
 def _run_command(page, command: str) -> None:

@@ -25,7 +25,7 @@ import concurrent.futures
 import gc
 import logging
 import signal
-from typing import Any, Callable, Coroutine, Generator, Optional, Union
+from typing import Any, Callable, Coroutine, Generator, List, Optional, Protocol, Union
 
 from streammachine.config import Settings
 from streammachine.engine import loop as event_loop
@@ -153,8 +153,21 @@ def running_loop() -> Optional[asyncio.AbstractEventLoop]:
         return None
 
 
+class Companion(Protocol):
+    """Something that runs beside an app while it runs: the registry heartbeat, a dashboard candidate."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 class Lifecycle:
-    """start/stop/run for a class that provides ``startup()`` and ``shutdown()`` (the App)."""
+    """start/stop/run for a class that provides ``startup()`` and ``shutdown()`` (the App).
+
+    Companions (``_start_companions``/``_stop_companions``, called by ``startup()`` once the app
+    runs and first thing in ``shutdown()``) observe the app; one that fails is logged, and the
+    app runs on without it.
+    """
 
     name: str
     settings: Settings
@@ -163,8 +176,30 @@ class Lifecycle:
     _stopped: Optional[asyncio.Event]  # set by shutdown()
     _pending: Optional[asyncio.Task] = None  # the last start/stop scheduled on _loop
 
+    _companions: List[Companion] = []
+
     async def startup(self) -> None:
         raise NotImplementedError
+
+    async def _start_companions(self, companions: List[Companion]) -> None:
+        self._companions = []
+        for companion in companions:
+            try:
+                await companion.start()
+            except Exception as exc:
+                log.error(
+                    "app %r: %s did not start: %s: %s", self.name, type(companion).__name__, type(exc).__name__, exc
+                )
+                continue
+            self._companions.append(companion)
+
+    async def _stop_companions(self) -> None:
+        companions, self._companions = self._companions, []
+        for companion in reversed(companions):
+            try:
+                await companion.stop()
+            except Exception as exc:
+                log.warning("app %r: %s did not stop cleanly: %s", self.name, type(companion).__name__, exc)
 
     async def shutdown(self) -> None:
         raise NotImplementedError

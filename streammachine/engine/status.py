@@ -55,6 +55,8 @@ class AgentStatus:
     consumers: Optional[int]
     kind: str = "agent"
     window: Optional[Dict[str, Any]] = None  # a window agent's: table, keys, late (committed), entries, rejected
+    concurrency: int = 1  # consumer tasks (per worker process, when ``processes`` is set)
+    processes: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,8 @@ def agent_status(spec: AgentSpec, stats: AgentStats, running: bool, groups: Grou
         lag=group.get("lag"),
         consumers=group.get("consumers"),
         window=None if spec.window is None else spec.window.status(),
+        concurrency=spec.concurrency,
+        processes=spec.processes,
     )
 
 

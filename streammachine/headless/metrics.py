@@ -19,19 +19,26 @@ Metrics (all prefixed ``streammachine_``): ``messages_processed_total``,
 calls, ``_sum`` seconds), ``group_pending``, ``group_lag``,
 ``group_consumers``, ``timer_runs_total``, ``timer_failures_total``,
 ``workers`` and ``redis_up``.
+
+The same server answers ``/healthz`` (the app's event loop answers; for a
+supervisor, the supervisor does) and ``/readyz`` (engine/probes.py: Redis
+reachable, every app running with its consumers up), 200 or 503 with a JSON
+body saying why.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import os
 import socket
 import time
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, List, Tuple
+
+from streammachine._net import is_loopback
+from streammachine.engine.probes import probe_body, readiness
 
 log = logging.getLogger("streammachine.headless.metrics")
 
@@ -68,6 +75,15 @@ class LiveSource:
     def __call__(self) -> List[dict]:
         future = asyncio.run_coroutine_threadsafe(snapshot(self.app, self.worker), self.loop)
         return [future.result(self.timeout)]
+
+    def alive(self) -> bool:
+        """The app's event loop runs a callback within the timeout."""
+        future = asyncio.run_coroutine_threadsafe(asyncio.sleep(0), self.loop)
+        try:
+            future.result(self.timeout)
+        except Exception:
+            return False
+        return True
 
 
 class DirectorySource:
@@ -160,15 +176,68 @@ class StreamMachineCollector:
         )
 
 
-def serve_metrics(source: Callable[[], List[dict]], port: int, host: str = "127.0.0.1"):
-    """Serve ``/metrics`` on a daemon thread; returns the server (``.shutdown()`` stops it)."""
+def probe(source: Callable[[], List[dict]], path: str) -> Tuple[int, dict]:
+    """``/healthz`` or ``/readyz`` over ``source``: (HTTP status, JSON body)."""
+    if path == "/healthz":
+        alive = getattr(source, "alive", None)
+        ok = alive() if alive is not None else True
+        return (200, {"status": "alive"}) if ok else (503, {"status": "not alive", "reasons": ["loop not answering"]})
     try:
-        from prometheus_client import start_http_server
+        snapshots = source()
+    except Exception as exc:
+        return 503, probe_body(False, [f"no status: {type(exc).__name__}: {exc}"])
+    ready, reasons = readiness(snapshots, bool(snapshots) and all(s.get("redis_up") for s in snapshots))
+    return (200 if ready else 503), probe_body(ready, reasons)
+
+
+def _wsgi_app(source: Callable[[], List[dict]]):
+    """``/metrics`` (prometheus-client's app), plus the two probes."""
+    from prometheus_client import make_wsgi_app
+
+    metrics = make_wsgi_app(registry_for(source))
+
+    def app(environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path not in ("/healthz", "/readyz"):
+            return metrics(environ, start_response)
+        status, body = probe(source, path)
+        payload = json.dumps(body).encode()
+        reason = "OK" if status == 200 else "Service Unavailable"
+        start_response(
+            f"{status} {reason}", [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))]
+        )
+        return [payload]
+
+    return app
+
+
+def _start_server(app, host: str, port: int):
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format, *args):  # no access log on stderr
+            pass
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0][0]
+
+    server = make_server(host, port, app, Server, handler_class=Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True, name="streammachine-metrics").start()
+    return server
+
+
+def serve_metrics(source: Callable[[], List[dict]], port: int, host: str = "127.0.0.1"):
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on a daemon thread; returns the server (``.shutdown()``)."""
+    try:
+        import prometheus_client  # noqa: F401
     except ImportError:
         raise OSError("--metrics-port needs prometheus-client: pip install 'streammachine[monitoring]'") from None
 
     try:
-        server, _thread = start_http_server(port, addr=host, registry=registry_for(source))
+        server = _start_server(_wsgi_app(source), host, port)
     except OSError as exc:
         raise OSError(f"--metrics-port {port}: cannot listen on {host}:{port} ({exc.strerror or exc})") from None
     log.info("metrics: serving Prometheus metrics on http://%s:%d/metrics", host, server.server_port)
@@ -180,17 +249,6 @@ def serve_metrics(source: Callable[[], List[dict]], port: int, host: str = "127.
             host,
         )
     return server
-
-
-def is_loopback(host: str) -> bool:
-    """Whether every address ``host`` names is a loopback one ("", "0.0.0.0" and "::" mean every interface)."""
-    try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host or None, None, proto=socket.IPPROTO_TCP)}
-    except (OSError, UnicodeError):
-        return False
-    if not host or not addresses:
-        return False
-    return all(ipaddress.ip_address(str(address).split("%", 1)[0]).is_loopback for address in addresses)
 
 
 def registry_for(source: Callable[[], List[dict]]):

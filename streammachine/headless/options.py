@@ -16,6 +16,7 @@ class RunOptions:
     workers: int = 1
     metrics_port: Optional[int] = None
     metrics_host: str = "127.0.0.1"
+    dashboard_port: Optional[int] = None  # every worker runs for the dashboard; one is elected
     log_level: str = "INFO"
     worker_index: Optional[int] = None  # set in the worker processes of a supervisor
     stats_dir: Optional[str] = None  # where a worker writes its metric snapshots

@@ -76,6 +76,9 @@ async def _serve(options: RunOptions, stop: asyncio.Event, who: str) -> int:
     worker_mode = options.worker_index is not None
     app = await load_app(options.target)
     index = options.worker_index or 0
+    app.worker_index = options.worker_index
+    if options.dashboard_port is not None:
+        app.enable_dashboard(options.dashboard_port)
     if index > 0:
         for name in list(app.timers):  # timers run once, in worker 0
             app.unregister(name)

@@ -58,6 +58,8 @@ class Supervisor(WorkerPool):
         cmd += ["--ready-fd", str(ready_fd), "--supervisor-pid", str(os.getpid())]
         if self.stats_dir:
             cmd += ["--stats-dir", self.stats_dir]
+        if opts.dashboard_port is not None:
+            cmd += ["--dashboard-port", str(opts.dashboard_port)]
         return cmd
 
     def launch(self, index: int, ready_fd: int) -> subprocess.Popen:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from streammachine.app import App
-from streammachine.config import ConsumerConfig
+from streammachine.config import ConsumerConfig, Settings
 from streammachine.embedded import EmbeddedServer
 from streammachine.engine.specs import AgentSpec
 from streammachine.message import Message, message_from_entry
@@ -60,6 +61,7 @@ class Harness:
         self._own_server = server is None
         self._tmp: Optional[str] = None
         self._started = False
+        self._settings: Optional[Settings] = None  # the App's own, while the harness runs it without a registry entry
 
     @property
     def url(self) -> str:
@@ -75,6 +77,11 @@ class Harness:
             self._tmp = tempfile.mkdtemp(prefix="streammachine-harness-")
             self.server = await asyncio.to_thread(EmbeddedServer(Path(self._tmp)).start)
         self.app.use_server(self.server.url)
+        # no instances-registry entry on a test's server: tests see only the keys their App writes
+        self._settings, self.app.settings = (
+            self.app.settings,
+            dataclasses.replace(self.app.settings, heartbeat_seconds=0),
+        )
         await self.app.startup()
         self._started = True
         return self
@@ -84,6 +91,8 @@ class Harness:
         try:
             await self.app.shutdown()
         finally:
+            if self._settings is not None:
+                self.app.settings, self._settings = self._settings, None
             if self._own_server and self.server is not None:
                 await asyncio.to_thread(self.server.stop)
                 self.server = None
