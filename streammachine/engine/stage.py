@@ -24,8 +24,9 @@ from typing import Any, Optional
 from redis.exceptions import NoScriptError, ResponseError
 
 from streammachine.engine.commit import SCRIPT, CommitPlan, Outcome, refresh, unsafe_commands
-from streammachine.engine.consumer import StreamConsumer, own_cancellation
+from streammachine.engine.consumer import StreamConsumer
 from streammachine.engine.effects import ReadEffects, current_unit
+from streammachine.engine.failures import own_cancellation
 from streammachine.message import received_messages
 from streammachine.redis.entries import as_text
 from streammachine.redis.transport import Transport, same_slot
