@@ -9,19 +9,21 @@ around it). In one atomic step, in one round trip, it:
    back, so the consumer can refresh them and handle the read again;
 2. checks that the keys it writes are of the right type (so nothing fails
    half-way);
-3. finds which of the read's entries are still pending, in one XCLAIM (to
-   this consumer, JUSTID: no delivery is counted) of all of them. The
-   common case, all of them: one XACK, every output. Otherwise an entry
-   acknowledged already (a retried commit whose first attempt went through
-   although its reply was lost, or an entry another consumer claimed and
-   committed) has its unit's outputs skipped, never doubled. Table changes
-   cannot be split by entry (a read's units see each other's writes), and
-   the versions alone do not protect them: the second handling of an entry
-   may have seen the first one's commit (a consumer that claimed its own
-   entry while their commit waited, then sent that commit first). So a read
-   that changes tables with an entry no longer pending writes nothing
-   (``stale``; the XCLAIM moved the rest to this consumer, which handles
-   them again at once);
+3. XACKs each unit's entries and XADDs the unit's outputs only when they
+   were still pending: an entry acknowledged already (a retried commit
+   whose first attempt went through although its reply was lost, or an
+   entry another consumer claimed and committed) has its outputs skipped,
+   never doubled. (Checking all entries in one command first costs the
+   server more than it saves: XCLAIM propagates one command per entry, and
+   an XACK costs per entry about what a call does.) Table changes cannot
+   be split by entry (a read's units see each other's writes), and the
+   versions alone do not protect them: the second handling of an entry may
+   have seen the first one's commit (a consumer that claimed its own entry
+   while their commit waited, then sent that commit first). So a read that
+   changes tables first makes sure every entry is still pending (one
+   XPENDING of this consumer's range in the common case); otherwise
+   nothing is written (``stale``) and the consumer handles the entries
+   still pending again;
 4. writes the table changes (version + 1).
 
 So after any crash each input entry has exactly one set of outputs and
