@@ -456,9 +456,8 @@ class AppConfig:
                 f"stream_maxlen={self.stream_maxlen!r} and stream_max_age={self.stream_max_age!r}: "
                 "XADD trims by one rule, choose one"
             )
-        age = self.stream_max_age
-        if age is not None and (isinstance(age, bool) or not isinstance(age, (int, float)) or not age > 0):
-            raise ConfigError(f"stream_max_age={age!r}: expected seconds > 0")
+        if self.stream_max_age is not None:
+            check_positive("stream_max_age", self.stream_max_age, expected="seconds > 0", error=ConfigError)
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> AppConfig:

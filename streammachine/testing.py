@@ -25,26 +25,12 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from streammachine import testkit
 from streammachine._lazy import lazy_getattr
 from streammachine._validate import check_positive
 from streammachine.embedded import EmbeddedServer, EmbeddedServerError, find_server_binary, free_port
 
-_LAZY = {
-    name: "testkit"
-    for name in (
-        "FAST",
-        "DrainTimeout",
-        "Harness",
-        "Ledger",
-        "Producer",
-        "kill_consumer",
-        "restart_agent",
-        "restart_server",
-        "seq_of",
-        "stall_server",
-        "stalled",
-    )
-}
+_LAZY = {name: "testkit" for name in testkit.__all__}  # the names are testkit's: listed there once
 
 __all__ = ["EmbeddedServer", "EmbeddedServerError", "LocalCluster", "free_port", "supports_tls", *_LAZY]
 

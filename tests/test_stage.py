@@ -171,15 +171,63 @@ async def test_a_commit_sent_again_after_a_lost_reply_changes_nothing(redis_url)
     for entry_id, fields in entries:
         unit = effects.begin([entry_id])
         effects.keep(unit, {"n": fields[b"n"]})
-    plan = CommitPlan(effects, stream="in", group="g", maxlen=None, entries=entries)
+    plan = CommitPlan(effects, stream="in", group="g", consumer="c1", maxlen=None, entries=entries)
     transport = Transport(client)
     await client.script_load(SCRIPT)
     first = plan.outcome((await transport.send([plan.command]))[0])
-    plan.gate()  # what the consumer does before sending a commit again
     second = plan.outcome((await transport.send([plan.command]))[0])
     assert (first.kind, first.skipped) == ("ok", 0)
     assert (second.kind, second.skipped) == ("ok", 3)
     assert await client.xlen("out") == 3
+    await client.aclose()
+
+
+async def test_a_commit_writes_the_outputs_of_exactly_the_units_whose_entries_were_still_pending(redis_url):
+    """Units of every shape in one read (a batch of 2 entries with outputs to two streams of different widths,
+    an entry with none, one with one, a periodic unit with no entry): when some entries were acknowledged
+    meanwhile, only their units' outputs are skipped; the entry-less unit always writes."""
+    client = aioredis.Redis.from_url(redis_url)
+    await client.xgroup_create("in", "g", id="0", mkstream=True)
+    ids = [await client.xadd("in", {"n": i}) for i in range(5)]
+    await client.xreadgroup("g", "c1", {"in": ">"}, count=10)
+    await client.xack("in", "g", ids[0], ids[3])  # acknowledged meanwhile: entry 0 (of the batch) and entry 3
+    effects = ReadEffects("out")
+    batch = effects.begin([ids[0], ids[1]])
+    effects.keep(batch, [{"batch": 1}, Emit("audit", {"batch": 1, "wide": "yes"})])
+    effects.acknowledge([ids[2]])
+    for entry_id, n in ((ids[3], 3), (ids[4], 4)):
+        effects.keep(effects.begin([entry_id]), {"n": n})
+    effects.keep(effects.begin([]), Emit("audit", {"tick": 1}))
+    plan = CommitPlan(effects, stream="in", group="g", consumer="c1", maxlen=None)
+    await client.script_load(SCRIPT)
+    outcome = plan.outcome((await Transport(client).send([plan.command]))[0])
+    assert (outcome.kind, outcome.skipped) == ("ok", 2)
+    assert [f for _, f in await client.xrange("out")] == [{b"batch": b"1"}, {b"n": b"4"}]
+    assert [f for _, f in await client.xrange("audit")] == [{b"batch": b"1", b"wide": b"yes"}, {b"tick": b"1"}]
+    assert (await client.xpending("in", "g"))["pending"] == 0
+    await client.aclose()
+
+
+async def test_a_commit_of_one_output_per_entry_to_streams_of_different_shapes(redis_url):
+    """One output per entry, to two streams and of two widths (not all alike): each goes where it belongs,
+    and the entry acknowledged meanwhile has none."""
+    client = aioredis.Redis.from_url(redis_url)
+    await client.xgroup_create("in", "g", id="0", mkstream=True)
+    ids = [await client.xadd("in", {"n": i}) for i in range(4)]
+    await client.xreadgroup("g", "c1", {"in": ">"}, count=10)
+    await client.xack("in", "g", ids[1])
+    effects = ReadEffects("out")
+    for i, entry_id in enumerate(ids):
+        effects.keep(effects.begin([entry_id]), {"n": i} if i % 2 else Emit("audit", {"n": i, "even": "yes"}))
+    plan = CommitPlan(effects, stream="in", group="g", consumer="c1", maxlen=None)
+    await client.script_load(SCRIPT)
+    outcome = plan.outcome((await Transport(client).send([plan.command]))[0])
+    assert (outcome.kind, outcome.skipped) == ("ok", 1)
+    assert [f for _, f in await client.xrange("out")] == [{b"n": b"3"}]
+    assert [f for _, f in await client.xrange("audit")] == [
+        {b"n": b"0", b"even": b"yes"},
+        {b"n": b"2", b"even": b"yes"},
+    ]
     await client.aclose()
 
 
@@ -273,8 +321,7 @@ async def test_a_commit_of_an_entry_committed_meanwhile_changes_no_table(redis_u
             finally:
                 current_unit.reset(token)
             effects.keep(unit, {"n": fields[b"n"]})
-        plan = CommitPlan(effects, stream="in", group="g", maxlen=None, entries=entries)
-        plan.gate()  # reclaimed entries are always checked one by one
+        plan = CommitPlan(effects, stream="in", group="g", consumer="c1", maxlen=None, entries=entries)
         return plan.outcome((await transport.send([plan.command]))[0])
 
     first = await handle_and_commit()

@@ -11,6 +11,8 @@ from streammachine import App, ConsumerConfig, TimeSeriesBuffer
 from streammachine._validate import check_non_negative, check_number, check_positive
 from streammachine.config import ConfigError, TimerConfig
 from streammachine.headless.run import RunOptions
+from streammachine.redis.positions import trim
+from streammachine.state.table import Table
 
 
 def test_the_message_names_the_argument_the_value_and_what_was_expected():
@@ -53,6 +55,7 @@ def test_numpy_numbers_pass_and_integers_come_back_as_int():
         (lambda: RunOptions(target="app.py", workers=True), "workers=True: expected an integer >= 1"),
         (lambda: ConsumerConfig(retry_delay_ms=True), "ConsumerConfig.retry_delay_ms=True: expected milliseconds"),
         (lambda: TimerConfig(interval=math.inf), "timer interval=inf: expected seconds > 0"),
+        (lambda: Table("t", ttl=math.nan), "table 't': ttl=nan: expected None or seconds > 0"),  # was accepted
         # the texts users already saw
         (lambda: ConsumerConfig(count=0), "ConsumerConfig.count=0: expected a positive integer"),
         (lambda: TimeSeriesBuffer(max_age_seconds=math.inf), "max_age_seconds=inf: expected a finite number"),
@@ -62,3 +65,9 @@ def test_numpy_numbers_pass_and_integers_come_back_as_int():
 def test_constructors_refuse_bad_numbers_naming_them(build, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         build()
+
+
+async def test_trim_refuses_a_non_finite_age_naming_it():
+    """Regression: max_age=nan passed the hand-written check and failed later in int() without naming anything."""
+    with pytest.raises(ValueError, match=r"^trim 's': max_age=nan: expected seconds >= 0$"):
+        await trim(None, "s", max_age=math.nan)

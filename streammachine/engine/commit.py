@@ -10,19 +10,20 @@ around it). In one atomic step, in one round trip, it:
 2. checks that the keys it writes are of the right type (so nothing fails
    half-way);
 3. XACKs each unit's entries and XADDs the unit's outputs only when they
-   were still pending ("gated", for a retried commit, reclaimed entries and
-   reads held past half the claim time; a fresh read committed sooner cannot
-   have been claimed by anyone, and takes one XACK for all): an entry
-   acknowledged already (a retried commit whose
-   first attempt went through although its reply was lost, or an entry
-   another consumer claimed and committed) has its outputs skipped, never
-   doubled. Table changes cannot be split by entry (a read's units see each
-   other's writes), and the versions alone do not protect them: the second
-   handling of an entry may have seen the first one's commit (a consumer
-   that claimed its own entry while their commit waited, then sent that
-   commit first). So a gated read that changes tables first checks that
-   every entry is still pending; otherwise nothing is written (``stale``)
-   and the consumer handles the entries still pending again;
+   were still pending: an entry acknowledged already (a retried commit
+   whose first attempt went through although its reply was lost, or an
+   entry another consumer claimed and committed) has its outputs skipped,
+   never doubled. (Checking all entries in one command first costs the
+   server more than it saves: XCLAIM propagates one command per entry, and
+   an XACK costs per entry about what a call does.) Table changes cannot
+   be split by entry (a read's units see each other's writes), and the
+   versions alone do not protect them: the second handling of an entry may
+   have seen the first one's commit (a consumer that claimed its own entry
+   while their commit waited, then sent that commit first). So a read that
+   changes tables first makes sure every entry is still pending (one
+   XPENDING of this consumer's range in the common case); otherwise
+   nothing is written (``stale``) and the consumer handles the entries
+   still pending again;
 4. writes the table changes (version + 1).
 
 So after any crash each input entry has exactly one set of outputs and
@@ -45,25 +46,19 @@ from streammachine.engine.effects import DELETED, ReadEffects
 from streammachine.redis.entries import as_text
 
 _SCRIPT = r"""
-local stream, group, maxlen = KEYS[1], ARGV[1], ARGV[3]
-local n_tables = tonumber(ARGV[4])
-local p = 5
-local n_units = tonumber(ARGV[p]); p = p + 1
-local units = {}
-for u = 1, n_units do
-    local n_ids = tonumber(ARGV[p])
-    local n_out = tonumber(ARGV[p + 1 + n_ids])
-    units[u] = {p + 1, n_ids, p + 2 + n_ids, n_out}
-    p = p + 2 + n_ids
-    for o = 1, n_out do
-        p = p + 2 + 2 * tonumber(ARGV[p + 1])
-    end
-end
-local n_checks = tonumber(ARGV[p]); p = p + 1
-local checks_at = p
-p = p + 3 * n_checks
-local n_writes = tonumber(ARGV[p]); p = p + 1
-local writes_at = p
+local stream, group, consumer, maxlen = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local n_tables, n_ids = tonumber(ARGV[4]), tonumber(ARGV[5])
+local ids_at = 6
+local ids_end = ids_at + n_ids - 1
+local units_at = ids_end + 1 -- '': every unit one entry with one output; else "entries outputs ..." per unit
+local shape = {} -- KEYS index and field count of every output, or of all of them when they are alike
+for n in string.gmatch(ARGV[units_at + 1], '%d+') do shape[#shape + 1] = tonumber(n) end
+local n_checks = tonumber(ARGV[units_at + 2])
+local checks_at = units_at + 3
+local n_writes = tonumber(ARGV[checks_at + 3 * n_checks])
+local writes_at = checks_at + 3 * n_checks + 1
+local outputs_at = writes_at + 3 * n_writes
+local CHUNK = 4000 -- ids per XACK: unpack() is bounded by the Lua C stack
 -- 1. the versions the read relied on: nothing is written when one changed
 local conflicts = {'conflict'}
 for c = 0, n_checks - 1 do
@@ -78,19 +73,6 @@ for c = 0, n_checks - 1 do
     end
 end
 if #conflicts > 1 then return conflicts end
--- 1b. a gated read with table changes: every entry must still be pending. One acknowledged meanwhile (handled
--- twice: claimed while the commit of its first handling waited) had its changes already, and this read may
--- have seen them (then every version matches): nothing is written, the consumer handles the rest again.
-if ARGV[2] == 'gated' and n_writes > 0 then
-    local stale = {'stale'}
-    for u = 1, n_units do
-        local unit = units[u]
-        for i = unit[1], unit[1] + unit[2] - 1 do
-            if #redis.call('XPENDING', stream, group, ARGV[i], ARGV[i], 1) == 0 then stale[#stale + 1] = ARGV[i] end
-        end
-    end
-    if #stale > 1 then return stale end
-end
 -- 2. the kinds of the keys written, so nothing fails half-way
 for i = 2, #KEYS do
     local kind = redis.call('TYPE', KEYS[i])['ok']
@@ -100,53 +82,73 @@ for i = 2, #KEYS do
         return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. kind .. ', not a ' .. expected .. ': nothing written')
     end
 end
--- 3. outputs and acks. 'gated' (a retried commit, reclaimed entries, a read held past half the claim
--- time): per unit, the XACK says whether its entries were still pending, and only then its outputs go
--- out. 'fast' (fresh entries, committed well before anyone may claim them): one XACK, every output.
-local function outputs(unit)
-    local q = unit[3]
-    for o = 1, unit[4] do
-        local key, last = KEYS[tonumber(ARGV[q])], q + 1 + 2 * tonumber(ARGV[q + 1])
-        if maxlen == '' then
-            redis.call('XADD', key, '*', unpack(ARGV, q + 2, last))
-        else
-            redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', unpack(ARGV, q + 2, last))
+-- 3. outputs and acks, per unit: its XACK says whether its entries were still pending, and only then its
+-- outputs go out. An entry acknowledged already (handled twice: claimed while the commit of its first handling
+-- waited, or a commit sent again after a lost reply) has had its outputs; a unit with no entries (a periodic
+-- hook) always writes. A read that changes tables first makes sure every entry is still pending (they cannot be
+-- split by entry, and this read may have seen the other handling's changes, so every version matches): one
+-- XPENDING of this consumer's range answers in the common case, one per entry otherwise.
+if n_writes > 0 and n_ids > 0 then
+    local rows = redis.call('XPENDING', stream, group, ARGV[ids_at], ARGV[ids_end], 2 * n_ids + 16, consumer)
+    local all = #rows == n_ids
+    for i = 1, #rows do
+        if not all then break end
+        all = rows[i][1] == ARGV[ids_at + i - 1]
+    end
+    if not all then
+        local stale = {'stale'}
+        for i = ids_at, ids_end do
+            if #redis.call('XPENDING', stream, group, ARGV[i], ARGV[i], 1) == 0 then stale[#stale + 1] = ARGV[i] end
         end
-        q = last + 1
+        if #stale > 1 then return stale end
     end
 end
-local stale = 0
-if ARGV[2] == 'gated' then
-    for u = 1, n_units do
-        local unit = units[u]
-        local acked = unit[2]
-        if acked > 0 then
-            acked = redis.call('XACK', stream, group, unpack(ARGV, unit[1], unit[1] + unit[2] - 1))
+local function xadd(key, first, last)
+    if maxlen == '' then
+        redis.call('XADD', key, '*', unpack(ARGV, first, last))
+    else
+        redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', unpack(ARGV, first, last))
+    end
+end
+local acked, q = 0, outputs_at
+if ARGV[units_at] == '' then -- every unit one entry with one output
+    local key, width = KEYS[shape[1]], 2 * shape[2]
+    for o = 1, n_ids do
+        if #shape > 2 then key, width = KEYS[shape[2 * o - 1]], 2 * shape[2 * o] end
+        if redis.call('XACK', stream, group, ARGV[ids_at + o - 1]) == 1 then
+            acked = acked + 1
+            xadd(key, q, q + width - 1)
         end
-        if acked > 0 or unit[2] == 0 then outputs(unit) end
-        stale = stale + unit[2] - acked
+        q = q + width
     end
 else
-    local ids = {}
-    for u = 1, n_units do
-        local unit = units[u]
-        for i = unit[1], unit[1] + unit[2] - 1 do
-            ids[#ids + 1] = ARGV[i]
-            if #ids == 500 then
-                stale = stale + 500 - redis.call('XACK', stream, group, unpack(ids))
-                ids = {}
-            end
+    local units = {}
+    for n in string.gmatch(ARGV[units_at], '%d+') do units[#units + 1] = tonumber(n) end
+    local i, o = ids_at, 0
+    for u = 1, #units, 2 do
+        local n_unit = units[u]
+        local live = n_unit == 0
+        for first = i, i + n_unit - 1, CHUNK do
+            local n = redis.call('XACK', stream, group, unpack(ARGV, first, math.min(first + CHUNK - 1, i + n_unit - 1)))
+            acked = acked + n
+            live = live or n > 0
         end
-        outputs(unit)
+        i = i + n_unit
+        for _ = 1, units[u + 1] do
+            o = o + 1
+            local key, width = KEYS[shape[1]], 2 * shape[2]
+            if #shape > 2 then key, width = KEYS[shape[2 * o - 1]], 2 * shape[2 * o] end
+            if live then xadd(key, q, q + width - 1) end
+            q = q + width
+        end
     end
-    if #ids > 0 then stale = stale + #ids - redis.call('XACK', stream, group, unpack(ids)) end
 end
 -- 4. table writes (the versions were checked: entries handled elsewhere meanwhile would have changed them)
 for w = 0, n_writes - 1 do
     local at = writes_at + 3 * w
     redis.call('HSET', KEYS[tonumber(ARGV[at])], ARGV[at + 1], ARGV[at + 2])
 end
-return {'ok', stale}
+return {'ok', n_ids - acked}
 """
 SCRIPT = _SCRIPT
 SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
@@ -171,6 +173,7 @@ class CommitPlan:
         *,
         stream: str,
         group: str,
+        consumer: str,
         maxlen: Optional[int],
         entries: Sequence[Any] = (),
         deliveries: Optional[dict] = None,
@@ -180,46 +183,39 @@ class CommitPlan:
         self.stream = stream
         # what a redo needs: the read's entries, their delivery counts, how many times it was redone
         self.entries, self.deliveries, self.attempt = list(entries), deliveries, attempt
-        self.read_at = 0.0  # when its entries arrived (monotonic): a fast commit sent later must be gated
-        keys: Dict[str, int] = {stream: 1}
-
-        def index(key: str) -> int:
-            return keys.setdefault(key, len(keys) + 1)
-
         tables = list(dict.fromkeys(table for table, _ in effects.versions))  # hashes first: KEYS[2 .. 1+n]
+        keys: Dict[str, int] = {stream: 1}
         for table in tables:
-            index(table.key)
-        # Every commit checks its entries one by one ("gated"). The one-XACK "fast" path trusted the client's clock
-        # (a read committed within half the claim time cannot have been claimed), but a process stopped between
-        # that check and the write (SIGSTOP, a VM pause) breaks it: the stage fault suite caught a duplicate.
-        args: List[Any] = [group, "gated", "" if maxlen is None else maxlen, len(tables), len(effects.units)]
-        for unit in effects.units:
-            args.append(len(unit.ids))
-            args.extend(unit.ids)
-            args.append(len(unit.outputs))
-            for out_stream, fields in unit.outputs:
-                args.append(index(out_stream))
-                args.append(len(fields))
-                for pair in fields.items():
-                    args.extend(pair)
+            keys.setdefault(table.key, len(keys) + 1)
+        units = effects.units
+        outputs = [output for unit in units for output in unit.outputs]
+        for out_stream, _ in outputs:
+            if out_stream not in keys:
+                keys[out_stream] = len(keys) + 1
+        shapes = [(keys[out_stream], len(fields)) for out_stream, fields in outputs]
+        if shapes and shapes.count(shapes[0]) == len(shapes):  # all alike (one output stream, one record shape)
+            shapes = shapes[:1]
+        simple = len(outputs) == len(units) and all(len(unit.ids) == 1 and unit.outputs for unit in units)
+        ids = effects.ids
+        # Every argument is one Redis string the script gets for free; the structure (units, output shapes)
+        # rides in two strings, so a read of n entries costs ~n ids + the output fields, nothing per entry more.
+        args: List[Any] = [group, consumer, "" if maxlen is None else maxlen, len(tables), len(ids), *ids]
+        args.append("" if simple else " ".join(f"{len(unit.ids)} {len(unit.outputs)}" for unit in units))
+        args.append(" ".join(f"{index} {width}" for index, width in shapes))
         args.append(len(effects.versions))
         for (table, key), version in effects.versions.items():
-            args.extend((index(table.key), key, version))
+            args.extend((keys[table.key], key, version))
         args.append(len(effects.overlay))
         self.written: List[Tuple[Any, str, int, Any, Optional[bytes]]] = []
         for (table, key), (value, encoded) in effects.overlay.items():
             version = effects.versions[(table, key)] + 1
             stored = b"%d||" % version if value is DELETED else b"%d|" % version + (encoded or b"")
-            args.extend((index(table.key), key, stored))
+            args.extend((keys[table.key], key, stored))
             self.written.append((table, key, version, value, encoded))
+        args += [item for _, fields in outputs for pair in fields.items() for item in pair]
         self.table_by_key = {table.key: table for table in tables}
         self.keys = list(keys)
         self.command: List[Any] = ["EVALSHA", SCRIPT_SHA, len(self.keys), *self.keys, *args]
-        self._mode_at = 3 + len(self.keys) + 1
-
-    def gate(self) -> None:
-        """Check every unit's entries one by one at commit (see step 3)."""
-        self.command[self._mode_at] = "gated"
 
     def outcome(self, reply: Any) -> Outcome:
         """Read the script's reply; on success the tables take the written values as committed."""
@@ -235,9 +231,6 @@ class CommitPlan:
             raw = reply[at + 2]
             conflicts.append((table, as_text(reply[at + 1]) or "", raw or None))
         return Outcome("conflict", conflicts=conflicts)
-
-    def crosses_slots(self, same_slot: Any) -> bool:
-        return not same_slot(*self.keys)
 
 
 def refresh(outcome: Outcome) -> None:

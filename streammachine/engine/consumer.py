@@ -1,13 +1,12 @@
-"""One agent consumer: read, handle, ack, retry, dead-letter, claim.
+"""One agent consumer: the read loop, handling, acks.
 
 Delivery is at-least-once. An entry is acknowledged only after its handler
-returned; a failed entry stays pending and is retried (XCLAIM to itself, so
-Redis counts the delivery) until ``max_deliveries``, then it is written to
-the dead-letter stream and acknowledged in one MULTI. On start the consumer
-first takes back its own pending entries; while running it reclaims entries
-that dead consumers left idle (XAUTOCLAIM), and keeps its own slow in-flight
-entries fresh so live work is not stolen. Connection loss means capped,
-jittered backoff and a retry with the same consumer name.
+returned, with the next read (the XACK rides in front of the XREADGROUP);
+reclaimed entries at once. Connection loss means capped, jittered backoff
+and a retry with the same consumer name. The consumer's other concerns are
+parts of it, each in its module: taking work back (its own pending entries,
+a dead predecessor's, idle orphans, due retries: ``engine/recovery.py``)
+and failed entries (retry, skip, dead-letter: ``engine/failures.py``).
 """
 
 from __future__ import annotations
@@ -20,43 +19,19 @@ import time
 from concurrent.futures import Executor
 from typing import Any, List, Optional, cast
 
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from streammachine.engine.identity import dead_local_owner
+from streammachine.engine.failures import FailureHandling, HandlerCancelled, own_cancellation
+from streammachine.engine.recovery import TRANSIENT, Recovery
 from streammachine.engine.specs import AgentSpec, AgentStats
 from streammachine.message import received_messages
-from streammachine.redis.connection import ensure_group
-from streammachine.redis.deadletters import dead_letter_record
-from streammachine.redis.entries import as_text, id_after, id_before, parse_stream_id, single_stream_entries
+from streammachine.redis.entries import as_text, single_stream_entries
 from streammachine.redis.resp import direct_pool, encode_command, encode_repeated, entries_with_fields, round_trip
-from streammachine.redis.transport import same_slot
-from streammachine.typed import InvalidMessage, typed_handler
+from streammachine.typed import typed_handler
+
+__all__ = ["TRANSIENT", "Backoff", "HandlerCancelled", "StreamConsumer", "own_cancellation"]
 
 log = logging.getLogger("streammachine.engine.consumer")
-
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
-
-
-class HandlerCancelled(RuntimeError):
-    """A handler raised CancelledError without the consumer being stopped: a failure like any other."""
-
-    def __init__(self) -> None:
-        super().__init__("the handler raised CancelledError (it awaited a task or future something else cancelled)")
-
-
-def own_cancellation(stopping: bool) -> bool:
-    """Whether a CancelledError in the consumer's task is its own cancellation (a stop), not a handler's.
-
-    A handler that awaits a task something else cancelled raises CancelledError
-    too: that is a handler failure (retry, dead letter), not a reason to end.
-    """
-    if stopping:
-        return True
-    task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
-    return cancelling is None or cancelling() > 0
 
 
 class Backoff:
@@ -94,7 +69,7 @@ def _bind_handler(spec: AgentSpec, executor: Optional[Executor]):
     return in_thread, True
 
 
-class StreamConsumer:
+class StreamConsumer(Recovery, FailureHandling):
     """Consumes one stream for one agent under one consumer name."""
 
     def __init__(
@@ -203,41 +178,6 @@ class StreamConsumer:
             except ResponseError as exc:  # nothing was written: the entries stay pending for the next run
                 log.warning("agent %s: last acks/commit refused on the way out: %s", self.spec.name, exc)
 
-    async def _ensure_group(self) -> None:
-        """The group exists: created at ``start_id`` on the first start; if it vanished since (DEL of the
-        stream, XGROUP DESTROY, FLUSHDB, a restart without persistence, a failover), re-created where this
-        consumer stopped reading, so nothing written meanwhile is skipped (see ``_resume_at``)."""
-        stream, group = self.spec.stream, self.spec.group
-        start = self.config.start_id if not self._joined else await self._resume_at()
-        created = await ensure_group(self.client, stream, group, start)
-        if created and self._joined:
-            replay = sorted(self._retry_at)
-            self._retry_at.clear()
-            self._deliveries.clear()
-            log.warning(
-                "agent %s: consumer group %r of stream %r had vanished; re-created at %s (what was read before it "
-                "was handled; %d entries awaiting retry are delivered again, and what follows them)",
-                self.spec.name, group, stream, start, len(replay),
-            )  # fmt: skip
-        self._joined = True
-
-    async def _resume_at(self) -> str:
-        """Where a re-created group starts: after the last id read, before any entry awaiting retry, at 0
-        when the stream itself is newer than what was read (it was deleted and written again)."""
-        if self._last_read is None:
-            return "0"
-        start = self._last_read
-        if self._retry_at:
-            oldest = min(self._retry_at, key=parse_stream_id)
-            start = min(start, id_before(oldest), key=parse_stream_id)
-        try:
-            first = (await self.client.xinfo_stream(self.spec.stream)).get("first-entry")
-        except ResponseError:  # no stream: MKSTREAM makes an empty one
-            return "0"
-        if first and parse_stream_id(first[0]) > parse_stream_id(start):
-            return "0"
-        return start
-
     # -- reading -------------------------------------------------------------
 
     async def _read_new(self) -> list:
@@ -319,105 +259,6 @@ class StreamConsumer:
     async def _pending_sent(self, ids: Any, replies: list) -> None:
         if ids:
             self._forget_failures(ids)
-
-    async def _recover_own_pending(self) -> None:
-        """Take back what this consumer name left pending (a crash, a lost ack)."""
-        start = "-"
-        while not self._stopping:
-            rows = await self.client.xpending_range(
-                self.spec.stream, self.spec.group, min=start, max="+", count=self.config.count, consumername=self.name
-            )
-            if not rows:
-                return
-            await self._reclaim({row["message_id"]: row["times_delivered"] for row in rows})
-            start = id_after(rows[-1]["message_id"])
-
-    async def _adopt_dead_local_consumers(self) -> None:
-        """Take over what a crashed predecessor on this host left pending, without waiting claim_idle_ms.
-
-        A restarted process has a new pid, so a new consumer name: its old
-        name's pending entries would otherwise wait for XAUTOCLAIM. The dead
-        name is then removed from the group, once it holds nothing.
-        """
-        stream, group = self.spec.stream, self.spec.group
-        for info in await self.client.xinfo_consumers(stream, group):
-            name = cast(str, as_text(info["name"]))  # a consumer's name: never None
-            if name == self.name or not dead_local_owner(name):
-                continue
-            while True:
-                rows = await self.client.xpending_range(
-                    stream, group, min="-", max="+", count=self.config.count, consumername=name
-                )
-                if not rows:
-                    break
-                log.info(
-                    "agent %s: taking over %d entries left by %s (its process is gone)", self.spec.name, len(rows), name
-                )
-                await self._reclaim({row["message_id"]: row["times_delivered"] for row in rows})
-                if self._stopping:
-                    return
-            if not (await self.client.xpending_range(stream, group, min="-", max="+", count=1, consumername=name)):
-                await self.client.xgroup_delconsumer(stream, group, name)  # holds nothing: no entry is dropped
-
-    async def _reclaim(self, deliveries: dict) -> None:
-        """XCLAIM to self (Redis counts one more delivery), then handle or dead-letter."""
-        claimed = await self.client.xclaim(
-            self.spec.stream, self.spec.group, self.name, min_idle_time=0, message_ids=list(deliveries)
-        )
-        counts = {as_text(k): v + 1 for k, v in deliveries.items()}
-        for entry_id in deliveries:
-            self._retry_at.pop(entry_id, None)
-        await self._process(claimed, counts)
-
-    async def _claim_and_retry(self) -> None:
-        now = time.monotonic()
-        if self._retry_at and min(self._retry_at.values()) <= now:
-            due = [i for i, at in self._retry_at.items() if at <= now][: self.config.count]
-            self.stats.retried += len(due)
-            await self._reclaim({i: self._deliveries.get(i, 1) for i in due})
-        if now >= self._next_claim:
-            self._next_claim = now + max(self.config.claim_idle_ms / 2000.0, 0.05)
-            await self._claim_orphans()
-
-    async def _claim_orphans(self) -> None:
-        """XAUTOCLAIM entries other (dead) consumers left idle past claim_idle_ms."""
-        reply = await self.client.xautoclaim(
-            self.spec.stream,
-            self.spec.group,
-            self.name,
-            min_idle_time=self.config.claim_idle_ms,
-            start_id=self._claim_cursor,
-            count=self.config.count,
-        )
-        self._claim_cursor = cast(str, as_text(reply[0])) if reply else "0-0"  # an entry id: never None
-        claimed = [e for e in (reply[1] if reply else []) if e[1] is not None]
-        if not claimed:
-            return
-        rows = await self.client.xpending_range(
-            self.spec.stream,
-            self.spec.group,
-            min=claimed[0][0],
-            max=claimed[-1][0],
-            count=len(claimed) * 2 + 10,
-            consumername=self.name,
-        )
-        counts = {as_text(r["message_id"]): r["times_delivered"] for r in rows}
-        log.info("agent %s: reclaimed %d idle entries from other consumers", self.spec.name, len(claimed))
-        await self._process(claimed, counts)
-
-    async def _keep_inflight_fresh(self) -> None:
-        """Reset the idle time of a long-running batch so no one reclaims live work."""
-        period = max(self.config.claim_idle_ms / 3000.0, 0.02)
-        while True:
-            await asyncio.sleep(period)
-            inflight = self._inflight
-            if inflight and time.monotonic() - self._inflight_since >= period:
-                try:
-                    await self.client.xclaim(
-                        self.spec.stream, self.spec.group, self.name, min_idle_time=0, message_ids=inflight, justid=True
-                    )
-                except TRANSIENT:
-                    pass
 
     # -- handling ------------------------------------------------------------
 
@@ -523,83 +364,6 @@ class StreamConsumer:
                 self.stats.processed += 1
                 self._to_ack.append(entry_id)
 
-    async def _failed(self, entry_id, fields: dict, exc: BaseException, deliveries: Optional[dict]) -> None:
-        if isinstance(exc, asyncio.CancelledError):
-            exc = HandlerCancelled()
-        key = as_text(entry_id)
-        delivered = (deliveries or {}).get(key, 1)
-        self.stats.record_error(exc)
-        policy = self.config.on_error
-        if policy == "skip":
-            log.warning(
-                "agent %s: entry %s failed (%s: %s); skipped as configured",
-                self.spec.name,
-                key,
-                type(exc).__name__,
-                exc,
-            )
-            self.stats.skipped += 1
-            self._to_ack.append(entry_id)
-            return
-        # typed messages (#15): an entry that does not fit the handler's model cannot succeed on a retry
-        if (
-            policy == "dead_letter"
-            or delivered >= self.config.max_deliveries
-            or not self.config.retries(exc)
-            or isinstance(exc, InvalidMessage)
-        ):
-            await self._dead_letter(entry_id, fields, exc, delivered)
-            return
-        log.warning(
-            "agent %s: entry %s failed on delivery %d/%d: %s: %s",
-            self.spec.name,
-            key,
-            delivered,
-            self.config.max_deliveries,
-            type(exc).__name__,
-            exc,
-        )
-        self._deliveries[key] = delivered
-        self._retry_at[key] = time.monotonic() + self.config.retry_delay(delivered)
-
-    async def _dead_letter(self, entry_id, fields: dict, exc: BaseException, delivered: int) -> None:
-        key = as_text(entry_id)
-        target = self.config.dead_letter_for(self.spec.stream)
-        record = dead_letter_record(
-            fields,
-            stream=self.spec.stream,
-            group=self.spec.group,
-            entry_id=key or "",
-            agent=self.spec.name,
-            error=f"{type(exc).__name__}: {exc}",
-            deliveries=delivered,
-        )
-        if same_slot(self.client, target, self.spec.stream):
-            pipe = self.client.pipeline(transaction=True)
-            pipe.xadd(target, record)
-            pipe.xack(self.spec.stream, self.spec.group, entry_id)
-            await asyncio.shield(pipe.execute())
-        else:
-            # Cluster, different slots: no MULTI possible. XADD first, then XACK: a crash in between leaves the
-            # entry pending, so it is dead-lettered again later (a duplicate in the dead-letter stream, no loss).
-            await asyncio.shield(self._move_to_dead_letter(target, record, entry_id))
-        self._deliveries.pop(key, None)
-        self._retry_at.pop(key, None)
-        self.stats.dead_lettered += 1
-        log.error(
-            "agent %s: entry %s dead-lettered to %r after %d deliveries: %s: %s",
-            self.spec.name,
-            key,
-            target,
-            delivered,
-            type(exc).__name__,
-            exc,
-        )
-
-    async def _move_to_dead_letter(self, target: str, record: dict, entry_id) -> None:
-        await self.client.xadd(target, record)
-        await self.client.xack(self.spec.stream, self.spec.group, entry_id)
-
     async def _flush_acks(self) -> None:
         if not self._to_ack:
             return
@@ -610,11 +374,3 @@ class StreamConsumer:
             self._to_ack = ids + self._to_ack  # try again after reconnecting
             raise
         self._forget_failures(ids)
-
-    def _forget_failures(self, acked: list) -> None:
-        """Drop the retry bookkeeping of entries that are now acknowledged."""
-        if self._deliveries or self._retry_at:
-            for entry_id in acked:
-                key = as_text(entry_id)
-                self._deliveries.pop(key, None)
-                self._retry_at.pop(key, None)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from streammachine.redis.records import encode_record
 
@@ -43,7 +43,7 @@ class Unit:
     def __init__(self, effects: ReadEffects, ids: List[Any]) -> None:
         self.effects = effects
         self.ids = ids
-        self.outputs: List[Tuple[str, Mapping]] = []
+        self.outputs: Sequence[Tuple[str, Mapping]] = ()
         self.writes: Dict[TableKey, Tuple[Any, Optional[bytes]]] = {}  # value (or DELETED) and its encoding
 
     def read(self, table: Any, key: str, copy: bool = True) -> Tuple[bool, Any]:
@@ -76,7 +76,7 @@ class ReadEffects:
 
     def keep(self, unit: Unit, result: Any) -> None:
         """The unit's handler returned ``result``: its outputs and writes become part of the read."""
-        unit.outputs = list(route(result, self.default_stream))
+        unit.outputs = route(result, self.default_stream)
         self.overlay.update(unit.writes)
         self.units.append(unit)
 
@@ -112,7 +112,7 @@ class ReadEffects:
 current_unit: ContextVar[Optional[Unit]] = ContextVar("streammachine_unit", default=None)
 
 
-def route(result: Any, default_stream: Optional[str]) -> Iterable[Tuple[str, Mapping]]:
+def route(result: Any, default_stream: Optional[str]) -> Sequence[Tuple[str, Mapping]]:
     """A handler's return value as (stream, encoded fields) pairs.
 
     None: nothing. A record (a dict): one output to ``default_stream``. An
@@ -122,6 +122,8 @@ def route(result: Any, default_stream: Optional[str]) -> Iterable[Tuple[str, Map
     """
     if result is None:
         return ()
+    if type(result) is dict and default_stream is not None:  # the common case: one record to output=
+        return ((default_stream, encode_record(default_stream, result)),)
     if isinstance(result, (list, tuple)):
         out: List[Tuple[str, Mapping]] = []
         for item in result:

@@ -106,12 +106,12 @@ class AgentSpec:
         self.tables = tuple(self.tables)
         if self.periodic is not None:
             seconds, hook = self.periodic
-            if (
-                isinstance(seconds, bool)
-                or not isinstance(seconds, (int, float))
-                or not seconds > 0
-                or not callable(hook)
-            ):
+            try:
+                check_positive("seconds", seconds)
+                usable = callable(hook)
+            except ValueError:
+                usable = False
+            if not usable:
                 raise ValueError(f"agent {self.name!r}: periodic={self.periodic!r}, expected (seconds > 0, a callable)")
         for table in self.tables:
             if not hasattr(table, "committed_get"):

@@ -24,8 +24,9 @@ from typing import Any, Optional
 from redis.exceptions import NoScriptError, ResponseError
 
 from streammachine.engine.commit import SCRIPT, CommitPlan, Outcome, refresh, unsafe_commands
-from streammachine.engine.consumer import StreamConsumer, own_cancellation
+from streammachine.engine.consumer import StreamConsumer
 from streammachine.engine.effects import ReadEffects, current_unit
+from streammachine.engine.failures import own_cancellation
 from streammachine.message import received_messages
 from streammachine.redis.entries import as_text
 from streammachine.redis.transport import Transport, same_slot
@@ -44,8 +45,6 @@ class StageConsumer(StreamConsumer):
         self.transport = Transport(self.client)
         self._commit: Optional[CommitPlan] = None
         self._warned_slots = False
-        self._read_at = 0.0  # when the last read's entries arrived (monotonic)
-        self._fast_window = self.config.claim_idle_ms / 2000.0
         if self.spec.periodic is not None:
             self._periodic_due = time.monotonic() + self.spec.periodic[0]
 
@@ -145,21 +144,10 @@ class StageConsumer(StreamConsumer):
     # -- committing ----------------------------------------------------------
 
     def _queue(self, effects: ReadEffects, entries: list, deliveries: Optional[dict], attempt: int = 0) -> None:
-        plan = CommitPlan(
-            effects, stream=self.spec.stream, group=self.spec.group, maxlen=self.maxlen,
+        self._commit = CommitPlan(
+            effects, stream=self.spec.stream, group=self.spec.group, consumer=self.name, maxlen=self.maxlen,
             entries=entries, deliveries=deliveries, attempt=attempt,
         )  # fmt: skip
-        plan.read_at = self._read_at
-        if deliveries is not None or attempt:
-            plan.gate()
-        self._commit = plan
-
-    def _gate_if_late(self, plan: CommitPlan) -> None:
-        """Nobody can claim fresh entries before they were idle for claim_idle_ms: a read whose commit is sent
-        within half that of the entries' arrival commits with one XACK; any later (its handling waited for
-        the redo of the read before it, the process stalled) checks each entry as it acks it."""
-        if time.monotonic() - plan.read_at > self._fast_window:
-            plan.gate()
 
     def _take_pending(self) -> tuple:
         commands, ids = super()._take_pending()
@@ -167,19 +155,15 @@ class StageConsumer(StreamConsumer):
         if plan is not None and self._crosses_slots(plan):
             self._commit = plan  # not atomic: sent on its own before the read (see _flush_commit)
             plan = None
-        if plan is not None:
-            self._gate_if_late(plan)
         return ([plan.command] if plan is not None else []) + commands, (plan, ids)
 
     def _pending_failed(self, token: Any) -> None:
         plan, ids = token
         if plan is not None:
-            plan.gate()  # it may have gone through: sent again, each entry's ack says whether its outputs go
-            self._commit = plan
+            self._commit = plan  # it may have gone through: sent again, it writes only for entries still pending
         super()._pending_failed(ids)
 
     async def _pending_sent(self, token: Any, replies: list) -> None:
-        self._read_at = time.monotonic()  # the entries of this read arrived: its commit is timed from here
         plan, ids = token
         if plan is not None:
             reply, replies = replies[0], replies[1:]
@@ -203,7 +187,6 @@ class StageConsumer(StreamConsumer):
             try:
                 reply = await self._send(plan)
             except BaseException:
-                plan.gate()
                 self._commit = plan
                 raise
             await self._settle(plan, reply)
@@ -220,7 +203,6 @@ class StageConsumer(StreamConsumer):
                 return exc
             await self.transport.send(ack)  # ...before the entries are acknowledged
             return [b"ok", 0]
-        self._gate_if_late(plan)
         try:
             return (await self.transport.send([plan.command]))[0]
         except NoScriptError:  # a new or restarted server: load the script once, send again

@@ -8,7 +8,7 @@ import math
 import time
 from typing import Optional
 
-from streammachine.engine.consumer import own_cancellation
+from streammachine.engine.failures import own_cancellation
 from streammachine.engine.specs import TimerSpec
 
 log = logging.getLogger("streammachine.engine.timers")

@@ -26,6 +26,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, List, NamedTuple, Optional, Union
 
+from streammachine._validate import check_non_negative
 from streammachine.redis.entries import as_text
 from streammachine.redis.sync import awaitable, run_sync
 
@@ -199,12 +200,10 @@ async def trim(
     if len(given) != 1:
         raise ValueError(f"trim {stream!r}: give exactly one of maxlen, minid, max_age (got {given or 'none'})")
     if maxlen is not None:
-        if isinstance(maxlen, bool) or not isinstance(maxlen, int) or maxlen < 0:
-            raise ValueError(f"trim {stream!r}: maxlen={maxlen!r}: expected an integer >= 0")
+        maxlen = check_non_negative(f"trim {stream!r}: maxlen", maxlen, integer=True, expected="an integer >= 0")
         return await client.xtrim(stream, maxlen=maxlen, approximate=not exact)
     if max_age is not None:
-        if isinstance(max_age, bool) or not isinstance(max_age, (int, float)) or max_age < 0:
-            raise ValueError(f"trim {stream!r}: max_age={max_age!r}: expected seconds >= 0")
+        check_non_negative(f"trim {stream!r}: max_age", max_age, expected="seconds >= 0")
         minid = minid_for_age(max_age)
     ms, seq = parse_id(str(minid))
     return await client.xtrim(stream, minid=f"{ms}-{seq}", approximate=not exact)

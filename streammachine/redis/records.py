@@ -44,7 +44,7 @@ def encode_value(topic: str, field: str, value: Any) -> Any:
 
 def encode_record(topic: str, record: Mapping[str, Any]) -> Mapping:
     """Validate and encode one record; the common all-scalar case costs one pass."""
-    if not isinstance(record, Mapping):
+    if type(record) is not dict and not isinstance(record, Mapping):  # a plain dict skips the ABC check
         model_record = as_record(topic, record)  # typed messages (#15): a pydantic/msgspec/dataclass instance
         if model_record is not None:
             return model_record

@@ -16,10 +16,16 @@ subclasses) get ``None`` from ``direct_pool`` and callers use redis-py.
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
+
+_pack_command: Optional[Callable[[tuple], bytes]]
+try:  # hiredis packs a command in C as the loop below does (and as redis-py itself does when it has hiredis)
+    from hiredis import pack_command as _pack_command
+except ImportError:  # pragma: no cover - hiredis is a dependency; without it the loop does the work
+    _pack_command = None
 
 _BULK = tuple(b"$%d\r\n" % n for n in range(128))
 
@@ -28,6 +34,11 @@ def encode_command(args: Sequence, encoder) -> bytes:
     """One command in RESP. bytes go as they are, str with the client's encoding, int and float as redis-py
     writes them (``%d``, ``repr``), the rest via ``encoder`` (which also refuses what cannot be sent)."""
     encoding, errors, encode = encoder.encoding, encoder.encoding_errors, encoder.encode
+    if _pack_command is not None and encoding == "utf-8" and errors == "strict":
+        try:
+            return _pack_command(args if type(args) is tuple else tuple(args))
+        except TypeError:  # a type it does not take (bool, None, numpy ints...): the loop encodes or refuses it
+            pass
     out = [b"*%d\r\n" % len(args)]
     append = out.append
     for arg in args:

@@ -196,10 +196,7 @@ class RedisObjectStorage:
     ) -> None:
         if connection is not None and url is not None:
             raise ValueError("RedisObjectStorage: pass connection= or url=, not both")
-        if max_age is not None and (
-            isinstance(max_age, bool) or not isinstance(max_age, (int, float)) or not max_age > 0
-        ):
-            raise ValueError(f"max_age={max_age!r}: expected None or seconds > 0")
+        check_positive("max_age", max_age, optional=True, expected="seconds > 0")
         self._owns_connection = connection is None
         self._connection = connection if connection is not None else RedisConnection(url=url)
         self.prefix = prefix

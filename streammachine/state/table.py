@@ -23,6 +23,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 
 import orjson
 
+from streammachine._validate import check_positive
 from streammachine.engine.effects import DELETED, current_unit
 
 KEY_PREFIX = "streammachine:table:"
@@ -53,8 +54,7 @@ class Table:
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"table name {name!r}: expected a non-empty str")
-        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0):
-            raise ValueError(f"table {name!r}: ttl={ttl!r}, expected seconds > 0 or None")
+        check_positive(f"table {name!r}: ttl", ttl, optional=True, expected="seconds > 0")
         self.name = name
         self.key = key or f"{KEY_PREFIX}{name}"
         self.default = default

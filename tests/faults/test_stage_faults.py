@@ -226,98 +226,74 @@ async def test_stage_sigkill_run_processes(redis_url, window):
         client.close()
 
 
-async def test_stage_sigkill_workers_of_run_supervisor(redis_url):
-    """`streammachine run --workers 2`: SIGKILL its worker processes; the supervisor starts new ones."""
+async def _kill_workers(
+    redis_url: str, parent: subprocess.Popen, fault: str, seed: int, *, marker: Optional[str], min_age: float
+) -> None:
+    """SIGKILL ``parent``'s 2 worker processes (children carrying ``marker``) at random moments while records
+    flow; it starts new ones. Only workers older than ``min_age`` seconds are picked."""
     started = time.monotonic()
-    rng = random.Random(21)
+    rng = random.Random(seed)
     client = redis.Redis.from_url(redis_url)
-    supervisor = spawn_stage(redis_url, "--workers", "2")
     producing = producer_app(redis_url)
+
+    def workers() -> list:
+        return live_children(parent.pid, marker)
+
     try:
         await wait_until(
-            lambda: len(live_children(supervisor.pid, "--worker-index")) == 2 and _consumers(client, "orders") >= 2,
-            60,
-            what="2 workers consuming",
+            lambda: len(workers()) == 2 and _consumers(client, "orders") >= 2, 60, what=f"{fault}: 2 workers consuming"
         )
         producer = Producer(producing, "orders", **PACE)
         sending = asyncio.ensure_future(producer.send(RECORDS))
 
         async def kill_one():
-            # a worker killed within 5 s of its start counts as failing to start (three in a row stop the
-            # run): kill the oldest, once it has run that long
-            oldest = await wait_until(
-                lambda: [
-                    p for p in live_children(supervisor.pid, "--worker-index") if time.time() - p.create_time() > 5.5
-                ],
+            old_enough = await wait_until(
+                lambda: [p for p in workers() if time.time() - p.create_time() > min_age],
                 30,
-                what="a worker running for 5.5 s",
+                what=f"a worker running for {min_age} s",
             )
-            min(oldest, key=lambda p: p.create_time()).kill()
-            await wait_until(
-                lambda: len(live_children(supervisor.pid, "--worker-index")) == 2, 30, what="supervisor restarted it"
-            )
+            rng.choice(old_enough).kill()
+            await wait_until(lambda: len(workers()) == 2, 30, what=f"{fault}: a new worker started")
 
         kills = await kill_under_load(client, "orders:out", sending, rng, kill_one, max_kills=4)
-        await settle(client, "orders", 40, "every input committed after worker kills")
-        await stop_gracefully([supervisor])
+        await settle(client, "orders", 40, f"{fault}: every input committed")
+        await stop_gracefully([parent])
     finally:
-        if supervisor.poll() is None:
-            for child in live_children(supervisor.pid, "--worker-index"):
-                child.kill()
-        kill_all([supervisor])
+        for child in live_children(parent.pid, marker):
+            child.kill()
+        kill_all([parent])
         await producing.shutdown()
     result = stage_tally(
-        f"stage: SIGKILL `streammachine run --workers 2` worker x{kills}",
-        client,
-        "orders",
-        TABLE_PREFIX + "totals",
-        producer.confirmed,
-        started,
+        f"stage: {fault} x{kills}", client, "orders", TABLE_PREFIX + "totals", producer.confirmed, started
     )
     client.close()
     check_stage(result)
+
+
+async def test_stage_sigkill_workers_of_run_supervisor(redis_url):
+    """`streammachine run --workers 2`: SIGKILL its worker processes; the supervisor starts new ones."""
+    supervisor = spawn_stage(redis_url, "--workers", "2")
+    # a worker killed within 5 s of its start counts as failing to start (three in a row stop the run)
+    await _kill_workers(
+        redis_url,
+        supervisor,
+        "SIGKILL `streammachine run --workers 2` worker",
+        21,
+        marker="--worker-index",
+        min_age=5.5,
+    )
 
 
 async def test_stage_sigkill_forked_agent_workers(redis_url):
     """An agent with processes=2 (forked workers of one App): SIGKILL the workers; its runner restarts them
     under the same consumer names, which take their pending entries back at once."""
-    started = time.monotonic()
-    rng = random.Random(31)
-    client = redis.Redis.from_url(redis_url)
     app_proc = spawn_stage(redis_url, STAGE_PROCESSES="2")
-    producing = producer_app(redis_url)
     try:
         await ready(app_proc)
-        await wait_until(
-            lambda: len(live_children(app_proc.pid)) == 2 and _consumers(client, "orders") >= 2,
-            60,
-            what="2 forked workers consuming",
-        )
-        producer = Producer(producing, "orders", **PACE)
-        sending = asyncio.ensure_future(producer.send(RECORDS))
-
-        async def kill_one():
-            rng.choice(live_children(app_proc.pid)).kill()
-            await wait_until(lambda: len(live_children(app_proc.pid)) == 2, 30, what="the runner restarted it")
-
-        kills = await kill_under_load(client, "orders:out", sending, rng, kill_one, max_kills=4)
-        await settle(client, "orders", 40, "every input committed after forked worker kills")
-        await stop_gracefully([app_proc])
-    finally:
-        for child in live_children(app_proc.pid):
-            child.kill()
+    except BaseException:
         kill_all([app_proc])
-        await producing.shutdown()
-    result = stage_tally(
-        f"stage: SIGKILL forked agent worker (processes=2) x{kills}",
-        client,
-        "orders",
-        TABLE_PREFIX + "totals",
-        producer.confirmed,
-        started,
-    )
-    client.close()
-    check_stage(result)
+        raise
+    await _kill_workers(redis_url, app_proc, "SIGKILL forked agent worker (processes=2)", 31, marker=None, min_age=0)
 
 
 def _consumers(client, stream: str) -> int:
