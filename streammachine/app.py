@@ -12,9 +12,7 @@ the name of a running one replaces (stops) it, and ``running_apps()`` /
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 import warnings
 import weakref
 from typing import Any, Awaitable, Callable, Coroutine, Dict, List, Optional, Sequence, Tuple
@@ -22,11 +20,11 @@ from typing import Any, Awaitable, Callable, Coroutine, Dict, List, Optional, Se
 from streammachine.config import AppConfig, ConsumerConfig, Settings, TimerConfig
 from streammachine.engine.identity import app_consumer_base
 from streammachine.engine.lifecycle import ACTIVE_STATES, STOPPED_STATES, Lifecycle, Transition, running_loop
-from streammachine.engine.limits import ensure_open_files
 from streammachine.engine.specs import AgentSpec, AgentStats, TimerSpec, TimerStats, handler_name
+from streammachine.engine.stage import bind_window
 from streammachine.engine.status import AppStatus, app_status
 from streammachine.engine.workload import Workload
-from streammachine.redis.connection import RedisConnection, ensure_group
+from streammachine.redis.connection import RedisConnection
 from streammachine.redis.inspect import Groups, fetch_groups
 from streammachine.redis.positions import minid_for_age
 from streammachine.state.storage import Storage
@@ -212,24 +210,19 @@ class App(Lifecycle):
         def decorate(fn: Callable) -> Callable:
             agent_name = handler_name(fn, name)
             handler, stage_tables, hook, windowed = fn, tuple(tables), periodic, None
-            if window is not None:
-                if not hasattr(window, "stage_handler"):
-                    raise TypeError(
-                        f"agent {agent_name!r}: window={window!r}, expected a Window (streammachine.windows)"
-                    )
-                if batch or threaded or periodic is not None:
-                    raise ValueError(
-                        f"agent {agent_name!r}: window= takes each read whole and runs its own periodic hook "
-                        "(wall_clock=): leave out batch=, threaded= and periodic="
-                    )
-                handler = windowed = window.stage_handler(fn, stream=stream, agent=agent_name, table=self.table)
+            if window is not None or wall_clock is not None:
                 previous = self._agents.get(agent_name)
-                windowed.adopt(previous.window if previous is not None else None)
-                stage_tables += (windowed.table,)
-                if wall_clock is not None:
-                    hook = (wall_clock, windowed.advance)
-            elif wall_clock is not None:
-                raise ValueError(f"agent {agent_name!r}: wall_clock= closes windows: it needs window=")
+                windowed, hook = bind_window(
+                    window,
+                    fn,
+                    stream=stream,
+                    agent=agent_name,
+                    table=self.table,
+                    previous=previous.window if previous is not None else None,
+                    wall_clock=wall_clock,
+                    others={"batch": batch, "threaded": threaded, "periodic": periodic},
+                )
+                handler, stage_tables = windowed, stage_tables + (windowed.table,)
             spec = AgentSpec(
                 name=agent_name,
                 handler=handler,
@@ -348,32 +341,7 @@ class App(Lifecycle):
 
     # -- lifecycle -----------------------------------------------------------
 
-    async def run(self, count: Optional[int] = None, timeout: Optional[float] = None) -> int:
-        """Awaitable entry: start, serve until ``stop()``/a signal, shut down; returns the entries handled.
-
-        Bounded runs for notebooks and scripts: stop once the agents handled
-        ``count`` entries between them (handled, dead-lettered or skipped), or
-        after ``timeout`` seconds, whichever comes first.
-        """
-        await self.startup()
-        before = self._handled()
-        stopped = self._stopped
-        assert stopped is not None  # startup() made it
-        try:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while not stopped.is_set():
-                if count is not None and self._handled() - before >= count:
-                    break
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-                wait = 0.02 if count is not None else (None if deadline is None else deadline - time.monotonic())
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stopped.wait(), wait)
-        finally:
-            await self.shutdown()
-        return self._handled() - before
-
-    def _handled(self) -> int:
+    def _handled(self) -> int:  # what run(count=...) counts
         return sum(s.processed + s.dead_lettered + s.skipped for s in self._stats.values())
 
     def use_server(self, url: str) -> None:
@@ -397,20 +365,7 @@ class App(Lifecycle):
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         try:
-            client = await self._redis.get_client()
-            try:
-                await asyncio.wait_for(client.ping(), timeout=10)
-            except Exception as exc:
-                raise ConnectionError(f"cannot reach Redis at {self._redis.safe_url}: {exc}") from None
-            ensure_open_files(self._agents.values(), self._redis.max_connections, self.name)
-            # groups first, so whatever startup hooks send is not missed under start id "$"
-            for spec in self._agents.values():
-                await ensure_group(client, spec.stream, spec.group, spec.config.start_id)
-            for hook in self._startup_hooks:
-                await hook()
-            if any(spec.processes for spec in self._agents.values()):
-                await asyncio.to_thread(self.storage.prepare_for_fork)
-            await self._work.start_missing()
+            await self._work.open(self._startup_hooks, lambda: self.storage)
         except BaseException:
             self._state = "running"  # so that shutdown() releases what did start
             try:

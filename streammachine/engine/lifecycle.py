@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import gc
 import logging
 import signal
+import time
 from typing import Any, Callable, Coroutine, Generator, List, Optional, Protocol, Union
 
 from streammachine.config import Settings
@@ -212,14 +214,34 @@ class Lifecycle:
     def is_running(self) -> bool:
         return self._state == "running"
 
-    async def run(self) -> Any:
-        """Awaitable entry: start, serve until ``stop()``/a signal, shut down (the App adds bounded runs)."""
+    def _handled(self) -> int:
+        """Entries handled so far (what a bounded ``run(count=...)`` counts)."""
+        return 0
+
+    async def run(self, count: Optional[int] = None, timeout: Optional[float] = None) -> int:
+        """Awaitable entry: start, serve until ``stop()``/a signal, shut down; returns the entries handled.
+
+        Bounded runs for notebooks and scripts: stop once the agents handled
+        ``count`` entries between them (handled, dead-lettered or skipped), or
+        after ``timeout`` seconds, whichever comes first.
+        """
         await self.startup()
+        before = self._handled()
+        stopped = self._stopped
+        assert stopped is not None  # startup() made it
         try:
-            assert self._stopped is not None
-            await self._stopped.wait()
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not stopped.is_set():
+                if count is not None and self._handled() - before >= count:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                wait = 0.02 if count is not None else (None if deadline is None else deadline - time.monotonic())
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stopped.wait(), wait)
         finally:
             await self.shutdown()
+        return self._handled() - before
 
     async def ensure_running(self) -> None:
         """Start the app unless it runs or a start is under way, and wait for that start (raises why it failed).

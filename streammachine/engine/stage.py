@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -268,3 +268,31 @@ class StageConsumer(StreamConsumer):
                 self.spec.name,
             )
         return True
+
+
+def bind_window(
+    window: Any,
+    fn: Callable,
+    *,
+    stream: str,
+    agent: str,
+    table: Callable[[str], Any],
+    previous: Any,
+    wall_clock: Optional[float],
+    others: Dict[str, Any],
+) -> Tuple[Any, Optional[Tuple[float, Callable[[], Any]]]]:
+    """``@app.agent(stream, window=..., wall_clock=...)``: the window's handler (streammachine.windows.stage)
+    and its periodic hook. The handler adopts ``previous`` (the replaced agent's: a re-run cell keeps the
+    rows it shows); ``others`` are the agent's options a window cannot take with it."""
+    if window is None:
+        raise ValueError(f"agent {agent!r}: wall_clock= closes windows: it needs window=")
+    if not hasattr(window, "stage_handler"):
+        raise TypeError(f"agent {agent!r}: window={window!r}, expected a Window (streammachine.windows)")
+    if any(value not in (None, False) for value in others.values()):
+        raise ValueError(
+            f"agent {agent!r}: window= takes each read whole and runs its own periodic hook "
+            "(wall_clock=): leave out batch=, threaded= and periodic="
+        )
+    handler = window.stage_handler(fn, stream=stream, agent=agent, table=table)
+    handler.adopt(previous)
+    return handler, None if wall_clock is None else (wall_clock, handler.advance)

@@ -13,13 +13,14 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from streammachine.config import AppConfig
 from streammachine.engine.executors import InProcessRunner, ProcessRunner
+from streammachine.engine.limits import ensure_open_files
 from streammachine.engine.specs import AgentSpec, AgentStats, TimerSpec
 from streammachine.engine.timers import TimerRunner
-from streammachine.redis.connection import RedisConnection
+from streammachine.redis.connection import RedisConnection, ensure_group
 
 log = logging.getLogger("streammachine.app")
 
@@ -48,6 +49,26 @@ class Workload:
         self._executor: Optional[ThreadPoolExecutor] = None
 
     # -- starting ------------------------------------------------------------
+
+    async def open(self, startup_hooks: List[Callable[[], Awaitable[Any]]], storage: Callable[[], Any]) -> None:
+        """Reach Redis, check the open-files budget, create the groups, run the startup hooks, start everything.
+
+        The groups come before the hooks, so what a startup hook sends is not missed under start id "$".
+        ``storage`` is asked for only when an agent forks worker processes (they share it).
+        """
+        client = await self.connection.get_client()
+        try:
+            await asyncio.wait_for(client.ping(), timeout=10)
+        except Exception as exc:
+            raise ConnectionError(f"cannot reach Redis at {self.connection.safe_url}: {exc}") from None
+        ensure_open_files(self.agents.values(), self.connection.max_connections, self.app_name)
+        for spec in self.agents.values():
+            await ensure_group(client, spec.stream, spec.group, spec.config.start_id)
+        for hook in startup_hooks:
+            await hook()
+        if any(spec.processes for spec in self.agents.values()):
+            await asyncio.to_thread(storage().prepare_for_fork)
+        await self.start_missing()
 
     async def start_missing(self) -> None:
         """Start every registered agent and timer that does not run yet."""
