@@ -25,6 +25,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streammachine.engine.identity import dead_local_owner
+from streammachine.engine.lograte import FailureLog
 from streammachine.engine.specs import AgentSpec, AgentStats
 from streammachine.message import received_messages
 from streammachine.redis.connection import ensure_group
@@ -34,6 +35,7 @@ from streammachine.redis.transport import same_slot
 from streammachine.typed import InvalidMessage, typed_handler
 
 log = logging.getLogger("streammachine.engine.consumer")
+failures = FailureLog(log)  # one line per agent per interval, however fast its handler fails
 
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
 DLQ_PREFIX = b"_dlq_"
@@ -200,6 +202,7 @@ class StreamConsumer:
                     await asyncio.sleep(backoff.next_delay())
         finally:
             keepalive.cancel()
+            failures.flush(f"agent {self.spec.name}")  # the counts add up at the end too
             try:
                 await asyncio.shield(self._flush_acks())
             except (asyncio.CancelledError, *TRANSIENT):
@@ -535,9 +538,11 @@ class StreamConsumer:
         self.stats.record_error(exc)
         policy = self.config.on_error
         if policy == "skip":
-            log.warning(
-                "agent %s: entry %s failed (%s: %s); skipped as configured",
-                self.spec.name,
+            failures.record(
+                f"agent {self.spec.name}",
+                logging.WARNING,
+                "skipped",
+                "entry %s failed (%s: %s); skipped as configured",
                 key,
                 type(exc).__name__,
                 exc,
@@ -554,9 +559,11 @@ class StreamConsumer:
         ):
             await self._dead_letter(entry_id, fields, exc, delivered)
             return
-        log.warning(
-            "agent %s: entry %s failed on delivery %d/%d: %s: %s",
-            self.spec.name,
+        failures.record(
+            f"agent {self.spec.name}",
+            logging.WARNING,
+            "retried",
+            "entry %s failed on delivery %d/%d: %s: %s",
             key,
             delivered,
             self.config.max_deliveries,
@@ -594,9 +601,11 @@ class StreamConsumer:
         self._deliveries.pop(key, None)
         self._retry_at.pop(key, None)
         self.stats.dead_lettered += 1
-        log.error(
-            "agent %s: entry %s dead-lettered to %r after %d deliveries: %s: %s",
-            self.spec.name,
+        failures.record(
+            f"agent {self.spec.name}",
+            logging.ERROR,
+            "dead-lettered",
+            "entry %s dead-lettered to %r after %d deliveries: %s: %s",
             key,
             target,
             delivered,

@@ -24,7 +24,7 @@ from typing import Any, Optional
 from redis.exceptions import NoScriptError, ResponseError
 
 from streammachine.engine.commit import SCRIPT, CommitPlan, Outcome, refresh, unsafe_commands
-from streammachine.engine.consumer import StreamConsumer, own_cancellation
+from streammachine.engine.consumer import StreamConsumer, failures, own_cancellation
 from streammachine.engine.effects import ReadEffects, current_unit
 from streammachine.message import received_messages
 from streammachine.redis.entries import as_text
@@ -134,8 +134,18 @@ class StageConsumer(StreamConsumer):
             if asyncio.iscoroutine(result):
                 result = await result
             effects.keep(unit, result)
-        except Exception:
-            log.exception("agent %s: periodic hook %r failed; it runs again in %.1fs", self.spec.name, hook, interval)
+        except Exception as exc:
+            failures.record(
+                f"agent {self.spec.name}",
+                logging.ERROR,
+                "periodic hook",
+                "periodic hook %r failed (%s: %s); it runs again in %.1fs",
+                hook,
+                type(exc).__name__,
+                exc,
+                interval,
+                exc_info=exc,
+            )
             return
         finally:
             current_unit.reset(token)
