@@ -18,6 +18,8 @@ class LiveLine(LiveView):
     ``FigureWidget``; ``close()`` stops the refresh and closes it.
     """
 
+    source_attribute = "buffer"
+
     def __init__(
         self,
         buffer,
