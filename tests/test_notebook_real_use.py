@@ -95,3 +95,49 @@ def test_a_view_no_frontend_shows_skips_its_redraws_until_shown_again(kernel):  
     assert kernel.value("chart.frames == hidden_at and chart.running")
     kernel.run("chart.widget._view_count = 1\nawait until(lambda: chart.frames > hidden_at, 10, what='redraws again')")
     kernel.run("await app.stop()")
+
+
+def _everything_shown(kernel, code: str) -> str:  # noqa: F811
+    """All a cell showed (streams, results, error tracebacks), ANSI colours removed."""
+    import re
+
+    shown = []
+
+    def hook(msg):
+        kind, content = msg["msg_type"], msg["content"]
+        if kind == "stream":
+            shown.append(content["text"])
+        elif kind == "error":
+            shown.append("\n".join(content["traceback"]))
+        elif kind in ("execute_result", "display_data"):
+            shown.append(content["data"].get("text/plain", ""))
+
+    kernel.client.execute_interactive(code, timeout=30, output_hook=hook)
+    return re.sub(r"\x1b\[[0-9;]*m", "", "".join(shown)).strip()
+
+
+def test_expected_errors_are_one_line_and_reprs_are_short(kernel, sync_redis):  # noqa: F811
+    kernel.run("%load_ext streammachine\napp = App('messages', consumer_config=ConsumerConfig(block_ms=100))")
+    for bad, says in [
+        ("%streammachine frobnicate", "invalid choice"),
+        ("%streammachine tail", "the following arguments are required: stream"),
+        ("%%streammachine agent s\nif True\n    pass", "the cell body does not parse: line 1"),
+        ("%%streammachine timer inf\npass", "timer inf: expected seconds > 0"),
+        ("%%streammachine timer nan\npass", "timer nan: expected seconds > 0"),
+        ("%streammachine tail nowhere", "stream 'nowhere' does not exist"),
+    ]:
+        shown = _everything_shown(kernel, bad)
+        assert says in shown and len(shown.splitlines()) == 1, f"{bad!r} showed:\n{shown}"
+    assert kernel.value("list(app.timers)") == []  # nothing registered by the refused cells
+
+    kernel.run("@app.agent('prices', group='g')\nasync def watch(message):\n    pass")
+    kernel.run("@app.timer(5, name='beat')\ndef beat():\n    pass")
+    assert kernel.value("repr(app.agents['__main__.watch'])") == "<agent '__main__.watch' on 'prices' (group 'g')>"
+    assert kernel.value("repr(app.timers['beat'])") == "<timer 'beat' every 5s: 0 runs, 0 failed>"
+    started = _everything_shown(kernel, "app.start()")
+    assert "Task" not in started and "site-packages" not in started and started.startswith("<App 'messages'")
+    kernel.run("await until(lambda: app.is_running, 20)")
+    html = kernel.value("app._repr_html_()")
+    assert "<table>" in html and "__main__.watch" in html and "None" not in html
+    status = _everything_shown(kernel, "%streammachine status")
+    assert "None" not in status and "beat" in status
