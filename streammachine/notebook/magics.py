@@ -251,7 +251,9 @@ class StreamMachineMagics(Magics):
             raise UsageError(f"{exc} (%streammachine help shows the usage)") from None
         except SyntaxError as exc:  # the body's own mistake: where it is, in one line, not a compiler traceback
             where = f"line {exc.lineno}: " if exc.lineno else ""
-            raise UsageError(f"%%streammachine {line.strip()}: the cell body does not parse: {where}{exc.msg}") from None
+            raise UsageError(
+                f"%%streammachine {line.strip()}: the cell body does not parse: {where}{exc.msg}"
+            ) from None
         self._register(app, registration.register, registration.name, registration.description)
 
     def _register(self, app: App, register: Callable[[], None], name: str, what: str) -> None:
