@@ -24,9 +24,10 @@ trivial cell < 100 ms, a swap < 100 ms.
 
 Per-frame cost of a chart of a fast stream (``--frames-only`` runs just
 this, in-process, no server): a 20k msg/s stream in a 10 s time window,
-drawn with every point (the whole-array path) and with ``max_points``
-(min/max per bucket), side by side in the same run: bytes put on the
-widget's comm per frame (what travels to the browser) and CPU per frame.
+drawn with every point (the whole-array path), with ``max_points``
+(min/max per bucket), and by ``live_stream_line`` (only new points, extended
+in the browser), side by side in the same run: bytes put on the widget's
+comm per frame (what travels to the browser) and CPU per frame.
 
 At these rates the kernel's full (generation 2) garbage collections, which
 walk the whole heap (pandas, plotly, ipykernel: ~100+ ms here), are what
@@ -234,6 +235,7 @@ def frame_costs(rate: int = 20_000, seconds: float = 10.0, fps: float = 10.0, fr
 
     from streammachine import TimeSeriesBuffer
     from streammachine.notebook.live import LiveLine
+    from streammachine.notebook.stream_line import LiveStreamLine
 
     sent = [0]
 
@@ -252,10 +254,13 @@ def frame_costs(rate: int = 20_000, seconds: float = 10.0, fps: float = 10.0, fr
         buffer.append(pd.DataFrame({"timestamp_ms": stamps, "price": 100 + rng.normal(0, 1, rows).cumsum()}))
 
     results = {}
-    for label, max_points in (("whole arrays", None), ("max_points=2000", 2000)):
+    for label, max_points in (("whole arrays", None), ("max_points=2000", 2000), ("new points only", 2000)):
         buffer = TimeSeriesBuffer(max_age_seconds=seconds)
         feed(buffer, int(rate * seconds))
-        view = LiveLine(buffer, "price", window=f"{seconds:g}s", fps=fps, max_points=max_points)
+        if label == "new points only":  # live_stream_line: the anywidget view that extends traces in the browser
+            view = LiveStreamLine(buffer, "price", window=f"{seconds:g}s", fps=fps, max_points=max_points)
+        else:
+            view = LiveLine(buffer, "price", window=f"{seconds:g}s", fps=fps, max_points=max_points)
         view.refresh(force=True)  # the first frame: the widget's whole state
         sent[0], cpu, points = 0, 0.0, 0
         for _ in range(frames):
@@ -270,13 +275,14 @@ def frame_costs(rate: int = 20_000, seconds: float = 10.0, fps: float = 10.0, fr
 
 
 def report_frames(results: dict) -> None:
-    whole, sampled = results["whole arrays"], results["max_points=2000"]
+    whole, sampled, extended = results["whole arrays"], results["max_points=2000"], results["new points only"]
     print("\nchart of a 20k msg/s stream, 10 s window, per frame (same run):")
     for label, r in results.items():
         print(f"  {label:<16} {r['points']:>9,.0f} points  {r['bytes'] / 1024:>9,.1f} KiB  {r['cpu_ms']:>7.1f} ms CPU")
     print(
         f"  ratio whole/max_points: bytes x{whole['bytes'] / sampled['bytes']:.0f}, "
-        f"CPU x{whole['cpu_ms'] / sampled['cpu_ms']:.1f}"
+        f"CPU x{whole['cpu_ms'] / sampled['cpu_ms']:.1f}; whole/new points only: bytes "
+        f"x{whole['bytes'] / extended['bytes']:.0f}, CPU x{whole['cpu_ms'] / extended['cpu_ms']:.1f}"
     )
 
 

@@ -52,3 +52,32 @@ async def test_time_windows_accept_durations_and_name_bad_ones():
             live_line(buffer, y="v", window=bad)
     with pytest.raises(ValueError, match="max_points=2: expected an int >= 4"):
         live_line(buffer, y="v", window="1s", max_points=2)
+
+
+def test_the_lighter_view_sends_the_window_once_then_only_new_points():
+    from streammachine.notebook import LiveStreamLine
+
+    buffer = _fast_buffer(seconds=2.0)
+    view = LiveStreamLine(buffer, "value", window="1s", max_points=1000)
+    sent: list = []
+    view.widget.send = lambda content, buffers=None: sent.append(content)  # what goes to the browser
+    try:
+        view.refresh(force=True)
+        first = sent[-1]
+        assert first["type"] == "reset" and len(first["x"][0]) <= 1000 and max(first["y"][0]) == 50.0
+        assert first["range"][1] - first["range"][0] == 1000.0 and first["x"][0][-1] == first["range"][1]
+        newest = first["x"][0][-1]
+        buffer.append({"timestamp_ms": [newest + 1, newest + 2, newest + 3], "value": [1.0, 2.0, 3.0]})
+        view.refresh()
+        assert sent[-1]["type"] == "extend" and sent[-1]["x"] == [[newest + 1, newest + 2, newest + 3]]
+        assert sent[-1]["y"] == [[1.0, 2.0, 3.0]] and view.last_frame_bytes < 200
+        assert not view.refresh()  # nothing new: nothing sent
+        view._from_browser(view.widget, {"type": "snapshot"}, [])  # a browser (re)shows the view
+        view.refresh()
+        assert sent[-1]["type"] == "reset" and sent[-1]["x"][0][-1] == newest + 3 and view.snapshots == 2
+        fast = np.arange(1, 2001) * 0.05 + newest + 3  # 2000 rows in 100 ms: a tenth of the window
+        buffer.append({"timestamp_ms": fast, "value": np.sin(fast)})
+        view.refresh()
+        assert sent[-1]["type"] == "extend" and len(sent[-1]["x"][0]) <= 102  # its share of max_points
+    finally:
+        view.close()
