@@ -15,7 +15,7 @@ import time
 
 import nbformat
 import pytest
-from test_notebook_browser import CHROME_ARGS, KERNEL_IDLE, _run_command  # noqa: F401
+from test_notebook_browser import CHROME_ARGS, KERNEL_IDLE, _run_command
 from test_notebook_browser import lab as market_lab  # noqa: F401
 
 pytestmark = pytest.mark.browser
@@ -81,7 +81,6 @@ def lab(market_lab, tmp_path):  # noqa: F811
 @pytest.fixture
 def page(lab):
     from playwright.sync_api import sync_playwright
-
     from test_notebook_browser import CHROME
 
     with sync_playwright() as playwright:
@@ -118,7 +117,9 @@ def test_the_lighter_chart_extends_in_the_browser_and_a_cleared_view_stops_redra
             "[chart.frames, chart.snapshots, chart.hidden, chart.running, chart.last_error, len(buffer), "
             "chart.widget._view_count, chart.skipped]",
         )
-        raise AssertionError(f"browser {first} -> {page.evaluate(TRACE)}; kernel {state}; errors {page.errors}")
+        raise AssertionError(
+            f"browser {first} -> {page.evaluate(TRACE)}; kernel {state}; errors {page.errors}"
+        ) from None
     later = page.evaluate(TRACE)
     assert later["last"] > first["last"]  # the trace moved on
     sent = json.loads(_kernel_value(page, "[chart.snapshots, chart.frames, chart.bytes_sent, chart.hidden]"))
