@@ -22,6 +22,13 @@ Measured in the same run:
 Goals: >= 50k msg/s consumed while the chart refreshes at >= 10 fps, a
 trivial cell < 100 ms, a swap < 100 ms.
 
+Per-frame cost of a chart of a fast stream (``--frames-only`` runs just
+this, in-process, no server): a 20k msg/s stream in a 10 s time window,
+drawn with every point (the whole-array path), with ``max_points``
+(min/max per bucket), and by ``live_stream_line`` (only new points, extended
+in the browser), side by side in the same run: bytes put on the widget's
+comm per frame (what travels to the browser) and CPU per frame.
+
 At these rates the kernel's full (generation 2) garbage collections, which
 walk the whole heap (pandas, plotly, ipykernel: ~100+ ms here), are what
 delays cells; --gc-freeze shows the effect of ``gc.freeze()`` after setup.
@@ -217,6 +224,68 @@ def report(label: str, result: dict, fps_cap: float) -> None:
     print(f"  trivial cell (ms)   {summary(result['latencies'])}   (goal < 100)")
 
 
+def frame_costs(rate: int = 20_000, seconds: float = 10.0, fps: float = 10.0, frames: int = 20) -> dict:
+    """Bytes on the comm and CPU per frame: whole arrays vs ``max_points`` (see the module docstring)."""
+    import json
+
+    import comm
+    import numpy as np
+    import pandas as pd
+    from comm.base_comm import BaseComm
+
+    from streammachine import TimeSeriesBuffer
+    from streammachine.notebook.live import LiveLine
+    from streammachine.notebook.stream_line import LiveStreamLine
+
+    sent = [0]
+
+    class RecordingComm(BaseComm):
+        def publish_msg(self, msg_type, data=None, metadata=None, buffers=None, **keys):
+            sent[0] += len(json.dumps(data, default=str)) + sum(memoryview(b).nbytes for b in buffers or ())
+
+    comm.create_comm = RecordingComm  # what a kernel's comm would send, counted instead of sent
+    per_frame = int(rate / fps)
+    clock = [1_700_000_000_000.0]
+    rng = np.random.default_rng(1)
+
+    def feed(buffer: TimeSeriesBuffer, rows: int) -> None:
+        stamps = clock[0] + np.arange(1, rows + 1) * (1000.0 / rate)
+        clock[0] = float(stamps[-1])
+        buffer.append(pd.DataFrame({"timestamp_ms": stamps, "price": 100 + rng.normal(0, 1, rows).cumsum()}))
+
+    results = {}
+    for label, max_points in (("whole arrays", None), ("max_points=2000", 2000), ("new points only", 2000)):
+        buffer = TimeSeriesBuffer(max_age_seconds=seconds)
+        feed(buffer, int(rate * seconds))
+        if label == "new points only":  # live_stream_line: the anywidget view that extends traces in the browser
+            view = LiveStreamLine(buffer, "price", window=f"{seconds:g}s", fps=fps, max_points=max_points)
+        else:
+            view = LiveLine(buffer, "price", window=f"{seconds:g}s", fps=fps, max_points=max_points)
+        view.refresh(force=True)  # the first frame: the widget's whole state
+        sent[0], cpu, points = 0, 0.0, 0
+        for _ in range(frames):
+            feed(buffer, per_frame)
+            started = time.process_time()
+            view.refresh(force=True)
+            cpu += time.process_time() - started
+            points += view.points_sent
+        results[label] = {"bytes": sent[0] / frames, "cpu_ms": cpu * 1000 / frames, "points": points / frames}
+        view.close()
+    return results
+
+
+def report_frames(results: dict) -> None:
+    whole, sampled, extended = results["whole arrays"], results["max_points=2000"], results["new points only"]
+    print("\nchart of a 20k msg/s stream, 10 s window, per frame (same run):")
+    for label, r in results.items():
+        print(f"  {label:<16} {r['points']:>9,.0f} points  {r['bytes'] / 1024:>9,.1f} KiB  {r['cpu_ms']:>7.1f} ms CPU")
+    print(
+        f"  ratio whole/max_points: bytes x{whole['bytes'] / sampled['bytes']:.0f}, "
+        f"CPU x{whole['cpu_ms'] / sampled['cpu_ms']:.1f}; whole/new points only: bytes "
+        f"x{whole['bytes'] / extended['bytes']:.0f}, CPU x{whole['cpu_ms'] / extended['cpu_ms']:.1f}"
+    )
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--entries", type=int, default=2_000_000, help="backlog for the flat-out phase")
@@ -225,7 +294,11 @@ def main(argv=None) -> int:
     parser.add_argument("--fps", type=float, default=20.0, help="the chart's frame-rate cap")
     parser.add_argument("--swaps", type=int, default=5)
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() in the kernel once the app runs")
+    parser.add_argument("--frames-only", action="store_true", help="only the per-frame cost of a fast-stream chart")
     args = parser.parse_args(argv)
+    if args.frames_only:
+        report_frames(frame_costs())
+        return 0
 
     data_dir = tempfile.mkdtemp(prefix="sm-bench-nb-")
     server = EmbeddedServer(data_dir, appendonly=False).start()
@@ -276,6 +349,7 @@ def main(argv=None) -> int:
         if paced is not None:
             report(f"paced: a producer process sends {args.rate:,.0f} entries/s", paced, args.fps)
         print(f"\nhot swap under load (app.last_swap_ms, ms)  {summary(swaps)}   (goal < 100)")
+        report_frames(frame_costs())
         if flat_out["queued"] <= 0:
             print("WARNING: the backlog ran out inside the window: raise --entries", file=sys.stderr)
         if frontend.errors:

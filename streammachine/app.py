@@ -504,6 +504,11 @@ class App(Lifecycle):
     def __repr__(self) -> str:
         return f"App({self.name!r}, state={self._state}, agents={len(self._agents)}, timers={len(self._timers)})"
 
+    def _repr_html_(self) -> str:  # a notebook shows `app` as its status table (counters only: no I/O here)
+        from streammachine.engine.status import status_html
+
+        return status_html(repr(self), self.status_now().rows())
+
 
 def _log_task_error(task: asyncio.Future) -> None:
     if not task.cancelled() and task.exception() is not None:

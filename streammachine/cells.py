@@ -173,8 +173,8 @@ def cell_registration(app, line: str, body: str, namespace: dict, filename: str 
         return CellRegistration(
             "agent", name, f"agent {name!r} on stream {args.stream!r} (group {group!r})", register_agent
         )
-    if not args.seconds > 0:
-        raise MagicArgumentError(f"timer {args.seconds}: expected seconds > 0")
+    if not (0 < args.seconds < float("inf")):
+        raise MagicArgumentError(f"timer {args.seconds}: expected seconds > 0 (a finite number)")
     name = args.name or f"cell_timer:{args.seconds:g}s"
     handler = handler_from_cell(body, [], name, namespace, filename)
 

@@ -222,6 +222,10 @@ class Settings:
     dashboard_token: Optional[str] = _variable("STREAMMACHINE_DASHBOARD_TOKEN")
     dashboard_lock_ttl: float = _variable("STREAMMACHINE_DASHBOARD_LOCK_TTL", _positive_float, "seconds > 0", 10.0)
     log_level: str = _variable("STREAMMACHINE_LOG_LEVEL", _upper, "a log level", "INFO")
+    # a failing handler on a fast stream: one log line per agent per interval, with a count (0: every failure)
+    failure_log_interval: float = _variable(
+        "STREAMMACHINE_FAILURE_LOG_INTERVAL", _non_negative_float, "seconds >= 0", 5.0
+    )
     gc_freeze: bool = _variable("STREAMMACHINE_GC_FREEZE", _bool, "0 or 1", True)
     pure_python: bool = _variable("STREAMMACHINE_PURE_PYTHON", _bool, "0 or 1", False)
 

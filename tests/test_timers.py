@@ -57,7 +57,7 @@ async def test_failing_timer_logs_and_keeps_schedule(app_factory, caplog):
     await wait_until(lambda: len(calls) >= 5)
     spec = app.timers["flaky"]
     assert spec.failures >= 2 and spec.runs >= 2 and "RuntimeError: transient" in spec.last_error
-    assert "timer flaky failed" in caplog.text
+    assert "timer flaky: failed (RuntimeError: transient)" in caplog.text
 
 
 async def test_timer_hot_swap(app_factory):

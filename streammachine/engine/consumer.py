@@ -21,7 +21,7 @@ from typing import Any, List, Optional, cast
 
 from redis.exceptions import ResponseError
 
-from streammachine.engine.failures import FailureHandling, HandlerCancelled, own_cancellation
+from streammachine.engine.failures import FailureHandling, HandlerCancelled, failure_log, own_cancellation
 from streammachine.engine.recovery import TRANSIENT, Recovery
 from streammachine.engine.specs import AgentSpec, AgentStats
 from streammachine.message import received_messages
@@ -171,6 +171,7 @@ class StreamConsumer(Recovery, FailureHandling):
                     await asyncio.sleep(backoff.next_delay())
         finally:
             keepalive.cancel()
+            failure_log.flush(f"agent {self.spec.name}")  # the counts add up at the end too
             try:
                 await asyncio.shield(self._flush_acks())
             except (asyncio.CancelledError, *TRANSIENT):

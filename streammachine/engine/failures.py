@@ -15,6 +15,7 @@ import logging
 import time
 from typing import Any, Optional
 
+from streammachine.engine.lograte import FailureLog
 from streammachine.engine.specs import AgentSpec, AgentStats
 from streammachine.redis.deadletters import dead_letter_record
 from streammachine.redis.entries import as_text
@@ -23,6 +24,8 @@ from streammachine.typed import InvalidMessage
 
 # the consumer's own logger: these lines are the consumer's, wherever the code sits
 log = logging.getLogger("streammachine.engine.consumer")
+# one line per agent per interval, however fast its handler fails (per process: the agents' shared budget)
+failure_log = FailureLog(log)
 
 
 class HandlerCancelled(RuntimeError):
@@ -64,9 +67,11 @@ class FailureHandling:
         self.stats.record_error(exc)
         policy = self.config.on_error
         if policy == "skip":
-            log.warning(
-                "agent %s: entry %s failed (%s: %s); skipped as configured",
-                self.spec.name,
+            failure_log.record(
+                f"agent {self.spec.name}",
+                logging.WARNING,
+                "skipped",
+                "entry %s failed (%s: %s); skipped as configured",
                 key,
                 type(exc).__name__,
                 exc,
@@ -83,9 +88,11 @@ class FailureHandling:
         ):
             await self._dead_letter(entry_id, fields, exc, delivered)
             return
-        log.warning(
-            "agent %s: entry %s failed on delivery %d/%d: %s: %s",
-            self.spec.name,
+        failure_log.record(
+            f"agent {self.spec.name}",
+            logging.WARNING,
+            "retried",
+            "entry %s failed on delivery %d/%d: %s: %s",
             key,
             delivered,
             self.config.max_deliveries,
@@ -119,9 +126,11 @@ class FailureHandling:
         self._deliveries.pop(key, None)
         self._retry_at.pop(key, None)
         self.stats.dead_lettered += 1
-        log.error(
-            "agent %s: entry %s dead-lettered to %r after %d deliveries: %s: %s",
-            self.spec.name,
+        failure_log.record(
+            f"agent {self.spec.name}",
+            logging.ERROR,
+            "dead-lettered",
+            "entry %s dead-lettered to %r after %d deliveries: %s: %s",
             key,
             target,
             delivered,

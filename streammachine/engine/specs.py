@@ -100,6 +100,12 @@ class AgentSpec:
     def is_stage(self) -> bool:
         return self.output is not None or bool(self.tables) or self.periodic is not None
 
+    def __repr__(self) -> str:  # the dataclass repr runs to a screenful (config, handler address)
+        extras = [f"{self.concurrency} consumers"] * (self.concurrency > 1) + ["batch"] * self.batch
+        extras += [f"output {self.output!r}"] * (self.output is not None)
+        more = f", {', '.join(extras)}" if extras else ""
+        return f"<agent {self.name!r} on {self.stream!r} (group {self.group!r}{more})>"
+
     def __post_init__(self) -> None:
         if self.output is not None and (not isinstance(self.output, str) or not self.output):
             raise ValueError(f"agent {self.name!r}: output={self.output!r}, expected None or a non-empty str")
@@ -150,6 +156,9 @@ class TimerSpec:
         if not callable(self.handler):
             raise TypeError(f"timer {self.name!r}: handler {self.handler!r} is not callable")
         self.is_async = is_async_callable(self.handler)
+
+    def __repr__(self) -> str:
+        return f"<timer {self.name!r} every {self.config.interval:g}s: {self.runs} runs, {self.failures} failed>"
 
     @property
     def runs(self) -> int:

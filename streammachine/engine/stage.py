@@ -26,7 +26,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from streammachine.engine.commit import SCRIPT, CommitPlan, Outcome, refresh, unsafe_commands
 from streammachine.engine.consumer import StreamConsumer
 from streammachine.engine.effects import ReadEffects, current_unit
-from streammachine.engine.failures import own_cancellation
+from streammachine.engine.failures import failure_log, own_cancellation
 from streammachine.message import received_messages
 from streammachine.redis.entries import as_text
 from streammachine.redis.transport import Transport, same_slot
@@ -133,8 +133,18 @@ class StageConsumer(StreamConsumer):
             if asyncio.iscoroutine(result):
                 result = await result
             effects.keep(unit, result)
-        except Exception:
-            log.exception("agent %s: periodic hook %r failed; it runs again in %.1fs", self.spec.name, hook, interval)
+        except Exception as exc:
+            failure_log.record(
+                f"agent {self.spec.name}",
+                logging.ERROR,
+                "periodic hook",
+                "periodic hook %r failed (%s: %s); it runs again in %.1fs",
+                hook,
+                type(exc).__name__,
+                exc,
+                interval,
+                exc_info=exc,
+            )
             return
         finally:
             current_unit.reset(token)

@@ -154,3 +154,18 @@ def app_status(
         timers=tuple(timer_status(spec, name in running) for name, spec in timers.items()),
         redis_up=redis_up,
     )
+
+
+def status_html(title: str, rows: List[Dict[str, Any]]) -> str:
+    """A small HTML table of ``rows`` under ``title`` (an App's ``_repr_html_``): blanks for what a row lacks."""
+    import html
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return ""
+        return html.escape(f"{value:.1f}" if isinstance(value, float) else str(value))
+
+    head = "".join(f"<th>{column}</th>" for column in COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{cell(row.get(c))}</td>" for c in COLUMNS) + "</tr>" for row in rows)
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>" if rows else ""
+    return f"<div><b>{html.escape(title)}</b>{table or ' &middot; no agents or timers'}</div>"

@@ -9,9 +9,11 @@ import time
 from typing import Optional
 
 from streammachine.engine.failures import own_cancellation
+from streammachine.engine.lograte import FailureLog
 from streammachine.engine.specs import TimerSpec
 
 log = logging.getLogger("streammachine.engine.timers")
+failures = FailureLog(log)  # a timer failing at 100 Hz: one line per interval, with a count
 
 
 class TimerRunner:
@@ -72,6 +74,8 @@ class TimerRunner:
         except asyncio.CancelledError:
             if not self._stopping:
                 raise
+        finally:
+            failures.flush(f"timer {self.spec.name}")
 
     async def _run_once(self) -> None:
         self._running_handler = True
@@ -92,4 +96,12 @@ class TimerRunner:
     def _failed(self, exc: BaseException) -> None:
         self.spec.stats.failures += 1
         self.spec.stats.last_error = f"{type(exc).__name__}: {exc}"
-        log.error("timer %s failed; it keeps its schedule", self.spec.name, exc_info=exc)
+        failures.record(
+            f"timer {self.spec.name}",
+            logging.ERROR,
+            "failed",
+            "failed (%s: %s); it keeps its schedule",
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )

@@ -10,6 +10,8 @@ _LAZY = {
     "LiveView": "refresh",
     "LiveLine": "live",
     "live_line": "live",
+    "LiveStreamLine": "stream_line",
+    "live_stream_line": "stream_line",
     "LiveCandles": "candles",
     "live_candles": "candles",
     "LiveTable": "tables",

@@ -20,6 +20,8 @@ class LiveCandles(LiveView):
     completed candles out of the aggregator (to emit them) still shows them.
     """
 
+    source_attribute = "aggregator"
+
     def __init__(
         self,
         aggregator,
@@ -53,6 +55,9 @@ class LiveCandles(LiveView):
         )
         # displayed inside a box, so close() can take the figure off the page cleanly (see close_tree)
         super().__init__(widgets.VBox([self.figure]), fps)
+
+    def _source_replaced(self) -> None:
+        self._candles.clear()
 
     @property
     def candles(self) -> list:

@@ -23,6 +23,8 @@ from streammachine.notebook.status import status_frame
 class Dashboard(LiveView):
     """Live status of one App. ``Dashboard(app)`` starts refreshing when a loop is running."""
 
+    source_attribute = "app"
+
     def __init__(self, app, *, fps: float = 2.0, history: int = 120, height: int = 260) -> None:
         check_positive("history", history)
         self.app = app

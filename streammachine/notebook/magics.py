@@ -135,7 +135,7 @@ class StreamMachineMagics(Magics):
         try:
             args = self._line.parse_args(commands.split_args(line))
         except MagicArgumentError as exc:
-            raise UsageError(f"{exc}\n\n{USAGE}") from None
+            raise UsageError(f"{exc} (%streammachine help shows the usage)") from None
         except ValueError as exc:  # unbalanced quotes
             raise UsageError(str(exc)) from None
         if args.command in (None, "help"):
@@ -182,8 +182,10 @@ class StreamMachineMagics(Magics):
 
     def _cmd_status(self, args):
         if args.all:
-            return status_frame([row for app in running_apps() for row in self._status_rows(app, with_app=True)])
-        return status_frame(self._status_rows(self.app()))
+            frame = status_frame([row for app in running_apps() for row in self._status_rows(app, with_app=True)])
+        else:
+            frame = status_frame(self._status_rows(self.app()))
+        return frame.where(frame.notna(), "")  # a timer has no pending or lag: blank, not "None"
 
     def _status_rows(self, app: App, with_app: bool = False) -> List[dict]:
         groups = {}
@@ -209,7 +211,10 @@ class StreamMachineMagics(Magics):
     def _cmd_tail(self, args):
         if args.n < 1:
             raise UsageError(f"%streammachine tail: -n {args.n}: expected a count >= 1")
-        return commands.tail(self._client(self.app()), args.stream, args.n)
+        client = self._client(self.app())
+        if not client.exists(args.stream):
+            raise UsageError(f"%streammachine tail: stream {args.stream!r} does not exist")
+        return commands.tail(client, args.stream, args.n)
 
     def _cmd_info(self, args):
         try:
@@ -264,7 +269,12 @@ class StreamMachineMagics(Magics):
         try:
             registration = cell_registration(app, line, source, self.shell.user_ns, filename)
         except MagicArgumentError as exc:
-            raise UsageError(f"{exc}\n\n{USAGE}") from None
+            raise UsageError(f"{exc} (%streammachine help shows the usage)") from None
+        except SyntaxError as exc:  # the body's own mistake: where it is, in one line, not a compiler traceback
+            where = f"line {exc.lineno}: " if exc.lineno else ""
+            raise UsageError(
+                f"%%streammachine {line.strip()}: the cell body does not parse: {where}{exc.msg}"
+            ) from None
         self._register(app, registration.register, registration.name, registration.description)
 
     def _register(self, app: App, register: Callable[[], None], name: str, what: str) -> None:

@@ -7,17 +7,22 @@ sends whole arrays: views keep them to a bounded window. A redraw that takes
 long gets as much idle time as it took, so drawing never takes more than
 half the kernel's time and cells stay responsive. ``stop()`` ends the task
 and leaves the last frame on screen; closing the view (or the widget) ends
-it too.
+it too, and so does re-running the cell that made it (the new view replaces
+it). A view whose widget the frontend no longer shows (its output cleared)
+skips its redraws until it is shown again; one whose source variable was
+re-bound follows the new source or says it is stale (see ``following``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
 import time
 from typing import Any, Hashable, Optional, TypeVar
 
 from streammachine._validate import check_positive
+from streammachine.notebook import following
 
 log = logging.getLogger("streammachine.notebook")
 
@@ -64,6 +69,13 @@ class LiveView:
         self._seen: Any = _NEVER
         self._closed = False
         self._task: Optional[asyncio.Task] = None
+        self.hidden_frames = 0  # frames skipped because no frontend shows the widget
+        self.stale: Optional[str] = None  # why the view no longer follows its source, when it does not
+        self._source_names: tuple = ()
+        self._shown = False
+        if getattr(widget, "_view_count", 0) is None:
+            widget._view_count = 0  # the frontend counts its views of the widget: 0 again means not shown
+            widget.observe(self._views_counted, names="_view_count")
 
     # -- what subclasses provide --------------------------------------------
 
@@ -75,6 +87,11 @@ class LiveView:
 
     async def _poll(self) -> None:
         """Fetch what the next frame needs (I/O belongs here, not in ``_render``)."""
+
+    source_attribute = ""  # the attribute holding what the view watches ("buffer", "aggregator", "app")
+
+    def _source_replaced(self) -> None:
+        """The source was swapped for a new one (its variable re-bound): drop what came from the old one."""
 
     # -- drawing -------------------------------------------------------------
 
@@ -102,14 +119,63 @@ class LiveView:
                 f"{type(self).__name__} refreshes from a task on a running event loop (a Jupyter kernel or "
                 "asyncio code); without one, call view.refresh() to redraw by hand"
             ) from None
+        following.replace_earlier_views(self)
+        if self.source_attribute:
+            self._source_names = following.names_holding(getattr(self, self.source_attribute))
         self._task = loop.create_task(self._run(), name=f"streammachine:{type(self).__name__}")
         return self
+
+    def _follow_source(self) -> None:
+        """The variable that held the source holds another one now: follow it if it is of the same kind."""
+        current = getattr(self, self.source_attribute)
+        name, now = following.rebound(self._source_names, current)
+        if name is None:
+            return
+        if now is not None and type(now) is type(current):
+            setattr(self, self.source_attribute, now)
+            self._source_replaced()
+            self._seen = _NEVER
+            self._source_names = following.names_holding(now) or self._source_names
+            self._show_notice("")
+            self.stale = None
+            return
+        if self.stale is None:
+            self.stale = f"`{name}` no longer holds the {type(current).__name__} this view shows: it is stale"
+            self._show_notice(self.stale)
+
+    def _show_notice(self, text: str) -> None:
+        children = getattr(self.widget, "children", None)
+        if children is None:
+            return
+        notice = getattr(self, "_notice", None)
+        if notice is None:
+            if not text:
+                return
+            import ipywidgets as widgets
+
+            notice = self._notice = widgets.HTML()
+            self.widget.children = (notice, *children)
+        notice.value = f"<i>{html.escape(text)}</i>" if text else ""
+
+    def _views_counted(self, change: dict) -> None:
+        self._shown = self._shown or bool(change["new"])
+
+    @property
+    def hidden(self) -> bool:
+        """True when the frontend showed the widget and shows it no more (its output was cleared)."""
+        return self._shown and getattr(self.widget, "_view_count", None) == 0
 
     async def _run(self) -> None:
         period = 1.0 / self.fps
         while not self.closed:
             started = time.perf_counter()
+            if self.hidden:
+                self.hidden_frames += 1
+                await asyncio.sleep(period)
+                continue
             try:
+                if self._source_names:
+                    self._follow_source()
                 await self._poll()
                 if self.closed:
                     break

@@ -27,6 +27,8 @@ class LiveTable(LiveView):
     in a ``value`` column).
     """
 
+    source_attribute = "table"
+
     def __init__(self, table: Any, *, fps: float = 2, max_rows: int = 50, title: Optional[str] = None) -> None:
         if not hasattr(table, "revision") or not hasattr(table, "committed_version"):
             raise TypeError(f"live_table({table!r:.80}): expected a table from app.table(name)")
