@@ -181,29 +181,15 @@ class App(Lifecycle):
     ) -> Callable:
         """Register a stream consumer. Re-registering a name replaces it (hot swap when running).
 
-        ``threaded=True`` runs a sync handler in the App's thread pool
-        (``max_threads``), so blocking code does not stall the event loop.
-
-        A stage: ``output=STREAM`` writes what the handler returns (a record, a
-        list of them, ``Emit(stream, record)`` for other streams) and
-        ``tables=[...]`` lets it change ``app.table`` tables; both are committed
-        with the ack of the entry, in one atomic step per read (see
-        ``engine/commit.py``). ``periodic=(seconds, hook)``: a stage's hook run
-        every ``seconds`` in its consumer's task, its return value and table
-        writes committed like a handler's (e.g. closing the windows of quiet
-        keys by wall-clock time).
-
-        A window stage: ``window=Window...agg(...)`` feeds each read to the
-        window; the decorated function gets the rows it emits (a list of
-        dicts, called only when there are some) and returns what goes out,
-        like any stage's handler (``return rows`` writes them to ``output=``).
-        The window's state is committed with the ack, in a table of its own.
-        ``wall_clock=seconds`` closes the windows of quiet keys by the wall
-        clock that often (``streammachine.windows.stage``).
-
-        ``options`` override fields of ``ConsumerConfig`` (count, block_ms,
-        start_id, max_deliveries, on_error, retry_delay_ms, claim_idle_ms,
-        dead_letter_stream).
+        ``threaded=True`` runs a sync handler in the App's thread pool (``max_threads``).
+        A stage (README "Stages and state"): ``output=STREAM`` writes what the handler returns (a
+        record, a list, ``Emit(stream, record)``), ``tables=[...]`` lets it change ``app.table``
+        tables, ``periodic=(seconds, hook)`` runs a hook in its consumer's task; all committed with
+        the ack, one atomic step per read (``engine/commit.py``). A window stage (README "Windows"):
+        ``window=Window...agg(...)`` feeds each read to the window and calls the function with the
+        rows it emits; ``wall_clock=seconds`` closes quiet keys' windows by the wall clock.
+        ``options`` override ``ConsumerConfig`` fields (count, block_ms, start_id, max_deliveries,
+        on_error, retry_delay_ms, claim_idle_ms, dead_letter_stream).
         """
         consumer_config = (config or self.config.consumer).replace(**options)
 
@@ -239,7 +225,7 @@ class App(Lifecycle):
                 periodic=hook,
                 window=windowed,
             )
-            self._check_process_budget(spec)
+            self._work.check_process_budget(spec)
             self._register_agent(spec)
             return fn
 
@@ -311,14 +297,6 @@ class App(Lifecycle):
         raise KeyError(
             f"no agent or timer named {name!r}" + (f" (ambiguous: {matches})" if matches else f"; registered: {known}")
         )
-
-    def _check_process_budget(self, spec: AgentSpec) -> None:
-        used = sum(s.processes or 0 for n, s in self._agents.items() if n != spec.name)
-        if spec.processes and used + spec.processes > self.config.max_processes:
-            raise ValueError(
-                f"agent {spec.name!r}: processes={spec.processes} would make {used + spec.processes} worker "
-                f"processes, over App(max_processes={self.config.max_processes})"
-            )
 
     def _register_agent(self, spec: AgentSpec) -> None:
         replaced = spec.name in self._agents

@@ -50,6 +50,15 @@ class Workload:
 
     # -- starting ------------------------------------------------------------
 
+    def check_process_budget(self, spec: AgentSpec) -> None:
+        """Refuse an agent whose ``processes`` would take the App over ``max_processes``."""
+        used = sum(s.processes or 0 for n, s in self.agents.items() if n != spec.name)
+        if spec.processes and used + spec.processes > self.config.max_processes:
+            raise ValueError(
+                f"agent {spec.name!r}: processes={spec.processes} would make {used + spec.processes} worker "
+                f"processes, over App(max_processes={self.config.max_processes})"
+            )
+
     async def open(self, startup_hooks: List[Callable[[], Awaitable[Any]]], storage: Callable[[], Any]) -> None:
         """Reach Redis, check the open-files budget, create the groups, run the startup hooks, start everything.
 
