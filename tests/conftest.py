@@ -6,10 +6,10 @@ import os
 
 import pytest
 import redis
-from helpers import wait_until  # noqa: F401  (re-exported for tests)
 
 from streammachine import App, ConsumerConfig, Storage
 from streammachine.embedded import EmbeddedServer, stop_shared_server
+from tests.helpers import wait_until  # noqa: F401  (re-exported for tests)
 
 # Fast knobs so tests observe retries, claims and stops in well under a second.
 FAST = ConsumerConfig(count=100, block_ms=100, retry_delay_ms=50, claim_idle_ms=1000, max_deliveries=3)

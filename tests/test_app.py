@@ -3,10 +3,10 @@
 import asyncio
 
 import pytest
-from helpers import wait_until, wait_until_sync
 
 from streammachine import App, Message
 from streammachine.app import AppStateError
+from tests.helpers import wait_until, wait_until_sync
 
 
 async def test_produce_and_consume(app_factory):

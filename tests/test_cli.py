@@ -10,10 +10,10 @@ import sys
 import threading
 
 import pytest
-from helpers import wait_until_sync
 
 from streammachine.cli import main
 from streammachine.embedded import read_runtime_file
+from tests.helpers import wait_until_sync
 
 
 def _run(capsys, *argv):

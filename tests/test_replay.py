@@ -12,10 +12,10 @@ from typing import List
 
 import msgspec
 import pytest
-from helpers import wait_until
 
 from streammachine import FastOHLC, Message
 from streammachine.replay import replay
+from tests.helpers import wait_until
 
 
 class Tick(msgspec.Struct):

@@ -19,7 +19,6 @@ from urllib.parse import quote
 
 import pytest
 import redis
-from helpers import wait_until
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -29,6 +28,7 @@ from streammachine._redact import redact_url
 from streammachine.config import Settings
 from streammachine.embedded import find_server_binary
 from streammachine.testing import EmbeddedServer, supports_tls
+from tests.helpers import wait_until
 
 KNOBS = ConsumerConfig(count=50, block_ms=100, retry_delay_ms=50, claim_idle_ms=1000, max_deliveries=2)
 ADMIN_PASSWORD = "Adm1n-S3cret-pw"

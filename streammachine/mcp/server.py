@@ -26,10 +26,11 @@ purge) and trimming::
 
 from __future__ import annotations
 
+import logging
 import signal
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from importlib.metadata import version as _package_version
-from typing import Any, AsyncIterator, Dict, Optional, cast
+from typing import Any, AsyncIterator, Dict, Iterator, Optional, cast
 
 from mcp.server.mcpserver import MCPServer
 
@@ -95,13 +96,14 @@ def build_server(
     """An ``MCPServer`` with StreamMachine's tools, resources and prompts (``server.state`` holds the state)."""
     state = state or StreamMachineMCP(settings, redis_url=redis_url, read_only=read_only)
     level = state.settings.log_level
-    server = StreamMachineServer(
-        "streammachine",
-        version=_package_version("streammachine"),
-        log_level=cast(Any, level if level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL") else "INFO"),
-        instructions=guide.INSTRUCTIONS + (guide.READ_ONLY_NOTE if state.read_only else ""),
-        lifespan=lambda _server: state.session(),
-    )
+    with _root_logging_untouched():  # the SDK's constructor calls logging.basicConfig (a rich stderr handler)
+        server = StreamMachineServer(
+            "streammachine",
+            version=_package_version("streammachine"),
+            log_level=cast(Any, level if level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL") else "INFO"),
+            instructions=guide.INSTRUCTIONS + (guide.READ_ONLY_NOTE if state.read_only else ""),
+            lifespan=lambda _server: state.session(),
+        )
     tool = Registrar(server, state)
     server.state, server.registrar = state, tool
     streams.register(tool, state)
@@ -113,6 +115,23 @@ def build_server(
     ohlc.register(tool, state)
     resources.register(server, state)
     return server
+
+
+@contextmanager
+def _root_logging_untouched() -> Iterator[None]:
+    """Keep the SDK from configuring the root logger: in a notebook kernel (no root handler yet) its
+    basicConfig would print every INFO record of every library in red under the cells. Whoever runs the
+    process configures logging (``streammachine-mcp`` does, in cli.py)."""
+    root = logging.getLogger()
+    if root.handlers:  # basicConfig does nothing then
+        yield
+        return
+    guard = logging.NullHandler()
+    root.addHandler(guard)
+    try:
+        yield
+    finally:
+        root.removeHandler(guard)
 
 
 class _Stopped(Exception):

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import redis
-from helpers import port_is_free, wait_until
 
 from streammachine import App
 from streammachine.embedded import read_runtime_file
+from tests.helpers import port_is_free, wait_until
 
 from .faultkit import Ledger, Producer, check, seq_of, tally
 from .test_faults import KNOBS, PER_KILL, drain

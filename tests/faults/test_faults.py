@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from helpers import wait_until
 
 from streammachine import App, ConsumerConfig
 from streammachine.embedded import EmbeddedServer
 from streammachine.redis.connection import ensure_group
+from tests.helpers import wait_until
 
 from .faultkit import Ledger, Producer, check, seq_of, tally
 

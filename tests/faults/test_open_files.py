@@ -16,7 +16,8 @@ import time
 
 import pytest
 import redis
-from helpers import wait_until
+
+from tests.helpers import wait_until
 
 from .faultkit import Ledger, check, tally
 

@@ -24,11 +24,11 @@ from typing import Callable, List, Optional
 
 import pytest
 import redis
-from helpers import wait_until
 
 from streammachine import App, ConsumerConfig
 from streammachine.embedded import EmbeddedServer
 from streammachine.windows.stage import table_name
+from tests.helpers import wait_until
 
 from .faultkit import Producer, check_stage, stage_settled, stage_tally, window_tally
 from .stage_app import WINDOW
