@@ -16,6 +16,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
+if __name__ == "__main__":  # run as a script, tests/ is sys.path[0]: its mcp/ and redis/ folders would shadow the SDKs
+    sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
+
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 

@@ -63,7 +63,7 @@ async def test_collector_reports_counters_latency_pending_and_lag(app_factory):
     app = await _flaky_app(app_factory)
     snap = await snapshot(app)
     samples = samples_of(generate_latest(registry_for(lambda: [snap])).decode())
-    labels = dict(agent="test_metrics._flaky_app.<locals>.bill", stream="orders", group="billing", worker="0")
+    labels = dict(agent=f"{__name__}._flaky_app.<locals>.bill", stream="orders", group="billing", worker="0")
     assert _value(samples, "streammachine_messages_processed_total", **labels) == 7
     assert _value(samples, "streammachine_messages_failed_total", **labels) == 3  # FAST: max_deliveries=3
     assert _value(samples, "streammachine_messages_retried_total", **labels) == 2
@@ -73,7 +73,7 @@ async def test_collector_reports_counters_latency_pending_and_lag(app_factory):
     assert _value(samples, "streammachine_group_pending", stream="orders", group="billing") == 0
     assert _value(samples, "streammachine_group_lag", stream="orders", group="billing") == 0
     assert _value(samples, "streammachine_group_consumers", stream="orders", group="billing") == 1
-    assert _value(samples, "streammachine_timer_runs_total", timer="test_metrics._flaky_app.<locals>.tick") >= 1
+    assert _value(samples, "streammachine_timer_runs_total", timer=f"{__name__}._flaky_app.<locals>.tick") >= 1
     assert _value(samples, "streammachine_redis_up") == 1
     assert _value(samples, "streammachine_workers") == 1
 
