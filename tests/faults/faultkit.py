@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional
 
 import orjson
 
@@ -189,3 +189,30 @@ def table() -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
     )
     return "\n".join([header, *(r.row() for r in RESULTS)])
+
+
+async def kill_while_producing(
+    sending: Any,
+    kill_one: Callable[[], Awaitable[Any]],
+    progress: Callable[[], int],
+    next_step: Callable[[], int],
+    *,
+    timeout: float,
+    max_kills: int,
+    min_kills: int,
+) -> int:
+    """``await kill_one()`` at random moments while ``sending`` runs: each time ``progress()`` has grown by
+    ``next_step()`` since the last kill. Then waits for ``sending`` and checks enough kills landed."""
+    from tests.helpers import wait_until  # here: fault_app.py imports this module as a script, without tests/
+
+    kills = 0
+    while not sending.done() and kills < max_kills:
+        target = progress() + next_step()
+        await wait_until(lambda: progress() > target or sending.done(), timeout, what="progress before the next kill")
+        if sending.done():
+            break
+        await kill_one()
+        kills += 1
+    await sending
+    assert kills >= min_kills, f"only {kills} kills landed while producing"
+    return kills

@@ -25,7 +25,7 @@ from streammachine.embedded import EmbeddedServer
 from streammachine.redis.connection import ensure_group
 from tests.helpers import wait_until
 
-from .faultkit import Ledger, Producer, check, seq_of, tally
+from .faultkit import Ledger, Producer, check, kill_while_producing, seq_of, tally
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(120)]
 
@@ -59,21 +59,15 @@ async def kill_under_load(
     ledger: Ledger, sending: asyncio.Future, rng: random.Random, kill_one, max_kills: int, min_kills: int = 2
 ) -> int:
     """Kill (``await kill_one()``) at random moments while ``sending`` runs: after a random amount of progress."""
-    kills = 0
-    while not sending.done() and kills < max_kills:
-        before = ledger.path.stat().st_size
-        await wait_until(
-            lambda: ledger.path.stat().st_size > before + rng.randint(500, 3000) or sending.done(),
-            15,
-            what="progress before the next kill",
-        )
-        if sending.done():
-            break
-        await kill_one()
-        kills += 1
-    await sending
-    assert kills >= min_kills, f"only {kills} kills landed while producing"
-    return kills
+    return await kill_while_producing(
+        sending,
+        kill_one,
+        lambda: ledger.path.stat().st_size,
+        lambda: rng.randint(500, 3000),
+        timeout=15,
+        max_kills=max_kills,
+        min_kills=min_kills,
+    )
 
 
 async def test_sigkill_worker_processes_under_load(redis_url, tmp_path):

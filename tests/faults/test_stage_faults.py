@@ -30,7 +30,7 @@ from streammachine.embedded import EmbeddedServer
 from streammachine.windows.stage import table_name
 from tests.helpers import wait_until
 
-from .faultkit import Producer, check_stage, stage_settled, stage_tally, window_tally
+from .faultkit import Producer, check_stage, kill_while_producing, stage_settled, stage_tally, window_tally
 from .stage_app import WINDOW
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(120)]
@@ -126,22 +126,15 @@ async def kill_under_load(
 ) -> int:
     """``await kill_one()`` at random moments while ``sending`` runs: after a random number of new outputs
     (``per_output``: input entries one output stands for, e.g. a window's row)."""
-    kills = 0
-    while not sending.done() and kills < max_kills:
-        before = client.xlen(out) * per_output
-        step = rng.randint(100, 500)
-        await wait_until(
-            lambda: client.xlen(out) * per_output > before + step or sending.done(),
-            30,
-            what="progress before the next kill",
-        )
-        if sending.done():
-            break
-        await kill_one()
-        kills += 1
-    await sending
-    assert kills >= min_kills, f"only {kills} kills landed while producing"
-    return kills
+    return await kill_while_producing(
+        sending,
+        kill_one,
+        lambda: client.xlen(out) * per_output,
+        lambda: rng.randint(100, 500),
+        timeout=30,
+        max_kills=max_kills,
+        min_kills=min_kills,
+    )
 
 
 def live_children(pid: int, marker: str | None = None) -> list:
