@@ -390,6 +390,19 @@ cdef class WindowCore:
         """Take one entry; True if it was late. A bad one raises ValueError (counted in ``rejected``)."""
         return self._entry(fields, entry_id, stream)
 
+    def _add_pairs(self, list entries, stream, list late, list bad):
+        """A read's ``(id, fields)`` pairs in order, all from ``stream``: late ids go to ``late``, bad entries
+        to ``bad`` as (position, id, error, counted) (the window stage's path: no Message, no Python loop)."""
+        cdef Py_ssize_t i
+        for i in range(len(entries)):
+            entry = entries[i]
+            entry_id = entry[0]
+            try:
+                if self._entry(entry[1], entry_id, stream):
+                    late.append(entry_id)
+            except (ValueError, TypeError) as exc:
+                bad.append((i, entry_id, str(exc), isinstance(exc, ValueError)))
+
     cdef bint _entry(self, fields, entry_id, stream) except -1:
         cdef int64_t ts = -1
         cdef _Key key = self._read_fast(fields, entry_id, stream, &ts)

@@ -45,6 +45,8 @@ class StageConsumer(StreamConsumer):
         self.transport = Transport(self.client)
         self._commit: Optional[CommitPlan] = None
         self._warned_slots = False
+        # a handler that reads (id, fields) pairs itself (a window stage) is spared the Message objects
+        self._takes_entries = bool(getattr(self.spec.handler, "takes_entries", False))
         if self.spec.periodic is not None:
             self._periodic_due = time.monotonic() + self.spec.periodic[0]
 
@@ -62,7 +64,10 @@ class StageConsumer(StreamConsumer):
     async def _handle(self, entries: list, deliveries: Optional[dict]) -> ReadEffects:
         spec, stats = self.spec, self.stats
         effects = ReadEffects(spec.output, spec.tables)
-        messages = list(received_messages(spec.stream, self.name, time.time(), entries))
+        if self._takes_entries:
+            messages = [entry if entry[1] is not None else None for entry in entries]
+        else:
+            messages = list(received_messages(spec.stream, self.name, time.time(), entries))
         self._inflight = [entry[0] for entry in entries]
         self._inflight_since = time.monotonic()
         started = time.perf_counter()

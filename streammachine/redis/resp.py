@@ -21,6 +21,9 @@ from typing import Callable, List, Optional, Sequence
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+# a raw read reply -> (id, fields) pairs: compiled (its twin in _speedups/_decode_py.py); callers import it here
+from streammachine._speedups import entries_with_fields as entries_with_fields
+
 _pack_command: Optional[Callable[[tuple], bytes]]
 try:  # hiredis packs a command in C as the loop below does (and as redis-py itself does when it has hiredis)
     from hiredis import pack_command as _pack_command
@@ -116,19 +119,3 @@ async def round_trip(pool, payload: bytes, replies: int, *, raise_on_error: bool
         raise
     finally:
         await pool.release(connection)
-
-
-def entries_with_fields(reply) -> list:
-    """A raw XREADGROUP/XREAD reply (RESP2 or RESP3) for one stream -> ``[(id, fields dict), ...]``."""
-    if not reply:
-        return []
-    entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
-    out: list = []
-    append = out.append
-    for entry_id, flat in entries:
-        if flat is None:  # deleted while pending
-            append((entry_id, None))
-        else:
-            pairs = iter(flat)
-            append((entry_id, dict(zip(pairs, pairs))))
-    return out

@@ -141,6 +141,16 @@ class WindowCore(SnapshotOps):
         self._add_one(fields, id, stream)
         return self._take_rows()
 
+    def _add_pairs(self, entries: list, stream: Any, late: list, bad: list) -> None:
+        """A read's ``(id, fields)`` pairs in order, all from ``stream``: late ids go to ``late``, bad entries
+        to ``bad`` as (position, id, error, counted)."""
+        for position, (entry_id, fields) in enumerate(entries):
+            try:
+                if self._add_one(fields, entry_id, stream):
+                    late.append(entry_id)
+            except (ValueError, TypeError) as exc:
+                bad.append((position, entry_id, str(exc), isinstance(exc, ValueError)))
+
     def _add_one(self, fields: Any, entry_id: Any, stream: Any) -> bool:
         """Take one entry; True if it was late. A bad one raises ValueError (counted in ``rejected``)."""
         try:

@@ -60,6 +60,7 @@ class WindowStage:
     """The handler of a window agent (made by ``Window.stage_handler``; see the module doc)."""
 
     batch = True
+    takes_entries = True  # called with a read's (id, fields) pairs, not Messages (engine/stage.py)
 
     def __init__(self, window: Any, callback: Optional[Callable], table: Any, stream: str) -> None:
         if callback is not None and not callable(callback):
@@ -83,19 +84,22 @@ class WindowStage:
 
     # -- the agent's handler -------------------------------------------------
 
-    async def __call__(self, messages: List[Any]) -> Any:
-        touched = self._keys_of(messages)
+    async def __call__(self, entries: List[Any]) -> Any:
+        """Take a read's ``(id, fields)`` entries (Messages too, for a caller of its own)."""
+        if entries and hasattr(entries[0], "topic"):
+            entries = [m.data for m in entries if m.data]
+        touched = self._keys_of(entries)
         self._sync(touched)
         self._dirty(touched)
-        rows = self.state.add_entries(messages)
+        rows = self.state.add_entries(entries, stream=self.stream)
         if rows.rejected:
             # a bad entry fails (the consumer hands a failed batch over one entry at a time, so it fails
             # alone and takes the agent's on_error policy: retried, then dead-lettered); nothing is stored
-            self.rejected += len(rows.rejected) if len(messages) == 1 else 0
+            self.rejected += len(rows.rejected) if len(entries) == 1 else 0
             raise ValueError(f"window on {self.stream!r}: {rows.rejected[0].error}")
         late: Counter = Counter()
         if rows.late:
-            key_of_id = {as_text(m.data[0]): self._key_of(m) for m in messages if m.data}
+            key_of_id = {as_text(entry_id): self._key_of(fields) for entry_id, fields in entries}
             late.update(key_of_id.get(as_text(entry_id)) for entry_id in rows.late)
         self._store(touched, late)
         return await self._emit(rows)
@@ -119,12 +123,12 @@ class WindowStage:
 
     # -- state ---------------------------------------------------------------
 
-    def _keys_of(self, messages: List[Any]) -> List[str]:
+    def _keys_of(self, entries: List[Any]) -> List[str]:
         """The keys a read's entries touch (the raw values gathered first: a read has far fewer keys than entries)."""
         if self._key_spellings is None:
-            return list(dict.fromkeys(m.topic for m in messages))
+            return [self.stream] if entries else []
         spelled, text = self._key_spellings
-        raw = {(m.data[1].get(spelled) or m.data[1].get(text)) if m.data else None for m in messages}
+        raw = {fields.get(spelled) or fields.get(text) for _, fields in entries}
         names = []
         for value in raw:
             try:
@@ -134,10 +138,9 @@ class WindowStage:
                 pass  # the core rejects its entries, with the reason
         return list(dict.fromkeys(names))
 
-    def _key_of(self, message: Any) -> Optional[str]:
+    def _key_of(self, fields: Any) -> Optional[str]:
         if self._key_spellings is None:
-            return message.topic
-        fields = message.data[1] if message.data else {}
+            return self.stream
         raw = fields.get(self._key_spellings[0])
         if raw is None:
             raw = fields.get(self._key_spellings[1])

@@ -75,6 +75,7 @@ class _Core(Protocol):
     @property
     def keys(self) -> List[str]: ...
     def _add_one(self, fields: Any, entry_id: Any, stream: Any) -> bool: ...
+    def _add_pairs(self, entries: list, stream: Any, late: list, bad: list) -> None: ...
     def _add_rows(self, times: Any, columns: Any, valid: Any, keys: Any, names: Any, late: list, bad: list) -> None: ...
     def _advance(self, now_ms: int) -> None: ...
     def _flush(self) -> None: ...
@@ -96,6 +97,13 @@ class WindowMethods:
         add_one = self._add_one
         rejected: List[Rejected] = []
         late: List[Any] = []
+        if stream is not None and type(entries) is list and (not entries or type(entries[0]) is tuple):
+            bad: List[Any] = []  # a read's pairs (the window stage's path): one loop in the core
+            self._add_pairs(entries, stream, late, bad)
+            for position, entry_id, error, counted in bad:
+                self._rejected += 0 if counted else 1
+                rejected.append(Rejected(position, entry_id, error))
+            return Rows(self._take_rows(), late, rejected)
         position = 0
         for name, items in _batches(entries):
             source = stream if stream is not None else name

@@ -17,6 +17,7 @@ except ImportError:  # not built
     _decode_c = None
 
 IMPLEMENTATIONS = [_decode_py.decode_dict_bytes_to_utf8] + ([_decode_c.decode_dict_bytes_to_utf8] if _decode_c else [])
+READERS = [_decode_py.entries_with_fields] + ([_decode_c.entries_with_fields] if _decode_c else [])
 
 keys_and_values = st.one_of(st.binary(max_size=12), st.text(max_size=12), st.integers(), st.floats(allow_nan=False))
 
@@ -52,3 +53,25 @@ def test_compiled_and_python_agree(raw):
     python, compiled = _decode_py.decode_dict_bytes_to_utf8(raw), _decode_c.decode_dict_bytes_to_utf8(raw)
     assert compiled == python
     assert list(compiled) == list(python)  # same order, same collisions resolved alike
+
+
+@pytest.mark.parametrize("read", READERS)
+def test_read_replies_become_id_field_pairs(read):
+    entries = [[b"1-0", [b"a", b"1", b"b", b"2"]], [b"2-0", None], [b"3-0", [b"x", b"y", b"odd"]]]
+    expected = [(b"1-0", {b"a": b"1", b"b": b"2"}), (b"2-0", None), (b"3-0", {b"x": b"y"})]
+    assert read([[b"s", entries]]) == expected  # RESP2
+    assert read({b"s": entries}) == expected  # RESP3
+    assert read([]) == [] and read(None) == []
+
+
+@pytest.mark.skipif(_decode_c is None, reason="the compiled decoder is not built")
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.binary(max_size=6), st.one_of(st.none(), st.lists(st.binary(max_size=4), max_size=7))),
+        max_size=6,
+    )
+)
+def test_compiled_and_python_read_alike(entries):
+    reply = [[b"s", [list(entry) for entry in entries]]]
+    assert _decode_c.entries_with_fields(reply) == _decode_py.entries_with_fields(reply)
