@@ -392,3 +392,56 @@ async def test_a_read_handled_long_after_it_arrived_is_checked_entry_by_entry(ap
     await apps["a"].shutdown()
     assert Counter(f["n"] for f in outputs(sync_redis, "out")) == {"1": 1, "2": 1}
     assert sync_redis.hget(tables["a"].key, "sum").split("|")[-1] == "3"
+
+
+def group_info(sync_redis, stream: str, group: str) -> dict:
+    return next(g for g in sync_redis.xinfo_groups(stream) if g["name"] == group)
+
+
+async def test_a_stage_with_a_backlog_reads_its_next_batch_while_it_handles_one(app_factory, sync_redis):
+    """The next XREADGROUP goes out before the handler runs: while the first batch of 10 is handled, 20 entries
+    are pending for the consumer. Every entry still commits exactly once."""
+    app = app_factory(consumer_config=ConsumerConfig(count=10, block_ms=100, start_id="0"))
+    totals = app.table("ahead_totals", default=0)
+    pending_seen = []
+
+    @app.agent("ahead", group="g", output="ahead_out", tables=[totals], batch=True)
+    async def stage(messages):
+        if not pending_seen:
+            await wait_until(lambda: sync_redis.xpending("ahead", "g")["pending"] == 20, what="the next batch read")
+        pending_seen.append(sync_redis.xpending("ahead", "g")["pending"])
+        totals["n"] += len(messages)
+        return [{"n": m.message["n"]} for m in messages]
+
+    await app.send_batch("ahead", [{"n": i} for i in range(95)])
+    await app.startup()
+    await wait_until(lambda: totals.get("n") == 95 and sync_redis.xpending("ahead", "g")["pending"] == 0, what="all")
+    assert pending_seen[0] == 20
+    assert sorted(int(f["n"]) for f in outputs(sync_redis, "ahead_out")) == list(range(95))
+
+
+async def test_a_stage_stopped_with_a_read_out_ahead_handles_it_before_it_stops(app_factory, sync_redis):
+    """A graceful stop lands while the next batch was already read: those entries are handled too, so after the
+    stop nothing the group delivered is left pending, and each was handled once."""
+    app = app_factory(consumer_config=ConsumerConfig(count=10, block_ms=100, start_id="0"))
+    calls = []
+
+    @app.agent("ahead_stop", group="g", output="ahead_stop_out", batch=True)
+    async def stage(messages):
+        calls.append(len(messages))
+        if len(calls) == 3:  # the read of the 4th batch is out already: stop now, and return once it was asked
+            asyncio.ensure_future(app.stop())
+            consumer = next(iter(app._runners.values())).consumers[0]
+            await wait_until(lambda: consumer._stopping and consumer._ahead is not None, what="stopping, read out")
+        return [{"n": m.message["n"]} for m in messages]
+
+    await app.send_batch("ahead_stop", [{"n": i} for i in range(1000)])
+    await app.startup()
+    await wait_until(lambda: len(calls) >= 3, what="three batches handled")
+    await app.stop()
+    delivered = group_info(sync_redis, "ahead_stop", "g")["entries-read"]
+    handled = [int(f["n"]) for f in outputs(sync_redis, "ahead_stop_out")]
+    assert delivered < 1000  # it stopped part-way
+    assert sync_redis.xpending("ahead_stop", "g")["pending"] == 0
+    assert sorted(handled) == list(range(delivered))
+    assert set(calls) == {10}  # whole batches only: no handler call failed
