@@ -18,6 +18,8 @@ minute, a row per closed minute. Variants are interleaved round by round.
            output=out)`` returning the rows: the rows, the window's state
            and the XACK in one atomic commit per read (compiled core).
 - window-py: the same on the pure-Python core (STREAMMACHINE_PURE_PYTHON=1).
+- read+ack: no work at all, redis.asyncio XREADGROUP COUNT n then XACK of the read, one round trip each
+           (--ceiling): what this machine's client and server do for the reading and acknowledging alone.
 
 Both produce the same rows (checked). Reported: best-round entries/s,
 client CPU us/entry, ratios against pandas. Everything in one process,
@@ -120,6 +122,21 @@ async def pandas_stage(url: str, entries: int, count: int, out: str) -> tuple:
     return elapsed
 
 
+async def read_ack(url: str, entries: int, count: int, out: str) -> tuple:
+    client = aioredis.Redis.from_url(url)
+    group = "read-ack"
+    await fresh(client, group, out)
+    started = time.perf_counter(), time.process_time()
+    done = 0
+    while done < entries:
+        batch = (await client.xreadgroup(group, "c", {SOURCE: ">"}, count=count))[0][1]
+        await client.xack(SOURCE, group, *[entry_id for entry_id, _ in batch])
+        done += len(batch)
+    elapsed = time.perf_counter() - started[0], time.process_time() - started[1]
+    await client.aclose()
+    return elapsed
+
+
 async def window_stage(url: str, entries: int, count: int, out: str, pure: bool) -> tuple:
     client = aioredis.Redis.from_url(url)
     group = "window-py" if pure else "window"
@@ -168,6 +185,7 @@ async def main() -> None:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--python", action="store_true", help="also the pure-Python core")
+    parser.add_argument("--ceiling", action="store_true", help="also XREADGROUP + XACK alone (no work)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, EmbeddedServer(tmp, appendonly=False) as server:
         client = aioredis.Redis.from_url(server.url)
@@ -180,12 +198,14 @@ async def main() -> None:
         }
         if args.python:
             variants["window-py"] = lambda: window_stage(server.url, n, c, "o:window-py", pure=True)
+        if args.ceiling:
+            variants["read+ack"] = lambda: read_ack(server.url, n, c, "o:read-ack")
         results: Dict[str, List[tuple]] = {name: [] for name in variants}
         names = list(variants)
         for round_no in range(args.rounds):
             for name in names[round_no % len(names) :] + names[: round_no % len(names)]:
                 results[name].append(await variants[name]())
-        rows = await same_rows(server.url, [f"o:{name}" for name in names])
+        rows = await same_rows(server.url, [f"o:{name}" for name in names if name != "read+ack"])
     best = {name: min(runs) for name, runs in results.items()}
     base_wall, base_cpu = best["pandas"]
     print(
@@ -194,7 +214,7 @@ async def main() -> None:
     )
     print("| variant | entries/s | x pandas | client CPU us/entry | x pandas (CPU) | crash-safe |")
     print("|---|--:|--:|--:|--:|---|")
-    safe = {"pandas": "no", "window": "yes", "window-py": "yes"}
+    safe = {"pandas": "no", "window": "yes", "window-py": "yes", "read+ack": "(no work)"}
     for name, (wall, cpu) in best.items():
         median = statistics.median(n / w for w, _ in results[name])
         print(
