@@ -30,7 +30,6 @@ from streammachine._speedups._window_tables cimport (
 )
 
 
-
 cdef inline object _get(dict fields, object spelled_bytes, object spelled_str, bint text_first):
     """fields[name] in either spelling, or None. The spelling that matched last is tried first: a str and
     a bytes name hash the same, so the other spelling's miss costs a failed str/bytes comparison."""
@@ -116,7 +115,8 @@ cdef bint _number(object raw, double* out) except -1:
 
 
 cdef class WindowCore(WindowMachine):
-    """Window state and the update paths; the public API comes from ``WindowMethods``."""
+    """The state machine fed with entries (one by one or as arrays), its rows collected; the public API comes
+    from ``WindowMethods``."""
 
     cdef readonly object _reader
     cdef public Py_ssize_t _slow_reads  # entries that took the checked path (the parity tests look)
@@ -164,7 +164,6 @@ cdef class WindowCore(WindowMachine):
         """Forget every key, window and counter."""
         WindowMachine.clear(self)
         self._out_n = 0
-
 
     # -- input paths -----------------------------------------------------------
 
