@@ -26,15 +26,7 @@ from streammachine.engine.recovery import TRANSIENT, Recovery
 from streammachine.engine.specs import AgentSpec, AgentStats
 from streammachine.message import received_messages
 from streammachine.redis.entries import as_text, single_stream_entries
-from streammachine.redis.resp import (
-    Sent,
-    direct_pool,
-    encode_command,
-    encode_repeated,
-    entries_with_fields,
-    round_trip,
-    send_ahead,
-)
+from streammachine.redis.resp import direct_pool, encode_command, encode_repeated, entries_with_fields, round_trip
 from streammachine.typed import typed_handler
 
 __all__ = ["TRANSIENT", "Backoff", "HandlerCancelled", "StreamConsumer", "own_cancellation"]
@@ -107,7 +99,6 @@ class StreamConsumer(Recovery, FailureHandling):
         self._claim_cursor = "0-0"
         self._joined = False  # the group was made (or found) once: a later re-creation must not skip ahead
         self._last_read: Optional[str] = None  # the last id XREADGROUP ">" delivered
-        self._ahead: Optional[Sent] = None  # the next read, sent while this one is handled (read_ahead)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -139,7 +130,6 @@ class StreamConsumer(Recovery, FailureHandling):
         try:
             while not self._stopping:
                 try:
-                    await self._abandon_ahead()  # after an error: its entries are ours, recovered just below
                     await self._ensure_group()
                     await self._flush_acks()
                     await self._adopt_dead_local_consumers()
@@ -155,7 +145,6 @@ class StreamConsumer(Recovery, FailureHandling):
                             await self._process(entries, None)
                         if self._periodic_due is not None and time.monotonic() >= self._periodic_due:
                             await self._run_periodic()
-                    await self._finish_ahead()
                 except asyncio.CancelledError:
                     if not self._stopping:
                         raise
@@ -182,9 +171,6 @@ class StreamConsumer(Recovery, FailureHandling):
                     await asyncio.sleep(backoff.next_delay())
         finally:
             keepalive.cancel()
-            if self._ahead is not None:  # cancelled: its entries stay pending for the next run
-                ahead, self._ahead = self._ahead, None
-                await asyncio.shield(ahead.abandon())
             failure_log.flush(f"agent {self.spec.name}")  # the counts add up at the end too
             try:
                 await asyncio.shield(self._flush_acks())
@@ -205,8 +191,6 @@ class StreamConsumer(Recovery, FailureHandling):
         idempotent). A stage puts its commit there instead (``engine/stage.py``).
         """
         config, spec = self.config, self.spec
-        if self._ahead is not None:
-            return await self._read_ahead_reply()
         block = config.block_ms
         due = self._next_due()
         if due is not None:
@@ -248,58 +232,7 @@ class StreamConsumer(Recovery, FailureHandling):
         await self._pending_sent(token, replies[:-1])
         if entries:
             self._last_read = as_text(entries[-1][0])
-            if self.read_ahead and pool is not None and len(entries) >= config.count:
-                await self._send_read_ahead(pool)
         return entries
-
-    # -- reading ahead -------------------------------------------------------
-    # A consumer with a backlog (its last read came back full) sends its next XREADGROUP, without BLOCK, before
-    # it handles the read in hand: the server prepares the next batch while the handler runs. The entries it
-    # delivers are this consumer's pending entries like any: a stop handles them (or a hot swap's successor, or
-    # the next run, takes them back from the pending list), an error leaves them to the recovery.
-    read_ahead = False
-
-    async def _send_read_ahead(self, pool: Any) -> None:
-        await self._before_read_ahead()
-        if self._stopping:
-            return
-        spec, config = self.spec, self.config
-        payload = encode_repeated(
-            ("XREADGROUP", "GROUP", spec.group, self.name, "COUNT", config.count, "STREAMS", spec.stream, ">"),
-            pool.get_encoder(),
-        )
-        self._ahead = await send_ahead(pool, payload, 1)
-
-    async def _before_read_ahead(self) -> None:
-        """What must reach the server before the next read is sent (a stage: the commit of the read it just
-        settled, so the server runs it first and the read while the handler runs)."""
-
-    async def _read_ahead_reply(self) -> list:
-        ahead, self._ahead = self._ahead, None
-        assert ahead is not None
-        entries = entries_with_fields((await ahead.replies())[0])
-        if entries:
-            self._last_read = as_text(entries[-1][0])
-            pool = direct_pool(self.client)
-            if len(entries) >= self.config.count and not self._stopping and pool is not None:
-                await self._send_read_ahead(pool)
-        return entries
-
-    async def _finish_ahead(self) -> None:
-        """A stop with a read sent ahead: handle its entries (a hot swap leaves them to its successor)."""
-        if self._ahead is None:
-            return
-        if self._drop_rest:
-            await self._abandon_ahead()
-            return
-        entries = await self._read_ahead_reply()
-        if entries:
-            await self._process(entries, None)
-
-    async def _abandon_ahead(self) -> None:
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None:
-            await ahead.abandon()
 
     def _next_due(self) -> Optional[float]:
         """When the next read must return at the latest (monotonic): a retry, or the periodic hook, is due."""

@@ -88,18 +88,15 @@ class StageConsumer(StreamConsumer):
         return effects
 
     async def _handle_batch(self, effects: ReadEffects, entries: list, messages: list, deliveries: Any) -> None:
-        ids = self._inflight
-        if None in messages:  # some were deleted while pending: acknowledged with the commit, not handled
-            effects.acknowledge([entry[0] for entry, message in zip(entries, messages) if message is None])
-            entries = [entry for entry, message in zip(entries, messages) if message is not None]
-            messages = [message for message in messages if message is not None]
-            ids = [entry[0] for entry in entries]
-        if not entries or self._drop_rest:
+        live = [(entry, message) for entry, message in zip(entries, messages) if message is not None]
+        effects.acknowledge([entry[0] for entry, message in zip(entries, messages) if message is None])
+        if not live or self._drop_rest:
             return
-        if await self._run_unit(effects, ids, messages, None, deliveries):
+        ids = [entry[0] for entry, _ in live]
+        if await self._run_unit(effects, ids, [m for _, m in live], None, deliveries):
             self.stats.processed += len(ids)
             return
-        for entry, message in zip(entries, messages):  # the batch failed: each entry alone, a poison one fails alone
+        for entry, message in live:  # the batch failed: each entry alone, so a poison one fails by itself
             if await self._run_unit(effects, [entry[0]], [message], entry, deliveries):
                 self.stats.processed += 1
 
@@ -197,11 +194,6 @@ class StageConsumer(StreamConsumer):
     async def _flush_acks(self) -> None:
         await self._flush_commit()
         await super()._flush_acks()
-
-    read_ahead = True  # the next read is prepared while a read is handled (see StreamConsumer._send_read_ahead)
-
-    async def _before_read_ahead(self) -> None:
-        await asyncio.shield(self._flush_acks())  # the commit first: the next read must be handled on its result
 
     async def _flush_commit(self) -> None:
         """Send the queued plan on its own (and any redo it leads to) until it is committed."""

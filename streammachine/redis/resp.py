@@ -101,52 +101,21 @@ async def round_trip(pool, payload: bytes, replies: int, *, raise_on_error: bool
     reply comes back in place, as a ``ResponseError`` (the connection stays in step: the error was
     read whole).
     """
-    return await (await send_ahead(pool, payload, replies)).replies(raise_on_error=raise_on_error)
-
-
-async def send_ahead(pool, payload: bytes, replies: int) -> Sent:
-    """Write ``payload`` now; its ``replies`` are read later (``Sent.replies``), meanwhile the server works.
-
-    The connection stays taken until then: a consumer reads its next batch while it handles this one.
-    """
     connection = await _take_connection(pool)
     try:
         await connection.send_packed_command(payload)
+        read = connection.read_response
+        if raise_on_error:
+            return [await read() for _ in range(replies)]
+        out: List = []
+        for _ in range(replies):
+            try:
+                out.append(await read())
+            except ResponseError as exc:
+                out.append(exc)
+        return out
     except BaseException:
-        await connection.disconnect(nowait=True)
-        await pool.release(connection)
+        await connection.disconnect(nowait=True)  # replies may be left unread: this connection is spent
         raise
-    return Sent(pool, connection, replies)
-
-
-class Sent:
-    """Commands written on a taken connection whose replies are still to be read (``send_ahead``)."""
-
-    __slots__ = ("pool", "connection", "count")
-
-    def __init__(self, pool, connection, count: int) -> None:
-        self.pool, self.connection, self.count = pool, connection, count
-
-    async def replies(self, *, raise_on_error: bool = True) -> List:
-        """Read the replies, then give the connection back (spent, after an error or a cancellation)."""
-        connection, read = self.connection, self.connection.read_response
-        try:
-            if raise_on_error:
-                return [await read() for _ in range(self.count)]
-            out: List = []
-            for _ in range(self.count):
-                try:
-                    out.append(await read())
-                except ResponseError as exc:
-                    out.append(exc)
-            return out
-        except BaseException:
-            await connection.disconnect(nowait=True)  # replies may be left unread: this connection is spent
-            raise
-        finally:
-            await self.pool.release(connection)
-
-    async def abandon(self) -> None:
-        """Never read the replies: the connection is closed (what the commands did, they did)."""
-        await self.connection.disconnect(nowait=True)
-        await self.pool.release(self.connection)
+    finally:
+        await pool.release(connection)
