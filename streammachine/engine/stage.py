@@ -88,15 +88,18 @@ class StageConsumer(StreamConsumer):
         return effects
 
     async def _handle_batch(self, effects: ReadEffects, entries: list, messages: list, deliveries: Any) -> None:
-        live = [(entry, message) for entry, message in zip(entries, messages) if message is not None]
-        effects.acknowledge([entry[0] for entry, message in zip(entries, messages) if message is None])
-        if not live or self._drop_rest:
+        ids = self._inflight
+        if None in messages:  # some were deleted while pending: acknowledged with the commit, not handled
+            effects.acknowledge([entry[0] for entry, message in zip(entries, messages) if message is None])
+            entries = [entry for entry, message in zip(entries, messages) if message is not None]
+            messages = [message for message in messages if message is not None]
+            ids = [entry[0] for entry in entries]
+        if not entries or self._drop_rest:
             return
-        ids = [entry[0] for entry, _ in live]
-        if await self._run_unit(effects, ids, [m for _, m in live], None, deliveries):
+        if await self._run_unit(effects, ids, messages, None, deliveries):
             self.stats.processed += len(ids)
             return
-        for entry, message in live:  # the batch failed: each entry alone, so a poison one fails by itself
+        for entry, message in zip(entries, messages):  # the batch failed: each entry alone, a poison one fails alone
             if await self._run_unit(effects, [entry[0]], [message], entry, deliveries):
                 self.stats.processed += 1
 
