@@ -2,7 +2,7 @@
 
 A record is ``[n, doubles..., times..., custom states...]`` (see
 ``aggregates.Layout``); the operations run in the same order of float
-operations as the compiled core's (``_speedups/_windows.pyx``).
+operations as the compiled core's (``_speedups/_window_records.pxd``).
 """
 
 from __future__ import annotations
