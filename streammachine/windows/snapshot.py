@@ -89,9 +89,7 @@ def _record_out(record: list, doubles: range, customs: int) -> list:
     """A copy (custom states deep-copied: a live state changes later) with non-finite doubles spelled out."""
     out = list(record)
     for i in doubles:
-        value = out[i]
-        if value - value != 0:  # inf or nan (nan != 0 too): JSON has no spelling for them
-            out[i] = repr(value)
+        out[i] = _double_out(out[i])
     if customs:
         out[customs:] = [copy.deepcopy(v) for v in out[customs:]]
     return out
