@@ -29,7 +29,7 @@ def decode_dict_bytes_to_utf8(raw):
 
 
 def entries_with_fields(reply):
-    """Compiled twin of ``redis.resp.entries_with_fields``: a raw XREADGROUP/XREAD reply (RESP2 or RESP3)
+    """Compiled twin of ``_decode_py.entries_with_fields``: a raw XREADGROUP/XREAD reply (RESP2 or RESP3)
     for one stream -> ``[(id, fields dict), ...]`` (the hot path of every raw read)."""
     cdef list out = []
     cdef dict fields

@@ -85,7 +85,7 @@ class WindowStage:
     # -- the agent's handler -------------------------------------------------
 
     async def __call__(self, entries: List[Any]) -> Any:
-        """Take a read's ``(id, fields)`` entries (Messages too, for a caller of its own)."""
+        """Take a read's ``(id, fields)`` entries (Messages too: a replay's wrapper hands those over, replay.py)."""
         if entries and hasattr(entries[0], "topic"):
             entries = [m.data for m in entries if m.data]
         touched = self._keys_of(entries)
