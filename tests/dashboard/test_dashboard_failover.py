@@ -61,6 +61,8 @@ def test_sigkill_of_the_dashboard_process_fails_over_within_the_ttl(redis_url, t
             timeout=15,
             what="both instances registered",
         )
+        # the watch must have seen the first one serving, or "never two at once" would prove nothing
+        wait_until_sync(lambda: any(s[first] for s in watch.samples), timeout=5, what="the watch seeing the first")
         killed_at = time.monotonic()
         runs[first].proc.send_signal(signal.SIGKILL)
         runs[first].proc.wait(10)
