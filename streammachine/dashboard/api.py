@@ -9,7 +9,8 @@ errors, instances), ``/healthz`` and ``/readyz``. Passwords never appear: the
 server URL is redacted, error messages scrubbed (``_redact.py``).
 
 Auth (``auth.py``): with ``STREAMMACHINE_DASHBOARD_TOKEN`` set, every request
-but the probes needs it; write actions need it always.
+but the probes needs it; write actions need it always. ``POST /api/session``
+(bearer token) sets the page's HttpOnly cookie.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from starlette.routing import Route
 from streammachine._net import is_loopback
 from streammachine._redact import scrub
 from streammachine.dashboard import deadletters, views
-from streammachine.dashboard.auth import TokenGate
+from streammachine.dashboard.auth import TokenGate, open_session
 from streammachine.dashboard.election import current_owner
 from streammachine.engine.probes import probe_body, readiness
 
@@ -179,6 +180,7 @@ def build(candidate: Any, stopping: asyncio.Event) -> Any:
         Route("/api/streams/{name:path}/entries", endpoint(entries)),
         Route("/api/streams/{name:path}/groups", endpoint(stream_groups)),
         Route("/api/events", events),
+        Route("/api/session", open_session, methods=["POST"]),
         *deadletters.routes(endpoint),
     ]
     return TokenGate(Starlette(routes=routes), token=candidate.token, loopback_only=is_loopback(candidate.host))

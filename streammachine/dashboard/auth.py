@@ -4,7 +4,9 @@
   the page itself (which holds no data, and asks for the token) needs it,
   as ``Authorization: Bearer <token>`` or, for the page's own reads and its
   event stream (EventSource sends no headers), the ``streammachine_dashboard``
-  cookie the page sets (SameSite=Strict). Compared in constant time.
+  cookie. The page never writes that cookie itself: it POSTs the token once to
+  ``/api/session``, which sets it HttpOnly and SameSite=Strict (Secure behind
+  https), so no script on the page can read it back. Compared in constant time.
 - Write actions (any method but GET/HEAD) need the header, never the cookie
   (no cross-site request can send a header), and are refused outright
   when no token is configured.
@@ -19,7 +21,8 @@ import json
 from typing import Optional
 
 from starlette.datastructures import Headers
-from starlette.requests import cookie_parser
+from starlette.requests import Request, cookie_parser
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 COOKIE = "streammachine_dashboard"
@@ -90,3 +93,18 @@ class TokenGate:
             "STREAMMACHINE_DASHBOARD_TOKEN",
             {"www-authenticate": 'Bearer realm="streammachine-dashboard"'},
         )
+
+
+async def open_session(request: Request) -> Response:
+    """POST /api/session: the gate has checked the bearer token (a write); hand it back as an HttpOnly cookie."""
+    response = Response(status_code=204)
+    _, _, supplied = request.headers.get("authorization", "").partition(" ")
+    response.set_cookie(
+        COOKIE,
+        supplied.strip(),
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response

@@ -269,7 +269,15 @@ async def test_token_enforcement(redis_url):
             assert (
                 await http.get("/api/instances", headers={"Authorization": "Bearer t0ken-for-tests"})
             ).status_code == 200
-            http.cookies.set("streammachine_dashboard", "t0ken-for-tests")  # what the page sets for EventSource
+            # the page's login: the server sets the cookie HttpOnly (no script can read it) for EventSource
+            assert (await http.post("/api/session", headers={"Authorization": "Bearer nope"})).status_code == 401
+            assert not http.cookies
+            session = await http.post("/api/session", headers={"Authorization": "Bearer t0ken-for-tests"})
+            assert session.status_code == 204
+            set_cookie = session.headers["set-cookie"].lower()
+            assert "httponly" in set_cookie and "samesite=strict" in set_cookie and "path=/" in set_cookie
+            assert "secure" not in set_cookie  # plain http on loopback: a Secure cookie would never come back
+            assert http.cookies["streammachine_dashboard"] == "t0ken-for-tests"
             assert (await http.get("/api/instances")).status_code == 200
             http.cookies.clear()
             assert (await http.get("/healthz")).status_code == 200  # probes and the page stay open

@@ -125,6 +125,7 @@ def test_dead_letters_replayed_from_the_page(redis_url, sync_redis, tmp_path, pa
         page.fill("#token", token)
         page.click("#login-go")
         page.wait_for_function("() => document.querySelector('#link').textContent === 'live'", timeout=15_000)
+        assert token not in page.evaluate("document.cookie")  # HttpOnly: no script on the page can read it
         page.click("nav button[data-tab=deadletters]")
         page.click("#dlq-streams tbody tr[data-stream='payments:dead']", timeout=10_000)
         page.wait_for_function("() => document.querySelectorAll('#dlq-entries input[type=checkbox]').length === 4")

@@ -1,7 +1,6 @@
 // The StreamMachine dashboard page: live figures from one SSE stream (/api/events), details on demand.
 "use strict";
 const WINDOW = 120; // points kept per chart series (two minutes at one frame per second)
-const COOKIE = "streammachine_dashboard";
 const series = { rate: {}, lag: {}, times: [] };
 let selectedInstance = null;
 let selectedStream = null;
@@ -21,9 +20,11 @@ async function api(path) {
 
 function showLogin() {
   $("#login").hidden = false;
-  $("#login-go").onclick = () => {
-    document.cookie = `${COOKIE}=${encodeURIComponent($("#token").value)}; path=/; SameSite=Strict`;
-    location.reload();
+  $("#login-go").onclick = async () => {
+    // the server sets the cookie HttpOnly: no script here can read the token back
+    const response = await fetch("/api/session", { method: "POST", headers: { Authorization: `Bearer ${$("#token").value}` } });
+    if (response.ok) location.reload();
+    else $("#login-error").textContent = (await response.json()).error || response.statusText;
   };
 }
 
