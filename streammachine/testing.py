@@ -23,7 +23,7 @@ import secrets
 import subprocess
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from streammachine import testkit
 from streammachine._lazy import lazy_getattr
@@ -35,6 +35,22 @@ _LAZY = {name: "testkit" for name in testkit.__all__}  # the names are testkit's
 __all__ = ["EmbeddedServer", "EmbeddedServerError", "LocalCluster", "free_port", "supports_tls", *_LAZY]
 
 __getattr__ = lazy_getattr("streammachine", _LAZY, globals())
+
+
+class _ClusterNode(EmbeddedServer):
+    """A cluster node: its bus port is picked like its client port, and picked again with it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.bus_port = free_port()
+        super().__init__(*args, **kwargs)
+
+    def command(self, *, daemonize: bool = False) -> list[str]:
+        return super().command(daemonize=daemonize) + ["--cluster-port", str(self.bus_port)]
+
+    def _pick_ports(self) -> bool:
+        self.bus_port = free_port()
+        (self.data_dir / "nodes.conf").unlink(missing_ok=True)  # the failed start may have saved the old ports
+        return super()._pick_ports()
 
 
 class LocalCluster:
@@ -65,31 +81,25 @@ class LocalCluster:
         check_positive("masters", masters, integer=True)
         self.data_dir = Path(data_dir)
         self.password = secrets.token_urlsafe(24) if password is None else password
-        self.nodes = []
-        self.bus_ports = []
-        for index in range(masters):
-            bus_port = free_port()
-            self.bus_ports.append(bus_port)
-            self.nodes.append(
-                EmbeddedServer(
-                    self.data_dir / f"node-{index}",
-                    password=self.password,
-                    appendonly=appendonly,
-                    binary=binary,
-                    extra_args=[
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--cluster-port",
-                        str(bus_port),
-                        "--cluster-node-timeout",
-                        "5000",
-                        *(["--masterauth", self.password] if self.password else []),
-                        *extra_args,
-                    ],
-                )
+        self.nodes = [
+            _ClusterNode(
+                self.data_dir / f"node-{index}",
+                password=self.password,
+                appendonly=appendonly,
+                binary=binary,
+                extra_args=[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                    *(["--masterauth", self.password] if self.password else []),
+                    *extra_args,
+                ],
             )
+            for index in range(masters)
+        ]
 
     @property
     def url(self) -> str:
@@ -127,8 +137,8 @@ class LocalCluster:
                     first = index * share
                     last = self.SLOTS - 1 if index == len(clients) - 1 else first + share - 1
                     client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
-                for node, bus_port in zip(self.nodes[1:], self.bus_ports[1:]):
-                    clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, bus_port)
+                for node in self.nodes[1:]:
+                    clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, node.bus_port)
             deadline = time.monotonic() + timeout
             while not all(self._healthy(c) for c in clients):
                 if time.monotonic() > deadline:

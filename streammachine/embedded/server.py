@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+PORT_ATTEMPTS = 5  # a first start whose self-picked port was taken meanwhile tries this often in all
+
 
 class EmbeddedServerError(RuntimeError):
     """The private server could not be found, started or reached."""
@@ -131,6 +133,8 @@ class EmbeddedServer:
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
+        self._port_given = port is not None
+        self._started = False
         # TLS (needs a server built with it, see supports_tls()): a TLS port beside the plain loopback one
         self.tls_files = (tls_cert_file, tls_key_file, tls_ca_file) if tls_cert_file else None
         self.tls_port = free_port() if self.tls_files else None
@@ -200,6 +204,36 @@ class EmbeddedServer:
         return "".join(line + "\n" for line in lines).encode()
 
     def start(self, timeout: float = 15.0) -> EmbeddedServer:
+        """Start and wait until it answers PING.
+
+        A port this object picked itself was free when picked, but anything
+        (another test's server, any outgoing connection's ephemeral port) may
+        take it before the server binds it: a first start that fails on
+        "Address already in use" picks fresh ports and tries again. A
+        restart never does: its clients know the port.
+        """
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                self._start_once(timeout)
+            except EmbeddedServerError as exc:
+                if self._started or "Address already in use" not in str(exc) or attempt == PORT_ATTEMPTS:
+                    raise
+                if not self._pick_ports():
+                    raise
+            else:
+                self._started = True
+                return self
+        raise AssertionError("unreachable")  # the last attempt returns or raises
+
+    def _pick_ports(self) -> bool:
+        """Fresh ports for the ones this object chose itself; False when it chose none."""
+        if not self._port_given:
+            self.port = free_port()
+        if self.tls_files:
+            self.tls_port = free_port()
+        return not self._port_given or bool(self.tls_files)
+
+    def _start_once(self, timeout: float) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             self.command(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -207,8 +241,11 @@ class EmbeddedServer:
         assert self.process.stdin is not None  # stdin=PIPE
         with self.process.stdin:  # the server reads its stdin to the end before it starts
             self.process.stdin.write(self.config_text())
-        self.wait_ready(timeout)
-        return self
+        try:
+            self.wait_ready(timeout)
+        except EmbeddedServerError:
+            self.stop()
+            raise
 
     def wait_ready(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout

@@ -1,20 +1,25 @@
 """The embedded default and the private-server helper."""
 
+import socket
 import stat
 
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
 from streammachine import App
 from streammachine._redact import redact_url
 from streammachine.config import Settings
 from streammachine.embedded import (
     EmbeddedServer,
+    EmbeddedServerError,
+    free_port,
     read_runtime_file,
     shared_server_status,
     shared_server_url,
     stop_shared_server,
 )
+from streammachine.testing import LocalCluster
 from tests.helpers import port_is_free, wait_until, wait_until_sync
 
 
@@ -90,6 +95,48 @@ def test_private_server_lifecycle(tmp_path):
     assert client.ping()
     client.close()
     server.stop()
+
+
+def _occupy(port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", port))
+    sock.listen()
+    return sock
+
+
+def test_a_first_start_picks_another_port_when_its_own_was_taken(tmp_path):
+    """CI failed when a port picked free was taken before the server bound it; now a first start tries again."""
+    server = EmbeddedServer(tmp_path / "s")
+    taken = server.port
+    with _occupy(taken):
+        server.start()
+        try:
+            assert server.port != taken and redis.Redis.from_url(server.url).ping()
+            server.stop()
+            with _occupy(server.port):  # a restart keeps its port (its clients know it): a clear error
+                with pytest.raises(EmbeddedServerError, match="Address already in use"):
+                    server.start()
+        finally:
+            server.stop()
+
+
+def test_a_port_given_is_never_changed(tmp_path):
+    with _occupy(free_port()) as sock:
+        port = sock.getsockname()[1]
+        with pytest.raises(EmbeddedServerError, match="Address already in use"):
+            EmbeddedServer(tmp_path / "s", port=port).start()
+
+
+def test_a_cluster_node_picks_another_bus_port_when_its_own_was_taken(tmp_path):
+    cluster = LocalCluster(tmp_path / "cluster", masters=3)
+    taken = cluster.nodes[1].bus_port
+    with _occupy(taken):
+        with cluster:
+            assert cluster.nodes[1].bus_port != taken
+            client = RedisCluster.from_url(cluster.nodes[0].url)
+            client.set("k", "v")
+            assert client.get("k") == b"v"
+            client.close()
 
 
 def test_redact_url_hides_passwords():
