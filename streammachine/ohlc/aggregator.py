@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Type, TypeVar
 
+from streammachine._speedups import load_compiled
 from streammachine.ohlc import snapshot as _snapshot
 from streammachine.ohlc._core_py import OHLCCore as _PythonCore
 from streammachine.ohlc.candle import Candle
@@ -163,11 +164,11 @@ class PythonFastOHLC(_PythonCore, OHLCMethods):
 
 
 CythonFastOHLC: Optional[Type[OHLCMethods]]
-try:
-    from streammachine._speedups._ohlc import OHLCCore as _CompiledCore
-except ImportError:  # not built: the Python core serves
+_compiled = load_compiled("_ohlc")
+if _compiled is None:  # not built, or out of date: the Python core serves
     CythonFastOHLC = None
 else:
+    _CompiledCore: Any = _compiled.OHLCCore
 
     class CythonFastOHLC(_CompiledCore, OHLCMethods):  # type: ignore[no-redef]  # the class, or None above
         """FastOHLC on the compiled core."""

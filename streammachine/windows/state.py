@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Protocol
 
 import numpy as np
 
+from streammachine._speedups import load_compiled
 from streammachine.redis.entries import iter_stream_batches
 from streammachine.windows import snapshot as _snapshot
 from streammachine.windows._core_py import WindowCore as _PythonCore
@@ -220,11 +221,11 @@ class PythonWindowState(_PythonCore, WindowMethods):
     compiled = False
 
 
-try:
-    from streammachine._speedups._windows import WindowCore as _CompiledCore
-except ImportError:  # not built: the Python core serves
+_compiled = load_compiled("_windows")
+if _compiled is None:  # not built, or out of date: the Python core serves
     CythonWindowState = None
 else:
+    _CompiledCore: Any = _compiled.WindowCore
 
     class CythonWindowState(_CompiledCore, WindowMethods):  # type: ignore[no-redef]
         """A window's aggregator on the compiled core."""
