@@ -231,6 +231,58 @@ app = App("swap", consumer_config=ConsumerConfig(block_ms=50, count=20), grace_s
     assert len(swap_ms) == 2 and all(0 < ms < 2000 for ms in swap_ms), swap_ms
 
 
+def test_web_dashboard_serves_from_an_idle_kernel(redis_url, tmp_path, sync_redis):
+    """App(dashboard_port=...) in a notebook: the dashboard runs on the kernel's own loop and answers while the
+    kernel is idle, with the agents' live counters, and it stops with the App."""
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("sse_starlette")
+    import httpx
+
+    from streammachine.embedded import free_port
+    from tests.dashboard.dashboard_procs import FAST_ENV
+
+    port = free_port()
+    env = dict(os.environ, REDIS_URL=redis_url, STREAMMACHINE_HOME=str(tmp_path / "smhome"), **FAST_ENV)
+    kernel = Kernel(env, str(tmp_path))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        kernel.run(SETUP)
+        kernel.run(f"""
+app = App("notebook-dash", dashboard_port={port})
+
+@app.agent("orders", group="billing")
+async def bill(message):
+    pass
+
+started = app.start()
+await until(lambda: app.is_running, 20, what="app running")
+""")
+        pid = kernel.value("__import__('os').getpid()")
+
+        def get(path: str):
+            try:
+                response = httpx.get(base + path, timeout=2)
+            except httpx.HTTPError:
+                return None
+            return response.json() if response.status_code == 200 else None
+
+        # the kernel is idle from here: only its dashboard and Redis tell what it does
+        wait_until_sync(lambda: get("/api/health") is not None, 20, what="the kernel's dashboard answering")
+        assert get("/api/health")["dashboard"]["owner"]["pid"] == pid
+        for n in range(25):
+            sync_redis.xadd("orders", {"n": n})
+
+        def billed():
+            agents = get("/api/agents") or []
+            return [a["processed"] for a in agents if a["name"] == "__main__.bill" and a["app"] == "notebook-dash"]
+
+        wait_until_sync(lambda: billed() == [25], 20, what="25 handled, as the dashboard reports it")
+        kernel.run("await app.stop()", timeout=30)
+        wait_until_sync(lambda: get("/healthz") is None, 10, what="the dashboard gone with the App")
+    finally:
+        kernel.close()
+
+
 def test_magics_drive_the_app(kernel, sync_redis):
     out = kernel.run("""
 %load_ext streammachine
