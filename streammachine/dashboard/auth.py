@@ -38,6 +38,12 @@ async def refuse(send: Send, status: int, message: str, headers: Optional[dict] 
     await send({"type": "http.response.body", "body": body})
 
 
+def bearer_token(headers: Headers) -> Optional[str]:
+    """The token of an ``Authorization: Bearer <token>`` header, or None."""
+    scheme, _, supplied = headers.get("authorization", "").partition(" ")
+    return supplied.strip() if scheme.lower() == "bearer" else None
+
+
 def _host_name(host: str) -> str:
     if host.startswith("["):
         return host.split("]", 1)[0] + "]"
@@ -52,8 +58,12 @@ class TokenGate:
         self.token = token.encode() if token else None
         self.loopback_only = loopback_only
 
-    def _matches(self, supplied: str) -> bool:
-        return self.token is not None and hmac.compare_digest(supplied.strip().encode(), self.token)
+    def _matches(self, supplied: Optional[str]) -> bool:
+        return (
+            self.token is not None
+            and supplied is not None
+            and hmac.compare_digest(supplied.strip().encode(), self.token)
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,8 +74,7 @@ class TokenGate:
             await refuse(send, 421, "this dashboard answers to loopback host names only (127.0.0.1, localhost)")
             return
         path, method = scope["path"], scope["method"]
-        scheme, _, supplied = headers.get("authorization", "").partition(" ")
-        bearer_ok = scheme.lower() == "bearer" and self._matches(supplied)
+        bearer_ok = self._matches(bearer_token(headers))
         if method not in ("GET", "HEAD"):
             if self.token is None:
                 await refuse(
@@ -98,10 +107,9 @@ class TokenGate:
 async def open_session(request: Request) -> Response:
     """POST /api/session: the gate has checked the bearer token (a write); hand it back as an HttpOnly cookie."""
     response = Response(status_code=204)
-    _, _, supplied = request.headers.get("authorization", "").partition(" ")
     response.set_cookie(
         COOKIE,
-        supplied.strip(),
+        bearer_token(request.headers) or "",
         path="/",
         httponly=True,
         samesite="strict",
