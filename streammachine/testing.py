@@ -47,10 +47,13 @@ class _ClusterNode(EmbeddedServer):
     def command(self, *, daemonize: bool = False) -> list[str]:
         return super().command(daemonize=daemonize) + ["--cluster-port", str(self.bus_port)]
 
-    def _pick_ports(self) -> bool:
+    def _picks_ports(self) -> bool:
+        return True  # the bus port, always
+
+    def _pick_ports(self) -> None:
         self.bus_port = free_port()
         (self.data_dir / "nodes.conf").unlink(missing_ok=True)  # the failed start may have saved the old ports
-        return super()._pick_ports()
+        super()._pick_ports()
 
 
 class LocalCluster:

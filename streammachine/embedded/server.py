@@ -212,26 +212,28 @@ class EmbeddedServer:
         "Address already in use" picks fresh ports and tries again. A
         restart never does: its clients know the port.
         """
-        for attempt in range(1, PORT_ATTEMPTS + 1):
+        attempts = PORT_ATTEMPTS if not self._started and self._picks_ports() else 1
+        for attempt in range(1, attempts + 1):
             try:
                 self._start_once(timeout)
+                break
             except EmbeddedServerError as exc:
-                if self._started or "Address already in use" not in str(exc) or attempt == PORT_ATTEMPTS:
+                if attempt == attempts or "Address already in use" not in str(exc):
                     raise
-                if not self._pick_ports():
-                    raise
-            else:
-                self._started = True
-                return self
-        raise AssertionError("unreachable")  # the last attempt returns or raises
+                self._pick_ports()
+        self._started = True
+        return self
 
-    def _pick_ports(self) -> bool:
-        """Fresh ports for the ones this object chose itself; False when it chose none."""
+    def _picks_ports(self) -> bool:
+        """Whether this object chose some of its ports itself (those it may choose again)."""
+        return not self._port_given or bool(self.tls_files)
+
+    def _pick_ports(self) -> None:
+        """Fresh ports for the ones this object chose itself."""
         if not self._port_given:
             self.port = free_port()
         if self.tls_files:
             self.tls_port = free_port()
-        return not self._port_given or bool(self.tls_files)
 
     def _start_once(self, timeout: float) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
